@@ -1,0 +1,38 @@
+# Set-up is part of every target: `make demo` and `make test` create .venv when it is
+# missing and return at once when it is up to date.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mlkit-installed
+# Pinned and installed first: a loose torch requirement pulls a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+export WANDB_SILENT ?= true
+
+.PHONY: demo test lint format venv clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mlkit run templates/classify.ipynb --experiment demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
+	$(VENV)/bin/pytest tests
+	$(VENV)/bin/pytest --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg \
+		-p no:cacheprovider
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from mlkit.cli import main
+
+sys.exit(main())

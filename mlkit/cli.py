@@ -1,0 +1,315 @@
+"""The ``mlkit`` command: a table of subcommands, each importing what it needs late.
+
+Exit codes: 0 success, 1 the run (or reproduction) failed, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _load_params_file(path: str) -> dict[str, Any]:
+    from pathlib import Path
+
+    import yaml
+
+    from mlkit.errors import ParameterError
+
+    file = Path(path)
+    if not file.exists():
+        raise ParameterError(f"Parameters file '{path}' does not exist (-f {path}).")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"Parameters file '{path}' is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParameterError(
+            f"Parameters file '{path}' must hold a mapping of name: value, such as 'lr: 0.001'."
+        )
+    return data
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mlkit import runner
+
+    given: dict[str, Any] = {}
+    for path in args.file or []:
+        given.update(_load_params_file(path))
+    for name, value in args.param or []:
+        given[name] = value
+    info = runner.run(
+        args.notebook,
+        given,
+        experiment=args.experiment,
+        from_cli=True,
+        cell_timeout=args.timeout,
+        tracking=args.tracking,
+        progress=not args.quiet,
+    )
+    _print_run_summary(info)
+    return EXIT_OK if info["status"] == "completed" else EXIT_FAILED
+
+
+def _print_run_summary(info: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)  # paths stay whole for copy-paste
+    ok = info["status"] == "completed"
+    style = "green" if ok else "red"
+    console.print(
+        f"[{style}]run {info['id']} {info['status']}[/{style}]"
+        + (f": {info['reason']}" if info.get("reason") else "")
+    )
+    console.print(f"  record:   {info['path']}")
+    console.print(f"  notebook: {info['path']}/output.ipynb")
+    wandb = info.get("wandb") or {}
+    if wandb.get("dir"):
+        console.print(f"  W&B run:  {wandb['dir']} ({wandb.get('mode')})")
+    if wandb.get("url"):
+        console.print(f"  W&B url:  {wandb['url']}")
+    for key, value in (info.get("result") or {}).items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        console.print(f"  {key} = {shown}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlkit.params import read_signature
+
+    signature = read_signature(args.notebook)
+    if args.json:
+        import json
+
+        print(json.dumps([p.to_dict() for p in signature.parameters], indent=2))
+        return EXIT_OK
+    table = Table(title=f"Parameters of {args.notebook}")
+    for column in ("name", "type", "default", "rule", "help"):
+        table.add_column(column)
+    for p in signature.parameters:
+        table.add_row(p.name, p.type, repr(p.default), p.rule.text if p.rule else "", p.help)
+    Console().print(table)
+    return EXIT_OK
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _duration(info: dict[str, Any]) -> str:
+    seconds = info.get("duration")
+    return f"{seconds:.1f}s" if isinstance(seconds, int | float) else ""
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlkit.record import list_runs
+
+    rows = list_runs(args.experiment)
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    if not rows:
+        print("No runs yet. Start one with: mlkit run templates/classify.ipynb")
+        return EXIT_OK
+    # Key parameters: those that vary across the listed runs, else the first few.
+    names: list[str] = []
+    for row in rows:
+        names.extend(k for k in row["params"] if k not in names)
+    varying = [n for n in names if len({repr(r["params"].get(n)) for r in rows}) > 1]
+    keys = (varying or names)[: args.max_params]
+    metrics: list[str] = []
+    for row in rows:
+        metrics.extend(k for k in (row.get("result") or {}) if k not in metrics)
+    metrics = metrics[: args.max_metrics]
+    table = Table()
+    table.add_column("id", no_wrap=True)
+    for column in ("experiment", "status", *keys, *metrics, "duration"):
+        table.add_column(column, overflow="fold")
+    colors = {"completed": "green", "failed": "red", "crashed": "red", "running": "yellow"}
+    for row in rows[: args.limit]:
+        color = colors.get(row.get("status", ""), "white")
+        table.add_row(
+            row["id"],
+            row.get("experiment", ""),
+            f"[{color}]{row.get('status', '?')}[/{color}]",
+            *[_fmt(row["params"].get(k)) for k in keys],
+            *[_fmt((row.get("result") or {}).get(m)) for m in metrics],
+            _duration(row),
+        )
+    Console().print(table)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+
+    from mlkit.record import find_run, load_run
+
+    info = load_run(find_run(args.run))
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return EXIT_OK
+    console = Console(highlight=False)
+    console.print(f"[bold]{info['id']}[/bold]  {info.get('status')}  {info.get('reason') or ''}")
+    for key in ("experiment", "notebook", "started", "ended", "path", "reproduce_of"):
+        if info.get(key):
+            console.print(f"  {key}: {info[key]}")
+    if info.get("duration") is not None:
+        console.print(f"  duration: {_duration(info)}")
+    if info.get("error"):
+        err = info["error"]
+        console.print(
+            f"  error: cell {err.get('cell_index')}: {err.get('ename')}: {err.get('evalue')}"
+        )
+    if (info.get("wandb") or {}).get("dir"):
+        console.print(f"  W&B run: {info['wandb']['dir']}")
+    console.print("  parameters:")
+    for key, value in info["params"].items():
+        console.print(f"    {key} = {value!r}")
+    if info.get("result"):
+        console.print("  result:")
+        for key, value in info["result"].items():
+            console.print(f"    {key} = {_fmt(value)}")
+    return EXIT_OK
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlkit import runner
+
+    out = runner.reproduce(args.run, progress=not args.quiet, tracking=args.tracking)
+    console = Console(highlight=False)
+    for warning in out["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    table = Table(title=f"{out['old']['id']} reproduced as {out['new']['id']}")
+    for column in ("metric", "original", "reproduced", "equal"):
+        table.add_column(column)
+    for row in out["comparison"]:
+        mark = "[green]yes[/green]" if row["equal"] else "[red]no[/red]"
+        table.add_row(row["metric"], repr(row["old"]), repr(row["new"]), mark)
+    console.print(table)
+    if out["new"]["status"] != "completed":
+        console.print(f"[red]the reproduction failed: {out['new'].get('reason')}[/red]")
+        return EXIT_FAILED
+    if out["match"]:
+        console.print("[green]metrics reproduced exactly[/green]")
+        return EXIT_OK
+    console.print("[red]metrics differ[/red]")
+    return EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlkit",
+        description="Run training notebooks as tracked, reproducible experiments.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str):
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("run", cmd_run, "Execute a notebook with parameters as a recorded run.")
+    p.add_argument("notebook", help="the notebook to run, e.g. templates/classify.ipynb")
+    p.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="set a parameter (repeatable); converted to its declared type",
+    )
+    p.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        metavar="PARAMS.yaml",
+        help="YAML file of parameters; -p values override it",
+    )
+    p.add_argument("--experiment", help="experiment name (default: the notebook's name)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="fail the run when any one cell runs longer than this",
+    )
+    p.add_argument(
+        "--tracking",
+        choices=["offline", "online", "disabled"],
+        help="W&B mode (default: $WANDB_MODE, else offline)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    p = add("inspect", cmd_inspect, "Show a notebook's parameters: type, default, rule, help.")
+    p.add_argument("notebook")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("runs", cmd_runs, "List runs: id, status, key parameters, metrics, duration.")
+    p.add_argument("experiment", nargs="?", help="only this experiment")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--max-params", type=int, default=6)
+    p.add_argument("--max-metrics", type=int, default=4)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("show", cmd_show, "Show one run's record.")
+    p.add_argument("run", help="run id (or a unique prefix) or run directory")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add(
+        "reproduce",
+        cmd_reproduce,
+        "Re-execute a run from its record and check that the metrics match exactly.",
+    )
+    p.add_argument("run", help="run id (or a unique prefix) or run directory")
+    p.add_argument("--tracking", choices=["offline", "online", "disabled"])
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _version() -> str:
+    from mlkit import __version__
+
+    return f"mlkit {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from mlkit.errors import MlkitError
+
+    try:
+        return args.func(args)
+    except MlkitError as exc:
+        print(f"mlkit {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

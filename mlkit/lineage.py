@@ -1,0 +1,117 @@
+"""Lineage: what a run needs to be reproduced (code, environment, host).
+
+Collected with the standard library only; git is asked through its CLI and its
+absence is recorded, not fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MAX_DIFF_CHARS = 200_000
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def notebook_hash(path: str | Path) -> str:
+    """Hash of a notebook's code and markdown, ignoring outputs and metadata.
+
+    Outputs change every run; the code is what must match for a reproduction.
+    """
+    import json
+
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    digest = hashlib.sha256()
+    for cell in nb.get("cells", []):
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        digest.update(cell.get("cell_type", "").encode())
+        digest.update(b"\0")
+        digest.update(source.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
+def git_state(cwd: str | Path) -> dict[str, Any]:
+    """Commit, dirty flag and diff of tracked files (untracked files are not code state)."""
+    cwd = Path(cwd)
+    commit = _git(["rev-parse", "HEAD"], cwd)
+    if commit is None:
+        return {"commit": None, "dirty": None, "diff": "", "note": "not a git checkout"}
+    diff = _git(["diff", "HEAD", "--no-color", "--", ".", ":(exclude)experiments"], cwd) or ""
+    state = {
+        "commit": commit.strip(),
+        "dirty": bool(diff.strip()),
+        "diff_sha256": hashlib.sha256(diff.encode()).hexdigest(),
+        "diff": diff[:MAX_DIFF_CHARS],
+    }
+    if len(diff) > MAX_DIFF_CHARS:
+        state["diff_truncated"] = True
+    return state
+
+
+def packages() -> dict[str, Any]:
+    """Installed distributions and a hash of them, to tell environments apart."""
+    names = sorted(
+        {
+            f"{d.metadata['Name']}=={d.version}"
+            for d in metadata.distributions()
+            if d.metadata["Name"]
+        },
+        key=str.lower,
+    )
+    return {
+        "packages_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
+        "packages": names,
+    }
+
+
+def collect(notebook: str | Path | None = None) -> dict[str, Any]:
+    """Everything known before the kernel starts: code, environment, host."""
+    from mlkit import __version__
+
+    out: dict[str, Any] = {
+        "python": platform.python_version(),
+        "mlkit": __version__,
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "executable": sys.executable,
+    }
+    if notebook:
+        path = Path(notebook)
+        out["notebook"] = str(path)
+        if path.exists():
+            out["notebook_sha256"] = notebook_hash(path)
+        cwd = path.resolve().parent
+    else:
+        cwd = Path.cwd()
+    out["git"] = git_state(cwd)
+    out.update(packages())
+    try:
+        out["torch"] = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        out["torch"] = None
+    return out

@@ -1,0 +1,329 @@
+"""Notebook execution: the one place that imports papermill and nbclient.
+
+``execute`` runs a notebook through papermill with the ``mlkit`` engine and says,
+from evidence, whether the run succeeded: no cell failed *and* the notebook
+recorded its result. papermill alone calls a run complete after ``sys.exit(0)``
+or when nothing was recorded; mlkit does not.
+
+``MlkitEngine`` is registered as the papermill engine ``mlkit``, so
+``papermill --engine mlkit in.ipynb out.ipynb`` uses it too. Beyond papermill's
+default engine it gives the kernel its own environment and working directory
+(papermill's ``cwd=`` changes the driver's), and after the last cell it finishes
+the notebook's W&B run with the executed notebook attached as an artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlkit.record import RESULT_MIME, read_json
+
+EPILOGUE_TIMEOUT_S = 120
+
+
+@dataclass
+class Outcome:
+    """How an execution ended, with the evidence."""
+
+    status: str  # "completed" or "failed"
+    reason: str = ""
+    error: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    duration: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+
+class MlkitEngine:
+    """papermill engine ``mlkit`` (see the module docstring).
+
+    papermill loads engine entry points while it is itself being imported, so this
+    class imports nothing from papermill: it forwards to the real engine, which is
+    built on first use.
+    """
+
+    @classmethod
+    def execute_notebook(cls, nb: Any, kernel_name: str, **kwargs: Any) -> Any:
+        return _engine().execute_notebook(nb, kernel_name, **kwargs)
+
+    @classmethod
+    def nb_kernel_name(cls, nb: Any, name: str | None = None) -> str:
+        return _engine().nb_kernel_name(nb, name)
+
+    @classmethod
+    def nb_language(cls, nb: Any, language: str | None = None) -> str:
+        return _engine().nb_language(nb, language)
+
+
+@functools.cache
+def _engine() -> type:
+    from nbclient.exceptions import CellExecutionError
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine
+    from papermill.log import logger
+    from traitlets import Dict, Unicode
+
+    class MlkitNotebookClient(PapermillNotebookClient):
+        """papermill's client with a per-kernel env and cwd, and a closing epilogue."""
+
+        kernel_env = Dict(default_value=None, allow_none=True).tag(config=True)
+        kernel_cwd = Unicode(default_value=None, allow_none=True).tag(config=True)
+
+        def execute(self, **kwargs: Any) -> Any:
+            if self.kernel_env is not None:
+                kwargs.setdefault("env", dict(self.kernel_env))
+            if self.kernel_cwd:
+                kwargs.setdefault("cwd", self.kernel_cwd)
+            return super().execute(**kwargs)
+
+        def papermill_execute_cells(self) -> None:
+            failed = False
+            index = -1
+            try:
+                for index, cell in enumerate(self.nb.cells):
+                    try:
+                        self.nb_man.cell_start(cell, index)
+                        self.execute_cell(cell, index)
+                    except CellExecutionError as ex:
+                        self.nb_man.cell_exception(
+                            self.nb.cells[index], cell_index=index, exception=ex
+                        )
+                        failed = True
+                        break
+                    finally:
+                        self.nb_man.cell_complete(self.nb.cells[index], cell_index=index)
+            except BaseException as exc:
+                exc.mlkit_cell_index = index  # type: ignore[attr-defined]
+                raise
+            self._epilogue(failed)
+
+        def _epilogue(self, failed: bool) -> None:
+            """Save the executed notebook, then let the kernel close its W&B run."""
+            output = self.nb_man.output_path
+            if output:
+                self.nb_man.save()
+            code = (
+                "import sys as _s\n"
+                "_r = _s.modules.get('mlkit.record')\n"
+                f"_r and _r.close_active({str(output) if output else None!r}, failed={failed})\n"
+                "del _s, _r"
+            )
+            with contextlib.suppress(Exception):
+                msg_id = self.kc.execute(code, silent=True, store_history=False)
+                deadline = self.timeout
+                self.timeout = EPILOGUE_TIMEOUT_S
+                try:
+                    self.wait_for_reply(msg_id)
+                finally:
+                    self.timeout = deadline
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):  # type: ignore[override]
+            kwargs.pop("input_path", None)
+            timeout = kwargs.pop("execution_timeout", None) or kwargs.pop("timeout", None)
+            start_timeout = kwargs.pop("start_timeout", 60)
+            return MlkitNotebookClient(
+                nb_man,
+                timeout=timeout,
+                startup_timeout=start_timeout,
+                kernel_name=kernel_name,
+                log=logger,
+                log_output=kwargs.pop("log_output", False),
+                stdout_file=kwargs.pop("stdout_file", None),
+                stderr_file=kwargs.pop("stderr_file", None),
+                **kwargs,
+            ).execute()
+
+    return Engine
+
+
+def execute(
+    notebook: str | Path,
+    output: str | Path,
+    parameters: dict[str, Any],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    cell_timeout: float | None = None,
+    progress: bool = True,
+    kernel_name: str | None = None,
+    run_dir: Path | None = None,
+) -> Outcome:
+    """Execute ``notebook`` into ``output`` and judge the outcome from evidence.
+
+    Args:
+        notebook: the source notebook (left untouched).
+        output: where the executed notebook is written, also when a cell fails.
+        parameters: validated values injected after the parameters cell.
+        env: the kernel's whole environment (the driver's is not changed).
+        cwd: the kernel's working directory.
+        cell_timeout: seconds any one cell may run; None for no limit.
+        progress: show papermill's progress bar.
+        kernel_name: override the notebook's kernel.
+        run_dir: where the notebook's mlkit record is, to read its result.
+    """
+    import papermill as pm
+
+    start = time.monotonic()
+    outcome = Outcome(status="completed")
+    nb: dict[str, Any] | None = None
+    try:
+        pm.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            engine_name="mlkit",
+            kernel_name=kernel_name,
+            progress_bar=progress,
+            execution_timeout=cell_timeout,
+            kernel_env=env,
+            kernel_cwd=str(cwd) if cwd else None,
+        )
+    except Exception as exc:
+        nb = _read_output(output)
+        outcome = _classify_exception(exc, cell_timeout, nb)
+    else:
+        nb = _read_output(output)
+        early = _first_error(nb) if nb is not None else None
+        if early is not None:  # papermill raises for most errors, not for SystemExit
+            outcome = _failed_from_error(early)
+    outcome.duration = time.monotonic() - start
+    outcome.result = read_result(output, run_dir)
+    if outcome.ok:
+        if outcome.result is None:
+            outcome.status = "failed"
+            outcome.reason = (
+                "the notebook finished without recording a result; end it with "
+                "run.finish({...}) (mlkit) or scrapbook.glue(name, value)"
+            )
+        else:
+            bad = [k for k, v in outcome.result.items() if _non_finite(v)]
+            if bad:
+                outcome.status = "failed"
+                outcome.reason = f"non-finite result: {', '.join(bad)}"
+    return outcome
+
+
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _cell_source(nb: dict[str, Any] | None, index: int | None) -> str:
+    if nb is None or index is None or not 0 <= index < len(nb.get("cells", [])):
+        return ""
+    source = nb["cells"][index].get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
+def _where(error: dict[str, Any]) -> str:
+    """Name a cell the way a person finds it: its index, In [n] and its first line."""
+    where = f"cell {error.get('cell_index')}"
+    if error.get("execution_count") is not None:
+        where += f" (In [{error['execution_count']}])"
+    first = next((ln.strip() for ln in (error.get("source") or "").splitlines() if ln.strip()), "")
+    if first:
+        where += f" `{first[:60]}`"
+    return where
+
+
+def _classify_exception(
+    exc: Exception, cell_timeout: float | None, nb: dict[str, Any] | None
+) -> Outcome:
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        error = {
+            "cell_index": exc.cell_index,
+            "execution_count": exc.exec_count,
+            "ename": exc.ename,
+            "evalue": exc.evalue,
+            "source": exc.source,
+        }
+        return _failed_from_error(error)
+    index = getattr(exc, "mlkit_cell_index", None)
+    error = {
+        "cell_index": index,
+        "ename": type(exc).__name__,
+        "evalue": str(exc),
+        "source": _cell_source(nb, index),
+    }
+    if isinstance(exc, CellTimeoutError):
+        return Outcome("failed", f"{_where(error)} timed out after {cell_timeout:g} s", error)
+    if isinstance(exc, DeadKernelError):
+        return Outcome("failed", f"the kernel died while running {_where(error)}", error)
+    return Outcome("failed", f"execution error: {type(exc).__name__}: {exc}", error)
+
+
+def _failed_from_error(error: dict[str, Any]) -> Outcome:
+    if error.get("ename") == "SystemExit":
+        reason = (
+            f"the notebook exited early with sys.exit({error.get('evalue')}) in {_where(error)}"
+        )
+    else:
+        reason = f"{_where(error)} raised {error.get('ename')}: {error.get('evalue')}"
+    return Outcome("failed", reason, error)
+
+
+def _read_output(path: str | Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _first_error(nb: dict[str, Any]) -> dict[str, Any] | None:
+    """The first error output; papermill raises for most, but not for SystemExit."""
+    for index, cell in enumerate(nb.get("cells", [])):
+        for out in cell.get("outputs", []) or []:
+            if out.get("output_type") == "error":
+                source = cell.get("source", "")
+                return {
+                    "cell_index": index,
+                    "execution_count": cell.get("execution_count"),
+                    "ename": out.get("ename"),
+                    "evalue": out.get("evalue"),
+                    "source": "".join(source) if isinstance(source, list) else source,
+                }
+    return None
+
+
+def read_result(output: str | Path, run_dir: Path | None = None) -> dict[str, Any] | None:
+    """The result a notebook recorded: mlkit's result.json, its output, or scrapbook scraps.
+
+    Notebooks that never import mlkit still sweep and report: their ``scrapbook.glue``
+    values are the result.
+    """
+    if run_dir is not None:
+        result = read_json(Path(run_dir) / "result.json")
+        if result is not None:
+            return result
+    nb = _read_output(output)
+    if nb is None:
+        return None
+    found: dict[str, Any] | None = None
+    has_scraps = False
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []) or []:
+            data = out.get("data") or {}
+            if RESULT_MIME in data:
+                found = data[RESULT_MIME]
+            has_scraps = has_scraps or "scrapbook" in (out.get("metadata") or {})
+    if found is not None or not has_scraps:
+        return found
+    import scrapbook  # decodes every scrapbook encoder (json, text, pandas, ...)
+
+    scraps = scrapbook.read_notebook(str(output)).scraps.data_dict
+    return {name: value for name, value in scraps.items()} or None

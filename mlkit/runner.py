@@ -1,0 +1,215 @@
+"""The driver side of a run: validate, make the record, execute, judge, reproduce.
+
+Everything that can be checked before a kernel starts is checked first, so bad
+input leaves nothing under ``experiments/``. Once the record exists it is never
+deleted: a failed or crashed run keeps its notebook and says why.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from mlkit import params as _params
+from mlkit.errors import MlkitError
+from mlkit.record import (
+    ENV_DEFER_FINISH,
+    ENV_EXPERIMENT,
+    ENV_NOTEBOOK,
+    ENV_RUN_DIR,
+    create_run_dir,
+    find_run,
+    load_run,
+    now_iso,
+    read_json,
+    write_json,
+)
+
+
+def prepare(
+    notebook: str | Path, given: dict[str, Any], *, from_cli: bool = False
+) -> tuple[_params.Signature, dict[str, Any], dict[str, Any]]:
+    """Validate ``given`` against the notebook; return signature, given and full values."""
+    signature = _params.read_signature(notebook)
+    values = _params.validate(given, signature, from_cli=from_cli)
+    full = {p.name: p.default for p in signature.parameters if _is_literal(p.default)}
+    full.update(values)
+    return signature, values, full
+
+
+def _is_literal(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str | list | dict)
+
+
+def run(
+    notebook: str | Path,
+    given: dict[str, Any] | None = None,
+    *,
+    experiment: str | None = None,
+    from_cli: bool = False,
+    cell_timeout: float | None = None,
+    tracking: str | None = None,
+    job_type: str = "run",
+    progress: bool = True,
+    inject: str = "given",
+    extra: dict[str, Any] | None = None,
+    root: Path | None = None,
+) -> dict[str, Any]:
+    """Execute ``notebook`` as a recorded run and return its record.
+
+    Args:
+        notebook: path of the notebook to run.
+        given: parameter values (strings are converted when ``from_cli``).
+        experiment: groups runs; defaults to the notebook's file name.
+        cell_timeout: seconds any one cell may run.
+        tracking: W&B mode (offline, online, disabled); default ``$WANDB_MODE`` or offline.
+        job_type: W&B job type.
+        progress: show a progress bar while cells run.
+        inject: "given" injects only the values passed, "all" every parameter.
+        extra: more fields for run.json (for example ``reproduce_of``).
+        root: experiments folder; default ``experiments/`` at the project root.
+
+    Raises:
+        MlkitError: before anything is written, for any bad input.
+    """
+    from mlkit import lineage, track
+
+    notebook = Path(notebook)
+    signature, values, full = prepare(notebook, given or {}, from_cli=from_cli)
+    mode = track.resolve_mode(tracking)
+    experiment = experiment or notebook.stem
+    from mlkit.record import check_experiment_name
+
+    check_experiment_name(experiment)
+    if cell_timeout is not None and not cell_timeout > 0:
+        raise MlkitError(f"--timeout must be a number of seconds > 0, got {cell_timeout}.")
+
+    run_id, run_dir = create_run_dir(experiment, root)
+    info: dict[str, Any] = {
+        "id": run_id,
+        "experiment": experiment,
+        "notebook": str(notebook),
+        "status": "running",
+        "reason": "",
+        "job_type": job_type,
+        "started": now_iso(),
+        "pid": os.getpid(),
+        "host": _hostname(),
+        "driver": "mlkit",
+        **(extra or {}),
+    }
+    write_json(run_dir / "run.json", info)
+    write_json(
+        run_dir / "params.json",
+        {"notebook": str(notebook), "parameters": full, "given": values},
+    )
+    write_json(run_dir / "lineage.json", lineage.collect(notebook))
+
+    env = dict(os.environ)
+    env.update(
+        {
+            ENV_RUN_DIR: str(run_dir),
+            ENV_EXPERIMENT: experiment,
+            ENV_NOTEBOOK: str(notebook),
+            ENV_DEFER_FINISH: "1",
+            "WANDB_MODE": mode,
+        }
+    )
+    from mlkit import notebook as nbexec
+
+    output = run_dir / "output.ipynb"
+    try:
+        outcome = nbexec.execute(
+            notebook,
+            output,
+            full if inject == "all" else values,
+            env=env,
+            cwd=Path.cwd(),
+            cell_timeout=cell_timeout,
+            progress=progress,
+            kernel_name=signature.kernel_name,
+            run_dir=run_dir,
+        )
+    except KeyboardInterrupt:
+        _finalize(run_dir, status="failed", reason="interrupted by the user")
+        raise
+    except BaseException as exc:
+        _finalize(run_dir, status="failed", reason=f"driver error: {type(exc).__name__}: {exc}")
+        raise
+    return _finalize(
+        run_dir,
+        status=outcome.status,
+        reason=outcome.reason,
+        error=outcome.error,
+        result=outcome.result,
+        duration=outcome.duration,
+    )
+
+
+def _finalize(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    info = read_json(run_dir / "run.json", {}) or {}
+    result = fields.get("result")
+    if result is not None and not (run_dir / "result.json").exists():
+        # Recorded with scrapbook's glue: keep one place where every reader looks.
+        write_json(run_dir / "result.json", result)
+        info["result_source"] = "scrapbook"
+    info.update({k: v for k, v in fields.items() if v is not None})
+    info["ended"] = now_iso()
+    info.pop("pid", None)
+    write_json(run_dir / "run.json", info)
+    return load_run(run_dir)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def reproduce(
+    ref: str, *, root: Path | None = None, progress: bool = True, tracking: str | None = None
+) -> dict[str, Any]:
+    """Re-execute a run from its record and compare the metrics exactly.
+
+    Returns a dict with the new run, the per-metric comparison and ``match``.
+    """
+    from mlkit import lineage
+
+    old_dir = find_run(ref, root)
+    record = read_json(old_dir / "params.json")
+    if not record:
+        raise MlkitError(f"Run {old_dir.name} has no params.json, so it cannot be reproduced.")
+    notebook = Path(record["notebook"])
+    old = load_run(old_dir)
+    warnings = []
+    old_lineage = read_json(old_dir / "lineage.json", {}) or {}
+    recorded_hash = old_lineage.get("notebook_sha256")
+    if notebook.exists() and recorded_hash and lineage.notebook_hash(notebook) != recorded_hash:
+        warnings.append(f"{notebook} changed since run {old['id']}")
+    new = run(
+        notebook,
+        record["parameters"],
+        experiment=old["experiment"],
+        root=root or old_dir.parent.parent.parent,
+        progress=progress,
+        tracking=tracking,
+        inject="all",
+        extra={"reproduce_of": old["id"]},
+    )
+    comparison = compare(old.get("result") or {}, new.get("result") or {})
+    match = bool(comparison) and all(row["equal"] for row in comparison)
+    return {"old": old, "new": new, "comparison": comparison, "match": match, "warnings": warnings}
+
+
+def compare(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """Metric by metric, exact equality (NaN equals NaN)."""
+    rows = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        equal = a == b or (
+            isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+        )
+        rows.append({"metric": key, "old": a, "new": b, "equal": equal})
+    return rows

@@ -1,0 +1,145 @@
+"""Runs through the real papermill, kernel and record: success is proven, never assumed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mlkit import runner
+from mlkit.record import read_json
+from tests.conftest import SCENARIOS, all_files, run_cli
+
+
+def scenario(name: str) -> str:
+    return str(SCENARIOS / f"{name}.ipynb")
+
+
+def only_run_dir(root: Path) -> Path:
+    runs = [p for p in root.glob("*/runs/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+# The happy path writes every file of the record and judges the run completed.
+def test_echo_run_writes_the_record(exp_root: Path) -> None:
+    info = runner.run(scenario("echo"), {"value": 2.5}, progress=False)
+    assert info["status"] == "completed", info.get("reason")
+    run_dir = Path(info["path"])
+    for name in ("run.json", "params.json", "lineage.json", "result.json", "output.ipynb"):
+        assert (run_dir / name).exists(), name
+    assert read_json(run_dir / "result.json") == {"value": 2.5, "text": "plain"}
+    params = read_json(run_dir / "params.json")
+    assert params["parameters"] == {"value": 2.5, "text": "plain"}
+    lineage = read_json(run_dir / "lineage.json")
+    assert lineage["notebook_sha256"] and lineage["packages_sha256"] and "git" in lineage
+    assert not list(run_dir.glob(".*.tmp")), "atomic writes leave no temp files"
+
+
+# A cell that raises: failed, naming the cell and the error, with the executed notebook kept.
+def test_raising_cell_is_failed_and_kept(exp_root: Path) -> None:
+    info = runner.run(scenario("raises"), {"value": 7}, progress=False)
+    assert info["status"] == "failed"
+    assert "cell 3 (In [4]) `raise ValueError" in info["reason"]
+    assert "raised ValueError: bad value 7.0" in info["reason"]
+    assert info["error"]["ename"] == "ValueError"
+    nb = json.loads((Path(info["path"]) / "output.ipynb").read_text())
+    assert any(o.get("ename") == "ValueError" for c in nb["cells"] for o in c.get("outputs", []))
+    assert info["result"] is None
+
+
+# Cases papermill alone calls complete, or cannot judge: each gets its own reason.
+@pytest.mark.parametrize(
+    ("name", "timeout", "reason"),
+    [
+        ("exits_early", None, "exited early with sys.exit(0) in cell 2 (In [3]) `import sys`"),
+        ("no_result", None, "finished without recording a result"),
+        ("nan_result", None, "non-finite result: value"),
+        ("kernel_dies", None, "kernel died while running cell 2 `import os`"),
+        ("hangs", 3, "cell 2 `import time` timed out after 3 s"),
+    ],
+)
+def test_failure_reasons(exp_root: Path, name: str, timeout: float | None, reason: str) -> None:
+    info = runner.run(scenario(name), {}, progress=False, cell_timeout=timeout)
+    assert info["status"] == "failed"
+    assert reason in info["reason"]
+    assert (Path(info["path"]) / "output.ipynb").exists()
+
+
+# A papermill notebook that never imports mlkit records its result with scrapbook.
+def test_scrapbook_results_are_read(exp_root: Path) -> None:
+    info = runner.run(scenario("scrapbook_glue"), {"value": 4}, progress=False)
+    assert info["status"] == "completed", info.get("reason")
+    assert info["result"] == {"value": 8.0, "text": "plain"}
+
+
+# Strings with quotes, backslashes and newlines arrive in the kernel unchanged (via the CLI).
+def test_awkward_strings_arrive_unchanged(exp_root: Path) -> None:
+    text = 'it\'s "quoted" \\back\\slash\nnew line\t{braces} $HOME'
+    proc = run_cli("run", scenario("echo"), "-p", "text", text, "-q")
+    assert proc.returncode == 0, proc.stderr
+    result = read_json(only_run_dir(exp_root) / "result.json")
+    assert result["text"] == text
+
+
+# Bad input: a clear message naming the problem and the fix, exit 2, nothing written.
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-p", "epochs", "ten"], "Parameter 'epochs' of templates/classify.ipynb must be an int"),
+        (["-p", "lr", "-1"], "'lr' of templates/classify.ipynb must be a float above 0"),
+        (["-p", "epoch", "3"], "Unknown parameter 'epoch'"),
+        (["-p", "dataset", "mnist"], "one of digits, digits_flat"),
+        (["-p", "model", "resnet"], "one of linear, mlp, cnn"),
+        (["-p", "learning-rate", "3"], "not a Python identifier"),
+    ],
+)
+def test_bad_parameters_exit_2_and_write_nothing(
+    exp_root: Path, args: list[str], message: str
+) -> None:
+    proc = run_cli("run", "templates/classify.ipynb", *args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert (
+        "Pass -p" in proc.stderr
+        or "Valid parameters" in proc.stderr
+        or "Use letters" in (proc.stderr)
+    )
+    assert all_files(exp_root) == []
+
+
+# Notebook-level bad input: missing file, no parameters cell.
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("templates/nope.ipynb", "does not exist"),
+        (scenario("no_parameters"), "no cell tagged 'parameters'"),
+    ],
+)
+def test_bad_notebooks_exit_2_and_write_nothing(exp_root: Path, path: str, message: str) -> None:
+    proc = run_cli("run", path, "-p", "value", "1")
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert all_files(exp_root) == []
+
+
+# A failed run exits 1 and says why; the record stays.
+def test_failed_run_exits_1(exp_root: Path) -> None:
+    proc = run_cli("run", scenario("raises"), "-q")
+    assert proc.returncode == 1
+    assert "failed" in proc.stdout and "ValueError" in proc.stdout
+    assert (only_run_dir(exp_root) / "output.ipynb").exists()
+
+
+# A W&B key in the environment never reaches a file under experiments/.
+def test_wandb_key_never_written(exp_root: Path) -> None:
+    canary = "canary-0123456789abcdef0123456789abcdef01234567"
+    proc = run_cli(
+        "run", scenario("echo"), "-q", env={"WANDB_API_KEY": canary, "WANDB_MODE": "offline"}
+    )
+    assert proc.returncode == 0, proc.stderr
+    files = all_files(exp_root)
+    assert any(p.suffix == ".wandb" for p in files), "the W&B offline run was written"
+    for path in files:
+        assert canary.encode() not in path.read_bytes(), path
