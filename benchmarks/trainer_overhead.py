@@ -3,10 +3,11 @@
 Same model (mlp "128,64" on digits_flat, the default template), same data, same optimizer
 (AdamW), same per-step cosine learning rate and the same per-epoch val evaluation in every
 variant, so the difference is the trainer's own overhead: bookkeeping, metrics, best-state
-copies, logging. Variants run interleaved in rotating order for several rounds and the median
-is reported, because this machine is noisy. Target: fit with W&B logging >= 0.95x the loop.
+copies, logging. Variants run interleaved in rotating order for several rounds; the median is
+reported, and the best as a less disturbed view, because this machine is shared and noisy.
+Target: fit with W&B logging >= 0.95x the loop.
 
-Run: python benchmarks/trainer_overhead.py  (about 30 s on 2 cores)
+Run: python benchmarks/trainer_overhead.py  (about 20 s on 2 cores)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from mlkit import data, models, train
 EPOCHS = 30  # per measurement: 30 x 20 = 600 steps, ~0.3 s for this model
 BATCH_SIZE = 64
 LR = 1e-3
-ROUNDS = 5
+ROUNDS = 7
 
 
 def build(ds: data.Dataset) -> torch.nn.Module:
@@ -120,19 +121,33 @@ def main() -> None:
                 rates[name].append(steps / (time.perf_counter() - t0))
         run.finish()
 
+    # Median as asked; best (fastest) too, since other processes on this shared 2-core machine
+    # only ever slow a measurement down, so the best is the least disturbed.
     base = statistics.median(rates["(a) hand loop, no logging"])
+    best_base = max(rates["(a) hand loop, no logging"])
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"{EPOCHS} epochs x {math.ceil(len(ds.train) / BATCH_SIZE)} steps per measurement, "
-        f"median of {ROUNDS} interleaved rounds"
+        f"{ROUNDS} interleaved rounds"
     )
-    print(f"{'variant':<42} {'steps/s':>9} {'min':>8} {'max':>8} {'vs (a)':>7}")
+    header = (
+        f"{'variant':<42} {'median':>8} {'best':>8} {'worst':>8} {'med/(a)':>8} {'best/(a)':>9}"
+    )
+    print(header)
+    print(f"{'':<42} {'steps/s':>8} {'steps/s':>8} {'steps/s':>8}")
     for name, values in rates.items():
-        med = statistics.median(values)
-        print(f"{name:<42} {med:9.0f} {min(values):8.0f} {max(values):8.0f} {med / base:7.3f}")
-    ratio = statistics.median(rates["(b) fit + W&B offline, default logging"]) / base
+        med, best = statistics.median(values), max(values)
+        print(
+            f"{name:<42} {med:8.0f} {best:8.0f} {min(values):8.0f} {med / base:8.3f} "
+            f"{best / best_base:9.3f}"
+        )
+    fit_rates = rates["(b) fit + W&B offline, default logging"]
+    ratio = statistics.median(fit_rates) / base
     verdict = "OK" if ratio >= 0.95 else "BELOW TARGET"
-    print(f"\nfit + W&B / hand loop = {ratio:.3f} (target >= 0.95): {verdict}")
+    print(
+        f"\nfit + W&B / hand loop = {ratio:.3f} median, {max(fit_rates) / best_base:.3f} best "
+        f"(target >= 0.95): {verdict}"
+    )
 
 
 if __name__ == "__main__":

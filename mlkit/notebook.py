@@ -77,13 +77,20 @@ def _engine() -> type:
 
         kernel_env = Dict(default_value=None, allow_none=True).tag(config=True)
         kernel_cwd = Unicode(default_value=None, allow_none=True).tag(config=True)
+        kernel_log = Unicode(default_value=None, allow_none=True).tag(config=True)
 
         def execute(self, **kwargs: Any) -> Any:
             if self.kernel_env is not None:
                 kwargs.setdefault("env", dict(self.kernel_env))
             if self.kernel_cwd:
                 kwargs.setdefault("cwd", self.kernel_cwd)
-            return super().execute(**kwargs)
+            if not self.kernel_log:
+                return super().execute(**kwargs)
+            # The kernel's own stderr (start-up warnings, shutdown noise, a crash's last
+            # words) goes to a file in the record instead of the user's terminal.
+            with open(self.kernel_log, "ab") as log:
+                kwargs.setdefault("stderr", log)
+                return super().execute(**kwargs)
 
         def papermill_execute_cells(self) -> None:
             failed = False
@@ -158,6 +165,7 @@ def execute(
     progress: bool = True,
     kernel_name: str | None = None,
     run_dir: Path | None = None,
+    kernel_log: Path | None = None,
 ) -> Outcome:
     """Execute ``notebook`` into ``output`` and judge the outcome from evidence.
 
@@ -171,6 +179,7 @@ def execute(
         progress: show papermill's progress bar.
         kernel_name: override the notebook's kernel.
         run_dir: where the notebook's mlkit record is, to read its result.
+        kernel_log: file that receives the kernel process's stderr.
     """
     import papermill as pm
 
@@ -188,6 +197,7 @@ def execute(
             execution_timeout=cell_timeout,
             kernel_env=env,
             kernel_cwd=str(cwd) if cwd else None,
+            kernel_log=str(kernel_log) if kernel_log else None,
         )
     except Exception as exc:
         nb = _read_output(output)

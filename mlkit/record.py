@@ -204,6 +204,20 @@ def load_run(path: Path) -> dict[str, Any]:
     return info
 
 
+def history(ref: str | Path, root: Path | None = None) -> list[dict[str, Any]]:
+    """The per-epoch rows a run logged (metrics.jsonl), for curves and comparisons."""
+    path = find_run(ref, root) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line torn by a kill: everything before it is intact
+    return rows
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

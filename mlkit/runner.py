@@ -131,6 +131,7 @@ def run(
             progress=progress,
             kernel_name=signature.kernel_name,
             run_dir=run_dir,
+            kernel_log=run_dir / "kernel.log",
         )
     except KeyboardInterrupt:
         _finalize(run_dir, status="failed", reason="interrupted by the user")

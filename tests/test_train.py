@@ -267,3 +267,27 @@ def test_amp_on_cuda_trains(digits: data.Dataset, amp: str) -> None:
     assert result.device.startswith("cuda")
     assert result.history[-1]["val/accuracy"] > 0.85
     assert all(v.device.type == "cpu" for v in result.best_state.values())
+
+
+def test_pending_logs_are_delivered_when_a_callback_raises(wine: data.Dataset) -> None:
+    # Rule: batched log calls all reach log before fit's exception does (e.g. a pruner raising).
+    calls: list[int] = []
+
+    def prune(epoch: int, metrics: dict) -> None:
+        if epoch == 3:
+            raise KeyboardInterrupt("pruned")
+
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(_mlp(wine), wine, epochs=10, log=lambda m, s: calls.append(m["epoch"]),
+                  callbacks=[prune])  # fmt: skip
+    assert calls == [1, 2, 3]
+
+
+def test_non_finite_loss_stops_training() -> None:
+    # Rule: a diverging run stops at the first non-finite epoch; with no finite monitored value
+    # best_epoch is 0 and best_score NaN.
+    ds = data.load("synthetic_regression")
+    result = train.fit(_mlp(ds), ds, epochs=20, optimizer="sgd", lr=1e4, schedule="constant")
+    assert result.stop_reason == "non-finite train loss" and result.stopped_early
+    assert len(result.history) == 1
+    assert result.best_epoch == 0 and math.isnan(result.best_score)
