@@ -36,12 +36,28 @@ __all__ = [
     "notebook",
     "parameters",
     "record",
+    "runner",
+    "space",
     "start_run",
+    "sweep",
     "track",
     "train",
+    "trial",
 ]
 
-_SUBMODULES = {"data", "metrics", "models", "notebook", "record", "track", "train"}
+_SUBMODULES = {
+    "data",
+    "metrics",
+    "models",
+    "notebook",
+    "record",
+    "runner",
+    "space",
+    "sweep",
+    "track",
+    "train",
+    "trial",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -217,6 +217,87 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from mlkit import sweep
+
+    fixed = {name: value for name, value in args.param or []}
+    cfg = sweep.prepare(
+        args.notebook,
+        args.space,
+        study=args.study,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        jobs=args.jobs,
+        storage=args.storage,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        objectives=args.objective,
+        trial_timeout=args.trial_timeout,
+        seed=args.seed,
+        fixed=fixed,
+        from_cli=True,
+        tracking=args.tracking,
+    )
+    summary = sweep.run(cfg, progress=not args.quiet)
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(
+        f"study {summary.study}: {summary.n_complete} complete, {summary.n_pruned} pruned, "
+        f"{summary.n_failed} failed in {summary.seconds:.0f}s  (storage {summary.storage})"
+    )
+    objective = ", ".join(f"{m} ({d})" for m, d in zip(cfg.objectives, cfg.directions))
+    if summary.best:
+        best = summary.best
+        console.print(f"best trial #{best['number']}: {objective} = {best['values'][0]:.4f}")
+        for key, value in (best.get("result") or {}).items():
+            if key.startswith("test/"):
+                console.print(f"  {key} = {_fmt(value)}")
+        console.print(f"  params: {best['params']}")
+        console.print(f"  record: {best['run_path']}")
+    for trial in summary.pareto:
+        console.print(f"Pareto trial #{trial['number']}: {trial['values']}  {trial['params']}")
+    console.print(f"report:   mlkit sweep report {summary.study}")
+    console.print(f"best as parameters: mlkit sweep best {summary.study} > best.yaml")
+    return EXIT_OK if summary.n_complete else EXIT_FAILED
+
+
+def cmd_sweep_best(args: argparse.Namespace) -> int:
+    import yaml
+
+    from mlkit import sweep
+
+    url = sweep.find_storage(args.study, storage=args.storage)
+    print(yaml.safe_dump(sweep.best_params(args.study, url), sort_keys=False), end="")
+    return EXIT_OK
+
+
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    from mlkit import report
+
+    out = report.sweep_report(args.study, storage=args.storage, progress=not args.quiet)
+    print(f"report notebook: {out['notebook']}")
+    print(f"report page:     {out['html']}")
+    return EXIT_OK if out["status"] == "completed" else EXIT_FAILED
+
+
+def build_sweep_tools_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlkit sweep", description="Read a finished study.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, func, help in (
+        ("best", cmd_sweep_best, "Print the best trial's parameters as YAML for mlkit run -f."),
+        ("report", cmd_sweep_report,
+         "Execute templates/sweep_report.ipynb into a notebook and an HTML page."),
+    ):
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        p.add_argument("study", help="study name")
+        p.add_argument("--storage", help="storage URL (default: experiments/STUDY/study.journal)")
+        if name == "report":
+            p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlkit",
@@ -261,6 +342,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    p = add(
+        "sweep",
+        cmd_sweep,
+        "Optuna sweep: every trial an executed notebook with its record. "
+        "Also: mlkit sweep best STUDY, mlkit sweep report STUDY.",
+    )
+    p.add_argument("notebook", help="the notebook to sweep, e.g. templates/classify.ipynb")
+    p.add_argument("--space", required=True, metavar="SPACE.yaml", help="search-space file")
+    p.add_argument("--study", help="study name (default: NOTEBOOK-sweep); the same resumes")
+    p.add_argument("--trials", type=int, default=20, help="trials in total, across workers")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop asking after this")
+    p.add_argument("--jobs", type=int, default=1, help="kernels running at once on this machine")
+    p.add_argument("--storage", metavar="URL",
+                   help="journal file path (default), sqlite:///x.db or postgresql://...")
+    p.add_argument("--sampler", default="tpe", help="tpe, random, grid, cmaes, qmc, nsga2")
+    p.add_argument("--pruner", default="median", help="median, hyperband, halving, none")
+    p.add_argument("--objective", action="append", metavar="METRIC[:min|max]",
+                   help="result metric to optimise (repeat for two: a Pareto front); "
+                   "default val/accuracy")
+    p.add_argument("--trial-timeout", type=float, metavar="SECONDS",
+                   help="fail a trial when any one cell runs longer")
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampler and trial seeds")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="fix a parameter for every trial")
+    p.add_argument("--tracking", choices=["offline", "online", "disabled"])
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
     p = add("inspect", cmd_inspect, "Show a notebook's parameters: type, default, rule, help.")
     p.add_argument("notebook")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -294,7 +402,12 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"] and argv[1:2] and argv[1] in ("best", "report"):
+        parser = build_sweep_tools_parser()
+        argv = argv[1:]
+    else:
+        parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -273,12 +273,14 @@ class Run:
         self.result: dict[str, Any] | None = None
         self.figures: list[str] = []
         from mlkit import track
+        from mlkit.trial import spec_from_env
 
+        trial = spec_from_env()
         self.tracker = track.Tracker(
             run_dir=path,
             run_id=run_id,
             experiment=experiment,
-            config=self.params,
+            config={**self.params, **({"trial": trial} if trial else {})},
             job_type=job_type,
             mode=tracking,
         )
@@ -396,6 +398,8 @@ def start_run(
         tracking: W&B mode (offline, online, disabled); default ``$WANDB_MODE`` or offline.
     """
     global _ACTIVE
+    if os.environ.get("MLKIT_TRIAL") and job_type == "run":
+        job_type = "trial"
     if _ACTIVE is not None and _ACTIVE.result is None:
         _ACTIVE.tracker.finish(exit_code=1)  # an abandoned run in a reused kernel
     run_dir = os.environ.get(ENV_RUN_DIR)

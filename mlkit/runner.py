@@ -55,6 +55,7 @@ def run(
     progress: bool = True,
     inject: str = "given",
     extra: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
     root: Path | None = None,
 ) -> dict[str, Any]:
     """Execute ``notebook`` as a recorded run and return its record.
@@ -69,6 +70,7 @@ def run(
         progress: show a progress bar while cells run.
         inject: "given" injects only the values passed, "all" every parameter.
         extra: more fields for run.json (for example ``reproduce_of``).
+        env: more environment variables for the kernel (never written to the record).
         root: experiments folder; default ``experiments/`` at the project root.
 
     Raises:
@@ -107,8 +109,9 @@ def run(
     )
     write_json(run_dir / "lineage.json", lineage.collect(notebook))
 
-    env = dict(os.environ)
-    env.update(
+    kernel_env = dict(os.environ)
+    kernel_env.update(env or {})
+    kernel_env.update(
         {
             ENV_RUN_DIR: str(run_dir),
             ENV_EXPERIMENT: experiment,
@@ -125,7 +128,7 @@ def run(
             notebook,
             output,
             full if inject == "all" else values,
-            env=env,
+            env=kernel_env,
             cwd=Path.cwd(),
             cell_timeout=cell_timeout,
             progress=progress,

@@ -1,0 +1,775 @@
+"""Optuna sweeps where every trial is an executed notebook with its own record.
+
+The only module that creates or loads Optuna studies. A driver asks Optuna for a
+trial, runs the notebook with the suggested parameters (plus the trial's
+coordinates in ``MLKIT_TRIAL``), and tells the outcome: COMPLETE with the
+objective(s), PRUNED, or FAIL with the reason.
+
+Storage is a URL: a journal file by default (``experiments/<study>/study.journal``;
+plain paths and ``journal:///abs/path`` both work), ``sqlite:///...`` for one
+machine, ``postgresql://...`` for many. Known traps and their answers:
+
+- a killed worker leaves its trial RUNNING forever (journal files have no
+  heartbeat): every worker stamps a heartbeat on its running trial; any worker
+  fails trials whose worker process is gone (same host) or whose heartbeat is
+  stale, and enqueues their parameters once more;
+- a torn last line of a journal file breaks every later read once something is
+  appended after it: the tail is checked and cut, under Optuna's own lock, before
+  the study is opened;
+- exactly N trials across machines: asking is serialised by a lock (a file lock
+  for files, an advisory lock for PostgreSQL) around "count, then ask".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlkit import space as _space
+from mlkit.errors import MlkitError
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc", "nsga2")
+PRUNERS = ("median", "hyperband", "halving", "none")
+HEARTBEAT_S = 15.0
+STALE_AFTER_S = 90.0
+MINIMIZE_HINTS = ("loss", "error", "rmse", "mae", "mse", "time")
+
+
+class SweepError(MlkitError, ValueError):
+    """A sweep cannot start as asked."""
+
+
+# --- configuration ------------------------------------------------------------
+
+
+@dataclass
+class SweepConfig:
+    """Everything a worker needs; JSON-able so spawned workers get it whole."""
+
+    notebook: str
+    study: str
+    storage: str
+    space: list[dict[str, Any]]
+    objectives: list[str]
+    directions: list[str]
+    n_trials: int = 20
+    timeout: float | None = None
+    jobs: int = 1
+    sampler: str = "tpe"
+    pruner: str = "median"
+    trial_timeout: float | None = None
+    seed: int = 0
+    fixed: dict[str, Any] = field(default_factory=dict)
+    tracking: str | None = None
+    root: str | None = None
+    started: float = 0.0
+
+    def dims(self) -> list[_space.Dim]:
+        return _space.parse({d["name"]: _dim_spec(d) for d in self.space}, "the study's space")
+
+
+def _dim_spec(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != "name"}
+
+
+def parse_objective(text: str) -> tuple[str, str]:
+    """``val/accuracy``, ``val/loss:min`` or ``val/accuracy:maximize`` -> (metric, direction)."""
+    metric, _, direction = text.partition(":")
+    metric = metric.strip()
+    if not metric:
+        raise SweepError(f"--objective {text!r} names no metric. Pass --objective val/accuracy.")
+    direction = direction.strip().lower()
+    if not direction:
+        lowered = metric.lower()
+        direction = "minimize" if any(h in lowered for h in MINIMIZE_HINTS) else "maximize"
+    aliases = {"min": "minimize", "max": "maximize", "minimize": "minimize", "maximize": "maximize"}
+    if direction not in aliases:
+        raise SweepError(
+            f"--objective {text!r}: direction must be min or max, got {direction!r}. "
+            "Pass --objective val/loss:min."
+        )
+    return metric, aliases[direction]
+
+
+def default_storage(study: str, root: Path) -> str:
+    return str(root / study / "study.journal")
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password, for anything that is written down."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+# --- storage ------------------------------------------------------------------
+
+
+def _journal_path(url: str) -> Path | None:
+    if url.startswith("journal:///"):
+        return Path(url[len("journal://") :])
+    if "://" in url:
+        return None
+    return Path(url)
+
+
+def repair_journal_tail(path: Path) -> int:
+    """Cut a torn last line (a write killed midway) so appends stay readable.
+
+    Returns the number of bytes cut (kept beside the journal as ``.torn-<time>``).
+    """
+    from optuna.storages.journal import JournalFileSymlinkLock
+    from optuna.storages.journal._file import get_lock_file
+
+    if not path.exists() or path.stat().st_size == 0:
+        return 0
+    with get_lock_file(JournalFileSymlinkLock(str(path))):
+        data = path.read_bytes()
+        end = len(data)
+        if data.endswith(b"\n"):
+            last_start = data.rfind(b"\n", 0, end - 1) + 1
+            try:
+                json.loads(data[last_start:end])
+                return 0
+            except ValueError:
+                cut_at = last_start
+        else:
+            cut_at = data.rfind(b"\n") + 1
+        torn = data[cut_at:]
+        (path.parent / f"{path.name}.torn-{int(time.time())}").write_bytes(torn)
+        with open(path, "r+b") as fh:
+            fh.truncate(cut_at)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return len(torn)
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna storage from a URL or a journal file path."""
+    import optuna
+
+    journal = _journal_path(url)
+    if journal is not None:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        repair_journal_tail(journal)
+        return JournalStorage(JournalFileBackend(str(journal)))
+    if url.startswith(("sqlite:", "postgresql", "mysql")):
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite:"):
+            # SQLite locks under concurrent writers; a long busy timeout rides it out.
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        return optuna.storages.RDBStorage(url, **kwargs)
+    raise SweepError(
+        f"Storage {redact(url)!r} is not understood. Use a journal file path (the default), "
+        "sqlite:///path.db, or postgresql://user@host/db."
+    )
+
+
+@contextlib.contextmanager
+def ask_lock(url: str, study: str) -> Iterator[None]:
+    """Serialise "count trials, then ask" across processes and machines."""
+    journal = _journal_path(url)
+    if url.startswith("postgresql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        key = int(hashlib.sha256(f"mlkit:{study}".encode()).hexdigest()[:15], 16)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        engine.dispose()
+        return
+    if journal is not None:
+        lock_path = journal.with_name(journal.name + ".ask.lock")
+    elif url.startswith("sqlite:///"):
+        lock_path = Path(url[len("sqlite:///") :] + ".ask.lock")
+    else:
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def make_pruner(name: str) -> Any:
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise SweepError(f"Unknown pruner {name!r}. Valid: {', '.join(PRUNERS)}.")
+
+
+def make_sampler(name: str, seed: int, dims: list[_space.Dim], n_objectives: int) -> Any:
+    import warnings
+
+    import optuna
+
+    # multivariate/group TPE is "experimental" in Optuna, and the right choice for
+    # conditional spaces; the warning would print once per worker.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                          n_startup_trials=6)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(_space.grid(dims), seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    raise SweepError(f"Unknown sampler {name!r}. Valid: {', '.join(SAMPLERS)}.")
+
+
+def load_study(url: str, name: str, *, sampler: Any = None, pruner: Any = None) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(url), sampler=sampler,
+                                 pruner=pruner)
+    except KeyError:
+        raise SweepError(
+            f"No study {name!r} in {redact(url)}. List studies with: optuna studies "
+            f"--storage URL, or start one with mlkit sweep."
+        ) from None
+
+
+def attach_trial(url: str, study_name: str, number: int, pruner: str | None) -> Any:
+    """A live ``optuna.Trial`` for a trial another process asked for (the notebook side)."""
+    import optuna
+
+    study = load_study(url, study_name, pruner=make_pruner(pruner or "none"))
+    storage = study._storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    return optuna.trial.Trial(study, trial_id)
+
+
+# --- checking and starting -----------------------------------------------------
+
+
+def prepare(
+    notebook: str | Path,
+    space_path: str | Path,
+    *,
+    study: str | None = None,
+    n_trials: int = 20,
+    timeout: float | None = None,
+    jobs: int = 1,
+    storage: str | None = None,
+    sampler: str = "tpe",
+    pruner: str = "median",
+    objectives: list[str] | None = None,
+    trial_timeout: float | None = None,
+    seed: int = 0,
+    fixed: dict[str, Any] | None = None,
+    from_cli: bool = False,
+    tracking: str | None = None,
+    root: Path | None = None,
+) -> SweepConfig:
+    """Check everything that can be checked before a trial runs; nothing is written."""
+    from mlkit import params as _params
+    from mlkit.record import check_experiment_name, experiments_root
+
+    signature = _params.read_signature(notebook)
+    dims = _space.load(space_path)
+    _space.check_against(dims, signature, str(space_path))
+    fixed = _params.validate(fixed or {}, signature, from_cli=from_cli)
+    overlap = sorted(set(fixed) & {d.name for d in dims})
+    if overlap:
+        raise SweepError(
+            f"Parameter '{overlap[0]}' is both fixed with -p and searched in {space_path}. "
+            "Drop one of them."
+        )
+    for name, value, low in (("--trials", n_trials, 1), ("--jobs", jobs, 1)):
+        if not isinstance(value, int) or value < low:
+            raise SweepError(f"{name} must be an int >= {low}, got {value!r}.")
+    for name, value in (("--timeout", timeout), ("--trial-timeout", trial_timeout)):
+        if value is not None and not value > 0:
+            raise SweepError(f"{name} must be a number of seconds > 0, got {value!r}.")
+    if sampler not in SAMPLERS:
+        raise SweepError(f"Unknown sampler {sampler!r}. Valid: {', '.join(SAMPLERS)}.")
+    if pruner not in PRUNERS:
+        raise SweepError(f"Unknown pruner {pruner!r}. Valid: {', '.join(PRUNERS)}.")
+    parsed = [parse_objective(o) for o in (objectives or ["val/accuracy"])]
+    if len(parsed) > 2:
+        raise SweepError("At most two objectives (a Pareto front of two metrics).")
+    if len(parsed) == 2 and pruner != "none":
+        pruner = "none"  # Optuna cannot prune multi-objective studies
+    if sampler == "grid":
+        _space.grid(dims)
+    name = study or f"{Path(notebook).stem}-sweep"
+    check_experiment_name(name)
+    root = root or experiments_root()
+    url = storage or default_storage(name, root)
+    if _journal_path(url) is None and "://" not in url:
+        raise SweepError(f"Storage {redact(url)!r} is not understood.")
+    return SweepConfig(
+        notebook=str(notebook),
+        study=name,
+        storage=url,
+        space=[{"name": d.name, **d.to_dict()} for d in dims],
+        objectives=[m for m, _ in parsed],
+        directions=[d for _, d in parsed],
+        n_trials=n_trials,
+        timeout=timeout,
+        jobs=jobs,
+        sampler=sampler,
+        pruner=pruner,
+        trial_timeout=trial_timeout,
+        seed=seed,
+        fixed=fixed,
+        tracking=tracking,
+        root=str(root),
+    )
+
+
+def _create_or_resume(cfg: SweepConfig) -> Any:
+    """Create the study, or resume it when the same notebook, space and objectives match."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(cfg.storage)
+    study = optuna.create_study(
+        study_name=cfg.study,
+        storage=storage,
+        directions=cfg.directions,
+        load_if_exists=True,
+    )
+    attrs = study.user_attrs
+    identity = {
+        "notebook": cfg.notebook,
+        "space": cfg.space,
+        "objectives": cfg.objectives,
+        "fixed": cfg.fixed,
+    }
+    if "mlkit" not in attrs:
+        study.set_user_attr("mlkit", {**identity, "sampler": cfg.sampler, "pruner": cfg.pruner,
+                                      "seed": cfg.seed})
+    else:
+        old = attrs["mlkit"]
+        for key, value in identity.items():
+            if old.get(key) != json.loads(json.dumps(value)):
+                raise SweepError(
+                    f"Study {cfg.study!r} already exists with a different {key} "
+                    f"({old.get(key)!r}). Resume it with the same settings, or pass "
+                    f"--study NEW_NAME."
+                )
+    if list(study.directions) != [
+        optuna.study.StudyDirection.MINIMIZE if d == "minimize" else
+        optuna.study.StudyDirection.MAXIMIZE for d in cfg.directions
+    ]:
+        raise SweepError(f"Study {cfg.study!r} exists with other directions; use a new --study.")
+    return study
+
+
+# --- the worker loop -------------------------------------------------------------
+
+
+def trial_seed(base: int, params: dict[str, Any]) -> int:
+    """A trial's seed comes from the trial (its parameters), not the worker or the order."""
+    text = json.dumps({"seed": base, "params": params}, sort_keys=True)
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % (2**31 - 1)
+
+
+def _worker_tag() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale(study: Any, now: float | None = None) -> list[int]:
+    """Fail RUNNING trials whose worker is gone; enqueue their parameters once more."""
+    from optuna.trial import TrialState
+
+    now = now or time.time()
+    host = socket.gethostname()
+    reaped = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker") or {}
+        beat = trial.user_attrs.get("heartbeat", trial.datetime_start.timestamp()
+                                    if trial.datetime_start else now)
+        dead = worker.get("host") == host and worker.get("pid") and not _pid_alive(worker["pid"])
+        stale = now - float(beat) > STALE_AFTER_S
+        if not (dead or stale):
+            continue
+        why = (f"worker pid {worker.get('pid')} on {host} is gone" if dead
+               else f"no heartbeat for {now - float(beat):.0f} s")
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"reaped: {why}")
+            study._storage.set_trial_user_attr(trial._trial_id, "reaped", True)
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except Exception:  # another worker reaped it first
+            continue
+        reaped.append(trial.number)
+        if "retry_of" not in trial.user_attrs:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
+                                skip_if_exists=False)
+    return reaped
+
+
+def _budget_used(study: Any) -> tuple[int, int]:
+    """(trials that count against --trials, trials waiting in the queue)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counted = sum(1 for t in trials if not t.user_attrs.get("reaped"))
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    return counted, waiting
+
+
+class _Heartbeat:
+    """Stamps the running trial so other workers can tell it from a dead one."""
+
+    def __init__(self, study: Any, trial_id: int) -> None:
+        self.study, self.trial_id = study, trial_id
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):
+                self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def worker(cfg: SweepConfig) -> int:
+    """Ask, run, tell, until the study has ``n_trials`` trials or time is up.
+
+    Returns the number of trials this worker ran.
+    """
+    study = _create_or_resume(cfg)
+    dims = cfg.dims()
+    study.sampler = make_sampler(cfg.sampler, cfg.seed + os.getpid() % 1000 if cfg.jobs > 1
+                                 else cfg.seed, dims, len(cfg.objectives))
+    study.pruner = make_pruner(cfg.pruner)
+    ran = 0
+    while True:
+        if cfg.timeout and time.time() - cfg.started > cfg.timeout:
+            break
+        with ask_lock(cfg.storage, cfg.study):
+            reap_stale(study)
+            counted, waiting = _budget_used(study)
+            if counted >= cfg.n_trials and not waiting:
+                break
+            trial = study.ask()
+            study._storage.set_trial_user_attr(trial._trial_id, "worker", _worker_tag())
+            study._storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+        run_trial(cfg, study, trial, dims)
+        ran += 1
+    return ran
+
+
+def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) -> str:
+    """Execute one trial's notebook and tell Optuna how it ended. Returns the state name."""
+    from optuna.trial import TrialState
+
+    from mlkit import runner
+    from mlkit.trial import ENV_TRIAL, PRUNED_FILE
+
+    retry_of = trial.user_attrs.get("retry_of") if hasattr(trial, "user_attrs") else None
+    try:
+        suggested = _space.suggest(trial, dims)
+    except Exception as exc:
+        study.tell(trial, state=TrialState.FAIL)
+        return f"FAIL: could not sample: {exc}"
+    seed = trial_seed(cfg.seed, suggested)
+    values = {**cfg.fixed, **suggested}
+    from mlkit.params import read_signature
+
+    if "seed" in read_signature(cfg.notebook).names and "seed" not in suggested:
+        values["seed"] = seed
+    spec = {
+        "storage": cfg.storage,
+        "study": cfg.study,
+        "number": trial.number,
+        "metric": cfg.objectives[0] if len(cfg.objectives) == 1 else None,
+        "pruner": cfg.pruner,
+    }
+    storage = study._storage
+    storage.set_trial_user_attr(trial._trial_id, "seed", values.get("seed", seed))
+    with _Heartbeat(study, trial._trial_id):
+        try:
+            info = runner.run(
+                cfg.notebook,
+                values,
+                experiment=cfg.study,
+                cell_timeout=cfg.trial_timeout,
+                tracking=cfg.tracking,
+                job_type="trial",
+                progress=False,
+                extra={"study": cfg.study, "trial": trial.number,
+                       **({"retry_of": retry_of} if retry_of is not None else {})},
+                env={ENV_TRIAL: json.dumps(spec)},
+                root=Path(cfg.root) if cfg.root else None,
+            )
+        except Exception as exc:  # the driver itself failed: the trial must not stay RUNNING
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"driver error: {exc}")
+            study.tell(trial, state=TrialState.FAIL)
+            return "FAIL"
+    storage.set_trial_user_attr(trial._trial_id, "run_id", info["id"])
+    storage.set_trial_user_attr(trial._trial_id, "run_path", info["path"])
+    if (info.get("wandb") or {}).get("id"):
+        storage.set_trial_user_attr(trial._trial_id, "wandb_id", info["wandb"]["id"])
+    result = info.get("result") or {}
+    storage.set_trial_user_attr(trial._trial_id, "result", _finite_only(result))
+    pruned = Path(info["path"], PRUNED_FILE)
+    if info["status"] == "completed" and pruned.exists():
+        study.tell(trial, state=TrialState.PRUNED)
+        return "PRUNED"
+    if info["status"] != "completed":
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", info.get("reason", ""))
+        study.tell(trial, state=TrialState.FAIL)
+        return "FAIL"
+    missing = [m for m in cfg.objectives if m not in result]
+    if missing:
+        storage.set_trial_user_attr(
+            trial._trial_id,
+            "fail_reason",
+            f"objective {missing[0]!r} not in the result (it has: {', '.join(result)})",
+        )
+        study.tell(trial, state=TrialState.FAIL)
+        return "FAIL"
+    objective = [float(result[m]) for m in cfg.objectives]
+    if not all(math.isfinite(v) for v in objective):
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", "non-finite objective")
+        study.tell(trial, state=TrialState.FAIL)
+        return "FAIL"
+    study.tell(trial, objective if len(objective) > 1 else objective[0])
+    return "COMPLETE"
+
+
+def _finite_only(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items()
+            if not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def _worker_main(cfg_dict: dict[str, Any]) -> None:
+    """Entry point of a spawned worker process."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    worker(SweepConfig(**cfg_dict))
+
+
+# --- the driver -------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    study: str
+    storage: str
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    best: dict[str, Any] | None
+    pareto: list[dict[str, Any]]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
+    """Run the sweep with ``cfg.jobs`` worker processes and show progress."""
+    import multiprocessing
+
+    cfg.started = time.time()
+    study = _create_or_resume(cfg)  # fail fast on a conflicting study, before workers start
+    with ask_lock(cfg.storage, cfg.study):
+        reap_stale(study)
+    procs = []
+    if cfg.jobs == 1:
+        thread = threading.Thread(target=worker, args=(cfg,), daemon=True)
+        thread.start()
+        alive = thread.is_alive
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        for _ in range(cfg.jobs):
+            proc = ctx.Process(target=_worker_main, args=(asdict(cfg),), daemon=False)
+            proc.start()
+            procs.append(proc)
+
+        def alive() -> bool:
+            return any(p.is_alive() for p in procs)
+
+    try:
+        _watch(cfg, study, alive, progress)
+    except KeyboardInterrupt:
+        for proc in procs:
+            proc.terminate()
+        raise
+    finally:
+        for proc in procs:
+            proc.join()
+    return summarize(cfg.study, cfg.storage, time.time() - cfg.started)
+
+
+def _watch(cfg: SweepConfig, study: Any, alive: Any, progress: bool) -> None:
+    """Poll the storage and draw trials done, pruned, failed, best so far, time left."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [
+        TextColumn("[bold]{task.fields[study]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} trials"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TextColumn("left ~{task.fields[eta]}"),
+    ]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("sweep", total=cfg.n_trials, study=cfg.study, status="", eta="?")
+        while True:
+            running = alive()
+            counts = _counts(study)
+            done = counts["complete"] + counts["pruned"] + counts["fail"]
+            elapsed = time.time() - cfg.started
+            left = max(cfg.n_trials - done, 0)
+            eta = "?"
+            if done:
+                eta = f"{elapsed / done * left:.0f}s"
+            best = _best_text(study)
+            bar.update(
+                task,
+                completed=min(done, cfg.n_trials),
+                status=f"ok {counts['complete']} pruned {counts['pruned']} "
+                f"failed {counts['fail']} running {counts['running']}  best {best}",
+                eta=eta,
+            )
+            if not running:
+                break
+            time.sleep(0.5)
+
+
+def _counts(study: Any) -> dict[str, int]:
+    from optuna.trial import TrialState
+
+    counts = {"complete": 0, "pruned": 0, "fail": 0, "running": 0}
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            counts["complete"] += 1
+        elif t.state == TrialState.PRUNED:
+            counts["pruned"] += 1
+        elif t.state == TrialState.FAIL and not t.user_attrs.get("reaped"):
+            counts["fail"] += 1
+        elif t.state == TrialState.RUNNING:
+            counts["running"] += 1
+    return counts
+
+
+def _best_text(study: Any) -> str:
+    try:
+        if len(study.directions) > 1:
+            return f"{len(study.best_trials)} on the Pareto front"
+        return f"{study.best_value:.4f}"
+    except ValueError:
+        return "-"
+
+
+def summarize(name: str, url: str, seconds: float = 0.0) -> Summary:
+    """Counts, the best trial (or the Pareto front) and where its record is."""
+    study = load_study(url, name)
+    counts = _counts(study)
+    best, pareto = None, []
+    try:
+        if len(study.directions) == 1:
+            best = _trial_dict(study.best_trial)
+        else:
+            pareto = [_trial_dict(t) for t in study.best_trials]
+    except ValueError:
+        pass
+    return Summary(name, redact(url), counts["complete"], counts["pruned"], counts["fail"], best,
+                   pareto, seconds)
+
+
+def _trial_dict(trial: Any) -> dict[str, Any]:
+    return {
+        "number": trial.number,
+        "values": trial.values,
+        "params": trial.params,
+        "seed": trial.user_attrs.get("seed"),
+        "run_id": trial.user_attrs.get("run_id"),
+        "run_path": trial.user_attrs.get("run_path"),
+        "result": trial.user_attrs.get("result", {}),
+    }
+
+
+def best_params(name: str, url: str) -> dict[str, Any]:
+    """The best trial's full parameters (fixed ones and its seed included), for ``mlkit run -f``."""
+    study = load_study(url, name)
+    try:
+        trial = study.best_trial
+    except ValueError:
+        raise SweepError(f"Study {name!r} has no completed trial yet.") from None
+    except RuntimeError:
+        raise SweepError(
+            f"Study {name!r} has two objectives: pick a trial from the Pareto front "
+            "(mlkit sweep report) instead."
+        ) from None
+    meta = study.user_attrs.get("mlkit", {})
+    out = dict(meta.get("fixed", {}))
+    out.update(trial.params)
+    if trial.user_attrs.get("seed") is not None and "seed" not in out:
+        out["seed"] = trial.user_attrs["seed"]
+    return out
+
+
+def find_storage(name: str, root: Path | None = None, storage: str | None = None) -> str:
+    """The storage of a study by name: the given URL, else its default journal file."""
+    from mlkit.record import experiments_root
+
+    if storage:
+        return storage
+    path = Path(default_storage(name, root or experiments_root()))
+    if not path.exists():
+        raise SweepError(
+            f"No study {name!r} under {path.parent.parent}. Pass --storage URL if it lives "
+            "elsewhere."
+        )
+    return str(path)
