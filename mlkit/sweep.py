@@ -31,6 +31,7 @@ import os
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -479,15 +480,19 @@ class _Heartbeat:
         self.thread.join(timeout=5)
 
 
-def worker(cfg: SweepConfig) -> int:
+def worker(cfg: SweepConfig, index: int = 0) -> int:
     """Ask, run, tell, until the study has ``n_trials`` trials or time is up.
 
     Returns the number of trials this worker ran.
     """
     study = _create_or_resume(cfg)
     dims = cfg.dims()
-    study.sampler = make_sampler(cfg.sampler, cfg.seed + os.getpid() % 1000 if cfg.jobs > 1
-                                 else cfg.seed, dims, len(cfg.objectives))
+    # Grid and QMC map a shared sequence onto trial slots: every worker needs the same
+    # seed. Samplers that draw at random need different ones, or workers on the same
+    # study draw the same start-up points.
+    host = zlib.crc32(socket.gethostname().encode()) % 100_003
+    seed = cfg.seed if cfg.sampler in ("grid", "qmc") else cfg.seed + 7919 * index + host
+    study.sampler = make_sampler(cfg.sampler, seed, dims, len(cfg.objectives))
     study.pruner = make_pruner(cfg.pruner)
     ran = 0
     while True:
@@ -590,12 +595,12 @@ def _finite_only(result: dict[str, Any]) -> dict[str, Any]:
             if not (isinstance(v, float) and not math.isfinite(v))}
 
 
-def _worker_main(cfg_dict: dict[str, Any]) -> None:
+def _worker_main(cfg_dict: dict[str, Any], index: int) -> None:
     """Entry point of a spawned worker process."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    worker(SweepConfig(**cfg_dict))
+    worker(SweepConfig(**cfg_dict), index)
 
 
 # --- the driver -------------------------------------------------------------------
@@ -631,8 +636,8 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
         alive = thread.is_alive
     else:
         ctx = multiprocessing.get_context("spawn")
-        for _ in range(cfg.jobs):
-            proc = ctx.Process(target=_worker_main, args=(asdict(cfg),), daemon=False)
+        for index in range(cfg.jobs):
+            proc = ctx.Process(target=_worker_main, args=(asdict(cfg), index), daemon=False)
             proc.start()
             procs.append(proc)
 

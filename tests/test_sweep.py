@@ -1,0 +1,328 @@
+"""Sweeps through the real Optuna storage, papermill and kernels, on a cheap notebook."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from mlkit import sweep
+from mlkit.record import read_json
+from tests.conftest import SCENARIOS, all_files, run_cli
+
+NOTEBOOK = str(SCENARIOS / "objective.ipynb")
+
+
+def write_space(tmp_path: Path, raw: dict) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def study_of(root: Path, name: str) -> optuna.Study:
+    return sweep.load_study(str(root / name / "study.journal"), name)
+
+
+BOWL = {
+    "x": {"type": "float", "low": -4.0, "high": 4.0},
+    "y": {"type": "int", "low": 0, "high": 3},
+    "kind": ["a", "b"],
+}
+
+
+# Two jobs, exactly N trials, each a record linked both ways; seeds come from the trial.
+def test_parallel_sweep_links_trials_and_records(exp_root: Path, tmp_path: Path) -> None:
+    proc = run_cli(
+        "sweep",
+        NOTEBOOK,
+        "--space",
+        write_space(tmp_path, BOWL),
+        "--trials",
+        "6",
+        "--jobs",
+        "2",
+        "--objective",
+        "loss",
+        "--study",
+        "bowl",
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "best trial #" in proc.stdout and "mlkit sweep report bowl" in proc.stdout
+    study = study_of(exp_root, "bowl")
+    trials = study.get_trials()
+    assert len(trials) == 6
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    workers = {t.user_attrs["worker"]["pid"] for t in trials}
+    assert len(workers) == 2, "two worker processes shared the trials"
+    for t in trials:
+        record = read_json(Path(t.user_attrs["run_path"]) / "run.json")
+        assert record["study"] == "bowl" and record["trial"] == t.number
+        assert record["job_type"] == "trial"
+        params = read_json(Path(t.user_attrs["run_path"]) / "params.json")["parameters"]
+        assert params["seed"] == t.user_attrs["seed"] == sweep.trial_seed(0, t.params)
+        if t.state == TrialState.COMPLETE:
+            assert t.value == pytest.approx(
+                read_json(Path(t.user_attrs["run_path"]) / "result.json")["loss"]
+            )
+
+
+# Resume: the same command again continues the study up to the new total.
+def test_resume_continues_the_study(exp_root: Path, tmp_path: Path) -> None:
+    space = write_space(tmp_path, BOWL)
+    args = ["sweep", NOTEBOOK, "--space", space, "--objective", "loss", "--study", "r", "-q"]
+    assert run_cli(*args, "--trials", "2").returncode == 0
+    assert run_cli(*args, "--trials", "4").returncode == 0
+    assert len(study_of(exp_root, "r").trials) == 4
+    proc = run_cli("sweep", NOTEBOOK, "--space", space, "--objective", "x", "--study", "r")
+    assert proc.returncode == 2 and "different objectives" in proc.stderr
+
+
+# Every kind of failure is FAIL with its reason and notebook, and the sweep goes on.
+def test_failures_are_recorded_and_the_sweep_goes_on(exp_root: Path, tmp_path: Path) -> None:
+    space = write_space(
+        tmp_path,
+        {
+            "fail": {
+                "type": "categorical",
+                "choices": ["none", "raise", "exit", "nan", "die", "no_result"],
+            }
+        },
+    )
+    proc = run_cli(
+        "sweep",
+        NOTEBOOK,
+        "--space",
+        space,
+        "--sampler",
+        "grid",
+        "--trials",
+        "6",
+        "--objective",
+        "loss",
+        "--study",
+        "f",
+        "--pruner",
+        "none",
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # one trial succeeded
+    trials = {t.params["fail"]: t for t in study_of(exp_root, "f").trials}
+    assert set(trials) == {"none", "raise", "exit", "nan", "die", "no_result"}
+    assert trials["none"].state == TrialState.COMPLETE
+    reasons = {
+        "raise": "raised RuntimeError: asked to fail",
+        "exit": "exited early with sys.exit(0)",
+        "nan": "non-finite",
+        "die": "kernel died",
+        "no_result": "without recording a result",
+    }
+    for mode, reason in reasons.items():
+        trial = trials[mode]
+        assert trial.state == TrialState.FAIL
+        assert reason in trial.user_attrs["fail_reason"], (mode, trial.user_attrs)
+        assert (Path(trial.user_attrs["run_path"]) / "output.ipynb").exists()
+
+
+# A sweep where no trial succeeds exits non-zero.
+def test_all_failed_exits_1(exp_root: Path, tmp_path: Path) -> None:
+    space = write_space(tmp_path, {"x": {"type": "float", "low": 0, "high": 1}})
+    proc = run_cli(
+        "sweep",
+        NOTEBOOK,
+        "--space",
+        space,
+        "-p",
+        "fail",
+        "raise",
+        "--trials",
+        "2",
+        "--objective",
+        "loss",
+        "--study",
+        "allfail",
+        "-q",
+    )
+    assert proc.returncode == 1
+    assert "0 complete" in proc.stdout
+
+
+# Pruning crosses the process boundary: a PRUNED trial keeps its notebook and record.
+def test_pruned_trials_keep_their_record(exp_root: Path, tmp_path: Path) -> None:
+    # The first trials are good, the rest are worse at every step: the median pruner stops them.
+    space = write_space(tmp_path, {"y": {"type": "int", "low": 0, "high": 9}})
+    storage = str(exp_root / "p" / "study.journal")
+    cfg = sweep.prepare(
+        NOTEBOOK, space, study="p", n_trials=7, objectives=["loss"], fixed={"epochs": 6}
+    )
+    study = sweep._create_or_resume(cfg)
+    for y in (0, 0, 0, 0, 9, 9, 9):
+        study.enqueue_trial({"y": y})
+    summary = sweep.run(cfg, progress=False)
+    assert summary.n_pruned >= 1
+    pruned = [t for t in sweep.load_study(storage, "p").trials if t.state == TrialState.PRUNED]
+    for t in pruned:
+        run_dir = Path(t.user_attrs["run_path"])
+        assert read_json(run_dir / "pruned.json")["step"] == max(t.intermediate_values)
+        assert (run_dir / "output.ipynb").exists() and (run_dir / "result.json").exists()
+        assert max(t.intermediate_values) < 6  # stopped before the last epoch
+
+
+# A killed worker's RUNNING trial is failed within bounded time and tried again once.
+def test_killed_worker_trial_is_reaped_and_retried(exp_root: Path, tmp_path: Path) -> None:
+    space = write_space(tmp_path, BOWL)
+    cfg = sweep.prepare(NOTEBOOK, space, study="k", n_trials=2, objectives=["loss"])
+    study = sweep._create_or_resume(cfg)
+    orphan = study.ask(
+        {
+            "x": optuna.distributions.FloatDistribution(-4, 4),
+            "y": optuna.distributions.IntDistribution(0, 3),
+            "kind": optuna.distributions.CategoricalDistribution(["a", "b"]),
+        }
+    )
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    import socket
+
+    study.set_user_attr("unused", 1)
+    study._storage.set_trial_user_attr(
+        orphan._trial_id, "worker", {"host": socket.gethostname(), "pid": int(dead)}
+    )
+    sweep.run(cfg, progress=False)
+    trials = sweep.load_study(cfg.storage, "k").trials
+    reaped = trials[orphan.number]
+    assert reaped.state == TrialState.FAIL and reaped.user_attrs["reaped"]
+    assert "worker pid" in reaped.user_attrs["fail_reason"]
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == orphan.number]
+    assert len(retries) == 1 and retries[0].params == reaped.params
+    assert retries[0].state == TrialState.COMPLETE
+    assert sum(1 for t in trials if not t.user_attrs.get("reaped")) == 2
+
+
+# A torn last line (a write killed midway) never makes the study unreadable.
+def test_torn_journal_tail_is_repaired(exp_root: Path, tmp_path: Path) -> None:
+    space = write_space(tmp_path, BOWL)
+    args = ["sweep", NOTEBOOK, "--space", space, "--objective", "loss", "--study", "t", "-q"]
+    assert run_cli(*args, "--trials", "1").returncode == 0
+    journal = exp_root / "t" / "study.journal"
+    with open(journal, "ab") as fh:
+        fh.write(b'{"op_code": 5, "worker_id": "x", "trial_id": 0, "us')
+    proc = run_cli(*args, "--trials", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert len(study_of(exp_root, "t").trials) == 2
+    assert list(journal.parent.glob("study.journal.torn-*"))
+
+
+# The grid sampler with two jobs runs every grid point exactly once.
+def test_grid_with_two_jobs_has_no_duplicates(exp_root: Path, tmp_path: Path) -> None:
+    space = write_space(tmp_path, {"y": {"type": "int", "low": 0, "high": 3}})
+    proc = run_cli(
+        "sweep",
+        NOTEBOOK,
+        "--space",
+        space,
+        "--sampler",
+        "grid",
+        "--jobs",
+        "2",
+        "--trials",
+        "4",
+        "--objective",
+        "loss",
+        "--study",
+        "g",
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(t.params["y"] for t in study_of(exp_root, "g").trials) == [0, 1, 2, 3]
+
+
+# Two objectives give a Pareto front; best parameters come out as YAML `mlkit run -f` takes.
+def test_pareto_and_best_yaml(exp_root: Path, tmp_path: Path) -> None:
+    space = write_space(tmp_path, BOWL)
+    proc = run_cli(
+        "sweep",
+        NOTEBOOK,
+        "--space",
+        space,
+        "--trials",
+        "3",
+        "--objective",
+        "loss:min",
+        "--objective",
+        "seed:max",
+        "--study",
+        "m",
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Pareto trial #" in proc.stdout
+    run_cli(
+        "sweep",
+        NOTEBOOK,
+        "--space",
+        space,
+        "--trials",
+        "2",
+        "--objective",
+        "loss",
+        "--study",
+        "b",
+        "-q",
+    )
+    best = run_cli("sweep", "best", "b")
+    assert best.returncode == 0, best.stderr
+    params = yaml.safe_load(best.stdout)
+    assert set(params) >= {"x", "y", "kind", "seed"}
+    file = tmp_path / "best.yaml"
+    file.write_text(best.stdout)
+    rerun = run_cli("run", NOTEBOOK, "-f", str(file), "-q")
+    assert rerun.returncode == 0, rerun.stderr
+    trial = study_of(exp_root, "b").best_trial
+    assert json.loads(Path(rerun.stdout.split("record:")[1].split()[0], "result.json").read_text())[
+        "loss"
+    ] == pytest.approx(trial.value)
+
+
+# Bad sweep input: clear message, exit 2, no study written.
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--trials", "0"], "--trials must be an int >= 1"),
+        (["--sampler", "bayes"], "Unknown sampler 'bayes'"),
+        (["--pruner", "early"], "Unknown pruner 'early'"),
+        (["--objective", "loss:up"], "direction must be min or max"),
+        (["-p", "x", "1"], "both fixed with -p and searched"),
+        (["--storage", "redis://localhost"], "is not understood"),
+    ],
+)
+def test_bad_sweep_input(exp_root: Path, tmp_path: Path, extra: list[str], message: str) -> None:
+    proc = run_cli("sweep", NOTEBOOK, "--space", write_space(tmp_path, BOWL), *extra)
+    assert proc.returncode == 2, proc.stdout
+    assert message in proc.stderr
+    assert all_files(exp_root) == []
+
+
+# A storage password never reaches a record or a notebook (the URL is redacted).
+def test_redact() -> None:
+    assert sweep.redact("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+    assert sweep.redact("study.journal") == "study.journal"
+
+
+# The trial handle is a no-op outside a sweep, so the same notebook runs by hand.
+def test_null_trial_outside_a_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlkit import trial
+
+    monkeypatch.delenv("MLKIT_TRIAL", raising=False)
+    handle = trial.current()
+    assert not handle.active and handle.should_prune() is False
+    assert handle.callback()(1, {"val/loss": 1.0}) is None
+    assert "MLKIT_TRIAL" not in os.environ
