@@ -246,7 +246,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"study {summary.study}: {summary.n_complete} complete, {summary.n_pruned} pruned, "
         f"{summary.n_failed} failed in {summary.seconds:.0f}s  (storage {summary.storage})"
     )
-    objective = ", ".join(f"{m} ({d})" for m, d in zip(cfg.objectives, cfg.directions))
+    objective = ", ".join(f"{m} ({d})" for m, d in zip(cfg.objectives, cfg.directions, strict=True))
     if summary.best:
         best = summary.best
         console.print(f"best trial #{best['number']}: {objective} = {best['values'][0]:.4f}")
@@ -286,8 +286,11 @@ def build_sweep_tools_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, func, help in (
         ("best", cmd_sweep_best, "Print the best trial's parameters as YAML for mlkit run -f."),
-        ("report", cmd_sweep_report,
-         "Execute templates/sweep_report.ipynb into a notebook and an HTML page."),
+        (
+            "report",
+            cmd_sweep_report,
+            "Execute templates/sweep_report.ipynb into a notebook and an HTML page.",
+        ),
     ):
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
@@ -354,18 +357,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=20, help="trials in total, across workers")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop asking after this")
     p.add_argument("--jobs", type=int, default=1, help="kernels running at once on this machine")
-    p.add_argument("--storage", metavar="URL",
-                   help="journal file path (default), sqlite:///x.db or postgresql://...")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="journal file path (default), sqlite:///x.db or postgresql://...",
+    )
     p.add_argument("--sampler", default="tpe", help="tpe, random, grid, cmaes, qmc, nsga2")
     p.add_argument("--pruner", default="median", help="median, hyperband, halving, none")
-    p.add_argument("--objective", action="append", metavar="METRIC[:min|max]",
-                   help="result metric to optimise (repeat for two: a Pareto front); "
-                   "default val/accuracy")
-    p.add_argument("--trial-timeout", type=float, metavar="SECONDS",
-                   help="fail a trial when any one cell runs longer")
+    p.add_argument(
+        "--objective",
+        action="append",
+        metavar="METRIC[:min|max]",
+        help="result metric to optimise (repeat for two: a Pareto front); default val/accuracy",
+    )
+    p.add_argument(
+        "--trial-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="fail a trial when any one cell runs longer",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the sampler and trial seeds")
-    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="fix a parameter for every trial")
+    p.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="fix a parameter for every trial",
+    )
     p.add_argument("--tracking", choices=["offline", "online", "disabled"])
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 

@@ -236,7 +236,7 @@ def grid(dims: list[Dim]) -> dict[str, list[Any]]:
             )
         else:
             step = dim.step or 1
-            count = int(math.floor((dim.high - dim.low) / step + 1e-9)) + 1
+            count = math.floor((dim.high - dim.low) / step + 1e-9) + 1
             values = [dim.low + i * step for i in range(count)]
             out[dim.name] = [int(v) for v in values] if dim.kind == "int" else values
     return out

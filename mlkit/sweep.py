@@ -238,8 +238,9 @@ def make_sampler(name: str, seed: int, dims: list[_space.Dim], n_objectives: int
     # conditional spaces; the warning would print once per worker.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          n_startup_trials=6)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, n_startup_trials=6
+        )
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
@@ -258,8 +259,9 @@ def load_study(url: str, name: str, *, sampler: Any = None, pruner: Any = None) 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=name, storage=open_storage(url), sampler=sampler,
-                                 pruner=pruner)
+        return optuna.load_study(
+            study_name=name, storage=open_storage(url), sampler=sampler, pruner=pruner
+        )
     except KeyError:
         raise SweepError(
             f"No study {name!r} in {redact(url)}. List studies with: optuna studies "
@@ -376,8 +378,9 @@ def _create_or_resume(cfg: SweepConfig) -> Any:
         "fixed": cfg.fixed,
     }
     if "mlkit" not in attrs:
-        study.set_user_attr("mlkit", {**identity, "sampler": cfg.sampler, "pruner": cfg.pruner,
-                                      "seed": cfg.seed})
+        study.set_user_attr(
+            "mlkit", {**identity, "sampler": cfg.sampler, "pruner": cfg.pruner, "seed": cfg.seed}
+        )
     else:
         old = attrs["mlkit"]
         for key, value in identity.items():
@@ -388,8 +391,10 @@ def _create_or_resume(cfg: SweepConfig) -> Any:
                     f"--study NEW_NAME."
                 )
     if list(study.directions) != [
-        optuna.study.StudyDirection.MINIMIZE if d == "minimize" else
-        optuna.study.StudyDirection.MAXIMIZE for d in cfg.directions
+        optuna.study.StudyDirection.MINIMIZE
+        if d == "minimize"
+        else optuna.study.StudyDirection.MAXIMIZE
+        for d in cfg.directions
     ]:
         raise SweepError(f"Study {cfg.study!r} exists with other directions; use a new --study.")
     return study
@@ -427,14 +432,18 @@ def reap_stale(study: Any, now: float | None = None) -> list[int]:
     reaped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker") or {}
-        beat = trial.user_attrs.get("heartbeat", trial.datetime_start.timestamp()
-                                    if trial.datetime_start else now)
+        beat = trial.user_attrs.get(
+            "heartbeat", trial.datetime_start.timestamp() if trial.datetime_start else now
+        )
         dead = worker.get("host") == host and worker.get("pid") and not _pid_alive(worker["pid"])
         stale = now - float(beat) > STALE_AFTER_S
         if not (dead or stale):
             continue
-        why = (f"worker pid {worker.get('pid')} on {host} is gone" if dead
-               else f"no heartbeat for {now - float(beat):.0f} s")
+        why = (
+            f"worker pid {worker.get('pid')} on {host} is gone"
+            if dead
+            else f"no heartbeat for {now - float(beat):.0f} s"
+        )
         try:
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"reaped: {why}")
             study._storage.set_trial_user_attr(trial._trial_id, "reaped", True)
@@ -443,8 +452,9 @@ def reap_stale(study: Any, now: float | None = None) -> list[int]:
             continue
         reaped.append(trial.number)
         if "retry_of" not in trial.user_attrs:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
-                                skip_if_exists=False)
+            study.enqueue_trial(
+                trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False
+            )
     return reaped
 
 
@@ -549,8 +559,11 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
                 tracking=cfg.tracking,
                 job_type="trial",
                 progress=False,
-                extra={"study": cfg.study, "trial": trial.number,
-                       **({"retry_of": retry_of} if retry_of is not None else {})},
+                extra={
+                    "study": cfg.study,
+                    "trial": trial.number,
+                    **({"retry_of": retry_of} if retry_of is not None else {}),
+                },
                 env={ENV_TRIAL: json.dumps(spec)},
                 root=Path(cfg.root) if cfg.root else None,
             )
@@ -591,8 +604,7 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
 
 
 def _finite_only(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items()
-            if not (isinstance(v, float) and not math.isfinite(v))}
+    return {k: v for k, v in result.items() if not (isinstance(v, float) and not math.isfinite(v))}
 
 
 def _worker_main(cfg_dict: dict[str, Any], index: int) -> None:
@@ -729,8 +741,16 @@ def summarize(name: str, url: str, seconds: float = 0.0) -> Summary:
             pareto = [_trial_dict(t) for t in study.best_trials]
     except ValueError:
         pass
-    return Summary(name, redact(url), counts["complete"], counts["pruned"], counts["fail"], best,
-                   pareto, seconds)
+    return Summary(
+        name,
+        redact(url),
+        counts["complete"],
+        counts["pruned"],
+        counts["fail"],
+        best,
+        pareto,
+        seconds,
+    )
 
 
 def _trial_dict(trial: Any) -> dict[str, Any]:
