@@ -97,6 +97,7 @@ def sweep_report(
         # Links to trial records are relative to the report's folder.
         cwd=out_dir,
         progress=progress,
+        kernel_log=out_dir / "kernel.log",
     )
     if output.exists():
         write_text(page, to_html(output))
