@@ -175,6 +175,11 @@ def open_storage(url: str) -> Any:
         if url.startswith("sqlite:"):
             # SQLite locks under concurrent writers; a long busy timeout rides it out.
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        if url.startswith("postgresql"):
+            # Drivers starting at once on a fresh database race to create Optuna's tables
+            # ("duplicate key ... studydirection"): create them one at a time.
+            with _pg_advisory_lock(url, "mlkit:schema"):
+                return optuna.storages.RDBStorage(url, **kwargs)
         return optuna.storages.RDBStorage(url, **kwargs)
     raise SweepError(
         f"Storage {redact(url)!r} is not understood. Use a journal file path (the default), "
@@ -183,21 +188,30 @@ def open_storage(url: str) -> Any:
 
 
 @contextlib.contextmanager
-def ask_lock(url: str, study: str) -> Iterator[None]:
-    """Serialise "count trials, then ask" across processes and machines."""
-    journal = _journal_path(url)
-    if url.startswith("postgresql"):
-        import sqlalchemy
+def _pg_advisory_lock(url: str, name: str) -> Iterator[None]:
+    """A PostgreSQL advisory lock: held by the session, released even if we die."""
+    import sqlalchemy
 
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        key = int(hashlib.sha256(f"mlkit:{study}".encode()).hexdigest()[:15], 16)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    key = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
+    try:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
             try:
                 yield
             finally:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def ask_lock(url: str, study: str) -> Iterator[None]:
+    """Serialise "count trials, then ask" across processes and machines."""
+    journal = _journal_path(url)
+    if url.startswith("postgresql"):
+        with _pg_advisory_lock(url, f"mlkit:{study}"):
+            yield
         return
     if journal is not None:
         lock_path = journal.with_name(journal.name + ".ask.lock")

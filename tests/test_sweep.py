@@ -326,3 +326,45 @@ def test_null_trial_outside_a_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not handle.active and handle.should_prune() is False
     assert handle.callback()(1, {"val/loss": 1.0}) is None
     assert "MLKIT_TRIAL" not in os.environ
+
+
+# Any papermill notebook sweeps: a notebook that records with scrapbook's glue.
+def test_sweep_scrapbook_notebook(exp_root: Path, tmp_path: Path) -> None:
+    space = write_space(tmp_path, {"value": {"type": "float", "low": 0, "high": 1}})
+    proc = run_cli(
+        "sweep",
+        str(SCENARIOS / "scrapbook_glue.ipynb"),
+        "--space",
+        space,
+        "--trials",
+        "2",
+        "--objective",
+        "value:max",
+        "--study",
+        "sb",
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = study_of(exp_root, "sb").trials
+    assert all(t.value == pytest.approx(2 * t.params["value"]) for t in trials)
+
+
+# --timeout stops asking for new trials; the running ones finish.
+def test_overall_timeout_stops_the_sweep(exp_root: Path, tmp_path: Path) -> None:
+    proc = run_cli(
+        "sweep",
+        NOTEBOOK,
+        "--space",
+        write_space(tmp_path, BOWL),
+        "--trials",
+        "50",
+        "--timeout",
+        "1",
+        "--objective",
+        "loss",
+        "--study",
+        "to",
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert 1 <= len(study_of(exp_root, "to").trials) < 50
