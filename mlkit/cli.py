@@ -52,6 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cell_timeout=args.timeout,
         tracking=args.tracking,
         progress=not args.quiet,
+        engine=args.engine,
     )
     _print_run_summary(info)
     return EXIT_OK if info["status"] == "completed" else EXIT_FAILED
@@ -239,6 +240,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         fixed=fixed,
         from_cli=True,
         tracking=args.tracking,
+        engine=args.engine,
     )
     summary = sweep.run(cfg, progress=not args.quiet)
     console = Console(highlight=False, soft_wrap=True)
@@ -344,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="W&B mode (default: $WANDB_MODE, else offline)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--engine",
+        choices=["papermill", "warm"],
+        default="papermill",
+        help="papermill: a fresh kernel (default); warm: a kernel with the heavy "
+        "imports done, reused within this process",
+    )
 
     p = add(
         "sweep",
@@ -377,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail a trial when any one cell runs longer",
     )
     p.add_argument("--seed", type=int, default=0, help="seeds the sampler and trial seeds")
+    p.add_argument(
+        "--engine",
+        choices=["warm", "papermill"],
+        default="warm",
+        help="warm: reuse kernels with torch imported (default); papermill: a "
+        "fresh kernel per trial",
+    )
     p.add_argument(
         "-p",
         "--param",

@@ -65,11 +65,10 @@ class MlkitEngine:
 
 
 @functools.cache
-def _engine() -> type:
+def _client_class() -> type:
+    """papermill's notebook client plus a kernel env/cwd/log and a closing epilogue."""
     from nbclient.exceptions import CellExecutionError
     from papermill.clientwrap import PapermillNotebookClient
-    from papermill.engines import NBClientEngine
-    from papermill.log import logger
     from traitlets import Dict, Unicode
 
     class MlkitNotebookClient(PapermillNotebookClient):
@@ -133,13 +132,23 @@ def _engine() -> type:
                 finally:
                     self.timeout = deadline
 
+    return MlkitNotebookClient
+
+
+@functools.cache
+def _engine() -> type:
+    from papermill.engines import NBClientEngine
+    from papermill.log import logger
+
+    client_class = _client_class()
+
     class Engine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):  # type: ignore[override]
             kwargs.pop("input_path", None)
             timeout = kwargs.pop("execution_timeout", None) or kwargs.pop("timeout", None)
             start_timeout = kwargs.pop("start_timeout", 60)
-            return MlkitNotebookClient(
+            return client_class(
                 nb_man,
                 timeout=timeout,
                 startup_timeout=start_timeout,
@@ -166,6 +175,7 @@ def execute(
     kernel_name: str | None = None,
     run_dir: Path | None = None,
     kernel_log: Path | None = None,
+    engine: str = "mlkit",
 ) -> Outcome:
     """Execute ``notebook`` into ``output`` and judge the outcome from evidence.
 
@@ -180,6 +190,7 @@ def execute(
         kernel_name: override the notebook's kernel.
         run_dir: where the notebook's mlkit record is, to read its result.
         kernel_log: file that receives the kernel process's stderr.
+        engine: "mlkit" for a fresh kernel, "mlkit-warm" for a reused warm one.
     """
     import papermill as pm
 
@@ -191,7 +202,7 @@ def execute(
             str(notebook),
             str(output),
             parameters=parameters,
-            engine_name="mlkit",
+            engine_name=engine,
             kernel_name=kernel_name,
             progress_bar=progress,
             execution_timeout=cell_timeout,

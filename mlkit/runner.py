@@ -27,6 +27,8 @@ from mlkit.record import (
     write_json,
 )
 
+ENGINES = {"papermill": "mlkit", "warm": "mlkit-warm"}
+
 
 def prepare(
     notebook: str | Path, given: dict[str, Any], *, from_cli: bool = False
@@ -57,6 +59,7 @@ def run(
     extra: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     root: Path | None = None,
+    engine: str = "papermill",
 ) -> dict[str, Any]:
     """Execute ``notebook`` as a recorded run and return its record.
 
@@ -72,6 +75,8 @@ def run(
         extra: more fields for run.json (for example ``reproduce_of``).
         env: more environment variables for the kernel (never written to the record).
         root: experiments folder; default ``experiments/`` at the project root.
+        engine: "papermill" runs a fresh kernel; "warm" reuses a warm kernel of this
+            process's pool (see ``mlkit.warm``).
 
     Raises:
         MlkitError: before anything is written, for any bad input.
@@ -85,6 +90,8 @@ def run(
     from mlkit.record import check_experiment_name
 
     check_experiment_name(experiment)
+    if engine not in ENGINES:
+        raise MlkitError(f"Unknown engine {engine!r}. Valid: {', '.join(ENGINES)}.")
     if cell_timeout is not None and not cell_timeout > 0:
         raise MlkitError(f"--timeout must be a number of seconds > 0, got {cell_timeout}.")
 
@@ -100,6 +107,7 @@ def run(
         "pid": os.getpid(),
         "host": _hostname(),
         "driver": "mlkit",
+        "engine": engine,
         **(extra or {}),
     }
     write_json(run_dir / "run.json", info)
@@ -135,6 +143,7 @@ def run(
             kernel_name=signature.kernel_name,
             run_dir=run_dir,
             kernel_log=run_dir / "kernel.log",
+            engine=ENGINES[engine],
         )
     except KeyboardInterrupt:
         _finalize(run_dir, status="failed", reason="interrupted by the user")

@@ -74,6 +74,7 @@ class SweepConfig:
     fixed: dict[str, Any] = field(default_factory=dict)
     tracking: str | None = None
     root: str | None = None
+    engine: str = "warm"
     started: float = 0.0
 
     def dims(self) -> list[_space.Dim]:
@@ -314,6 +315,7 @@ def prepare(
     from_cli: bool = False,
     tracking: str | None = None,
     root: Path | None = None,
+    engine: str = "warm",
 ) -> SweepConfig:
     """Check everything that can be checked before a trial runs; nothing is written."""
     from mlkit import params as _params
@@ -335,6 +337,8 @@ def prepare(
     for name, value in (("--timeout", timeout), ("--trial-timeout", trial_timeout)):
         if value is not None and not value > 0:
             raise SweepError(f"{name} must be a number of seconds > 0, got {value!r}.")
+    if engine not in ("warm", "papermill"):
+        raise SweepError(f"Unknown engine {engine!r}. Valid: warm, papermill.")
     if sampler not in SAMPLERS:
         raise SweepError(f"Unknown sampler {sampler!r}. Valid: {', '.join(SAMPLERS)}.")
     if pruner not in PRUNERS:
@@ -369,6 +373,7 @@ def prepare(
         fixed=fixed,
         tracking=tracking,
         root=str(root),
+        engine=engine,
     )
 
 
@@ -580,6 +585,7 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
                 },
                 env={ENV_TRIAL: json.dumps(spec)},
                 root=Path(cfg.root) if cfg.root else None,
+                engine=cfg.engine,
             )
         except Exception as exc:  # the driver itself failed: the trial must not stay RUNNING
             storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"driver error: {exc}")

@@ -1,0 +1,428 @@
+"""What does a notebook sweep cost over the same trials run in one Python process?
+
+Four ways to run the same N trials of ``templates/classify.ipynb`` (search space
+``templates/classify_space.yaml``, ``-p epochs E``), each a subprocess timed whole, so
+interpreter start, ``import torch`` and kernel start count wherever they are paid:
+
+- the baseline, an in-process Optuna loop in a generated script: per trial it samples the
+  space (``mlkit.space.suggest``, mlkit's TPE sampler with a fixed seed), opens a W&B
+  offline run, and calls the training code the template calls (``data.load``,
+  ``seed_everything``, ``models.build``, ``fit`` with the template's arguments and
+  ``log=run.log``, ``evaluate`` on test), then tells Optuna the val accuracy;
+- ``mlkit sweep --engine papermill --jobs 1`` (a fresh kernel per trial);
+- ``mlkit sweep --engine warm --jobs 1`` and ``--jobs 2`` (reused warm kernels).
+
+Every notebook sweep uses ``--pruner none``, so each trial runs to its end as in the
+baseline. So that every way does the same work, each notebook study is created beforehand
+with the baseline's trials enqueued (same parameters, hence the same seeds): trial cost
+depends a lot on the sampled model, and different draws would swamp the overhead. The
+objectives are compared with the baseline's as a check that the work is the same. After
+each sweep every trial must be COMPLETE with a full record (executed notebook, result.json,
+run.json completed, a W&B offline run); the benchmark exits 1 otherwise.
+
+The machine is noisy, so the baseline runs twice, bracketing the warm sweeps (the order is
+baseline, warm 1 job, warm 2 jobs, baseline, papermill), and ratios use the mean of the two.
+Targets: warm 1 job <= 1.10x the baseline, warm 2 jobs <= 0.75x.
+
+Run: python benchmarks/sweep_overhead.py [--trials 20] [--epochs 15]
+(about 6 minutes on 2 cores with the defaults; most of it is the papermill sweep)
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = "templates/classify.ipynb"
+SPACE = "templates/classify_space.yaml"
+SAMPLER_SEED = 0  # the baseline's TPE seed
+SWEEP_SEED = 0  # mlkit sweep's --seed default: trial seeds come from it and the parameters
+TARGETS = {"warm, 1 job": 1.10, "warm, 2 jobs": 0.75}
+WAY_TIMEOUT_S = 1800
+
+BASELINE_SCRIPT = '''\
+"""In-process Optuna loop over the template's training code (written by sweep_overhead.py)."""
+
+import json
+import sys
+import tempfile
+import time
+
+cfg = json.loads(open(sys.argv[1]).read())
+
+import optuna
+import torch
+import wandb
+
+from mlkit import data as mdata, models, space, sweep, train
+
+torch.set_num_threads(1)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+dims = space.load(cfg["space"])
+study = optuna.create_study(
+    direction="maximize",
+    sampler=sweep.make_sampler("tpe", cfg["sampler_seed"], dims, 1),
+    pruner=optuna.pruners.NopPruner(),
+)
+trials = []
+with tempfile.TemporaryDirectory() as tmp:
+    for _ in range(cfg["trials"]):
+        start = time.time()
+        trial = study.ask()
+        suggested = space.suggest(trial, dims)
+        p = {**cfg["defaults"], **cfg["fixed"], **suggested}
+        p["seed"] = sweep.trial_seed(cfg["sweep_seed"], suggested)
+        run = wandb.init(
+            project="mlkit-bench",
+            dir=tmp,
+            group="baseline",
+            job_type="trial",
+            config=p,
+            mode="offline",
+            reinit="finish_previous",
+            settings=wandb.Settings(
+                silent=True, console="off", x_disable_stats=True, save_code=False
+            ),
+        )
+        ds = mdata.load(p["dataset"], seed=p["data_seed"])
+        arch = {
+            "linear": {},
+            "mlp": {"hidden": p["hidden"], "dropout": p["dropout"]},
+            "cnn": {"channels": p["channels"], "dropout": p["dropout"]},
+        }[p["model"]]
+        train.seed_everything(p["seed"])
+        net = models.build(
+            p["model"], input_shape=ds.input_shape, n_outputs=ds.n_outputs, **arch
+        )
+
+        def report(epoch, metrics, trial=trial):
+            trial.report(metrics["val/accuracy"], epoch)
+
+        fitted = train.fit(
+            net,
+            ds,
+            epochs=p["epochs"],
+            batch_size=p["batch_size"],
+            lr=p["lr"],
+            optimizer=p["optimizer"],
+            weight_decay=p["weight_decay"],
+            schedule=p["schedule"],
+            warmup_epochs=p["warmup_epochs"],
+            grad_clip=p["grad_clip"],
+            patience=p["patience"],
+            seed=p["seed"],
+            device=p["device"],
+            log=run.log,
+            callbacks=[report],
+        )
+        test = train.evaluate(fitted.model, ds.test, task=ds.task)
+        best = next(h for h in fitted.history if h["epoch"] == fitted.best_epoch)
+        result = {
+            **{k: v for k, v in best.items() if k.startswith("val/")},
+            **{f"test/{k}": v for k, v in test.items()},
+            "best_epoch": fitted.best_epoch,
+        }
+        for key, value in result.items():
+            run.summary[key] = value
+        run.finish()
+        study.tell(trial, result["val/accuracy"])
+        trials.append(
+            {
+                "params": suggested,
+                "value": result["val/accuracy"],
+                "start": start,
+                "complete": time.time(),
+                "fit_s": fitted.seconds,
+            }
+        )
+with open(sys.argv[2], "w") as fh:
+    json.dump(trials, fh)
+'''
+
+
+def template_defaults() -> dict[str, Any]:
+    from mlkit import params
+
+    return {p.name: p.default for p in params.read_signature(ROOT / NOTEBOOK).parameters}
+
+
+def timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float, int]:
+    """Run ``cmd`` from the repo root; return (launch time, wall seconds, exit code)."""
+    with open(log, "wb") as out:
+        launch = time.time()
+        start = time.perf_counter()
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=WAY_TIMEOUT_S
+        )
+        return launch, time.perf_counter() - start, proc.returncode
+
+
+def tail(log: Path, lines: int = 25) -> str:
+    text = log.read_text(errors="replace").splitlines()
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def run_baseline(
+    tmp: Path, tag: str, trials: int, fixed: dict[str, Any], env: dict[str, str]
+) -> dict[str, Any]:
+    script = tmp / "baseline.py"
+    script.write_text(BASELINE_SCRIPT)
+    cfg = {
+        "space": SPACE,
+        "trials": trials,
+        "sampler_seed": SAMPLER_SEED,
+        "sweep_seed": SWEEP_SEED,
+        "defaults": template_defaults(),
+        "fixed": fixed,
+    }
+    cfg_path, out_path, log = tmp / "baseline.json", tmp / f"{tag}.json", tmp / f"{tag}.log"
+    cfg_path.write_text(json.dumps(cfg))
+    launch, wall, rc = timed([sys.executable, str(script), str(cfg_path), str(out_path)], env, log)
+    if rc != 0:
+        print(f"{tag}: the baseline script failed (exit {rc}):\n{tail(log)}")
+        sys.exit(1)
+    rows = json.loads(out_path.read_text())
+    return {"wall": wall, "launch": launch, "trials": rows, "ok": True}
+
+
+def enqueue(root: Path, study_name: str, reference: list[dict[str, Any]]) -> None:
+    """Create the study with the baseline's parameters waiting, in the baseline's order."""
+    import optuna
+
+    from mlkit import sweep
+
+    storage = sweep.open_storage(sweep.default_storage(study_name, root))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+    for row in reference:
+        study.enqueue_trial(row["params"])
+
+
+def run_sweep(
+    tmp: Path,
+    tag: str,
+    engine: str,
+    jobs: int,
+    epochs: int,
+    reference: list[dict[str, Any]],
+    env: dict[str, str],
+) -> dict[str, Any]:
+    root = tmp / tag
+    study_name = f"bench-{tag}-{os.getpid()}"
+    enqueue(root, study_name, reference)
+    exe = Path(sys.executable).with_name("mlkit")
+    cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "mlkit"]
+    cmd = [
+        *cli,
+        "sweep",
+        NOTEBOOK,
+        "--space",
+        SPACE,
+        "--engine",
+        engine,
+        "--jobs",
+        str(jobs),
+        "--trials",
+        str(len(reference)),
+        "--pruner",
+        "none",
+        "--study",
+        study_name,
+        "-p",
+        "epochs",
+        str(epochs),
+        "-q",
+    ]
+    log = tmp / f"{tag}.log"
+    launch, wall, rc = timed(cmd, {**env, "MLKIT_EXPERIMENTS": str(root)}, log)
+    rows, problems = check(root, study_name, reference)
+    if rc != 0:
+        problems.insert(0, f"mlkit sweep exited {rc}:\n{tail(log)}")
+    return {"wall": wall, "launch": launch, "trials": rows, "ok": not problems, "problems": problems}
+
+
+def check(
+    root: Path, study_name: str, reference: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every trial COMPLETE, with an executed notebook, result, completed run and W&B run."""
+    from optuna.trial import TrialState
+
+    from mlkit import sweep
+
+    journal = Path(sweep.default_storage(study_name, root))
+    if not journal.exists():
+        return [], [f"no study journal at {journal}"]
+    study = sweep.load_study(str(journal), study_name)
+    trials = study.get_trials(deepcopy=False)
+    problems = []
+    if len(trials) != len(reference):
+        problems.append(f"{len(trials)} trials in the study, expected {len(reference)}")
+    rows = []
+    for t in trials:
+        where = f"trial {t.number}"
+        if t.state != TrialState.COMPLETE:
+            reason = t.user_attrs.get("fail_reason", "")
+            problems.append(f"{where}: {t.state.name} {reason}".rstrip())
+            continue
+        rows.append(
+            {
+                "number": t.number,
+                "params": t.params,
+                "value": t.values[0],
+                "start": t.datetime_start.timestamp(),
+                "complete": t.datetime_complete.timestamp(),
+            }
+        )
+        run_path = t.user_attrs.get("run_path")
+        if not run_path or not Path(run_path).is_dir():
+            problems.append(f"{where}: no record directory ({run_path!r})")
+            continue
+        run_dir = Path(run_path)
+        problems += [f"{where}: {p}" for p in check_record(run_dir)]
+    return rows, problems
+
+
+def check_record(run_dir: Path) -> list[str]:
+    problems = []
+    output = run_dir / "output.ipynb"
+    if not output.exists():
+        problems.append("no output.ipynb")
+    else:
+        cells = json.loads(output.read_text())["cells"]
+        unrun = [i for i, c in enumerate(cells) if c["cell_type"] == "code"]
+        unrun = [i for i in unrun if cells[i].get("execution_count") is None]
+        if unrun:
+            problems.append(f"output.ipynb: code cells {unrun} have no execution_count")
+    if not (run_dir / "result.json").exists():
+        problems.append("no result.json")
+    run_json = run_dir / "run.json"
+    status = (json.loads(run_json.read_text()) or {}).get("status") if run_json.exists() else None
+    if status != "completed":
+        problems.append(f"run.json status {status!r}")
+    if not glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb")):
+        problems.append("no W&B offline run (wandb/offline-run-*/run-*.wandb)")
+    return problems
+
+
+def same_work(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> str:
+    """How many trials ran the baseline's parameters and reached its exact objective."""
+    by_params = {json.dumps(r["params"], sort_keys=True): r["value"] for r in reference}
+    same = sum(
+        1 for r in rows if by_params.get(json.dumps(r["params"], sort_keys=True)) == r["value"]
+    )
+    return f"{same}/{len(reference)}"
+
+
+def phases(way: dict[str, Any], n: int) -> tuple[float, float, float]:
+    """(startup: launch to first trial start, in-loop seconds per trial, exit after last)."""
+    rows = way["trials"]
+    if not rows:
+        return math.nan, math.nan, math.nan
+    first = min(r["start"] for r in rows)
+    last = max(r["complete"] for r in rows)
+    startup = first - way["launch"]
+    return startup, (last - first) / n, way["wall"] - startup - (last - first)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=20, help="trials per way (default 20)")
+    parser.add_argument("--epochs", type=int, default=15, help="-p epochs for every trial")
+    args = parser.parse_args()
+    n = args.trials
+    fixed = {"epochs": args.epochs}
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.pop("MLKIT_TRIAL", None)
+
+    ways: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="mlkit-sweep-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        env["MLKIT_EXPERIMENTS"] = str(tmp / "experiments")
+        print(
+            f"{n} trials of {NOTEBOOK} over {SPACE}, -p epochs {args.epochs}; notebook sweeps "
+            "use --pruner none (every trial runs to its end, as in the baseline) and the "
+            f"baseline's parameters; {os.cpu_count()} CPUs; order: baseline, warm 1 job, "
+            "warm 2 jobs, baseline, papermill",
+            flush=True,
+        )
+        steps = [
+            ("baseline (before)", None, 0),
+            ("warm, 1 job", "warm", 1),
+            ("warm, 2 jobs", "warm", 2),
+            ("baseline (after)", None, 0),
+            ("papermill, 1 job", "papermill", 1),
+        ]
+        reference: list[dict[str, Any]] = []
+        for index, (name, engine, jobs) in enumerate(steps):
+            tag = f"way{index}"
+            if engine is None:
+                way = run_baseline(tmp, tag, n, fixed, env)
+                if not reference:
+                    reference = way["trials"]
+                way["same"] = same_work(way["trials"], reference)
+            else:
+                way = run_sweep(tmp, tag, engine, jobs, args.epochs, reference, env)
+                way["same"] = same_work(way["trials"], reference)
+                verdict = "PASS" if way["ok"] else "FAIL"
+                print(
+                    f"check {name}: {verdict}: {len(way['trials'])}/{n} trials COMPLETE with "
+                    "output.ipynb (all code cells executed), result.json, run.json completed "
+                    "and a W&B offline run",
+                    flush=True,
+                )
+                for problem in way["problems"][:10]:
+                    print(f"  - {problem}")
+            ways[name] = way
+            print(f"  {name}: {way['wall']:.1f} s", flush=True)
+
+    before, after = ways["baseline (before)"]["wall"], ways["baseline (after)"]["wall"]
+    base = (before + after) / 2
+    fit_s = sum(r["fit_s"] for r in reference)
+    print(
+        f"\nbaseline: {before:.1f} s before, {after:.1f} s after, mean {base:.1f} s "
+        f"({base / n:.2f} s/trial, of which fit() {fit_s / n:.2f} s)"
+    )
+    print(
+        f"\n{'way':<22} {'wall s':>7} {'s/trial':>8} {'ratio':>7} {'target':>8} "
+        f"{'startup s':>10} {'loop s/trial':>13} {'exit s':>7} {'same work':>10}"
+    )
+    rows = [("baseline (mean)", {"wall": base, "trials": []}), *ways.items()]
+    for name, way in rows:
+        ratio = way["wall"] / base
+        target = TARGETS.get(name)
+        goal = f"<= {target:.2f}" if target else ""
+        startup, per_trial, exit_s = phases(way, n)
+        same = way.get("same", "")
+        print(
+            f"{name:<22} {way['wall']:7.1f} {way['wall'] / n:8.2f} {ratio:7.3f} {goal:>8} "
+            f"{startup:10.1f} {per_trial:13.2f} {exit_s:7.1f} {same:>10}"
+        )
+    print(
+        "\nstartup: launch to the first trial's start; loop: first trial start to last trial "
+        "end, per trial; exit: after the last trial. same work: trials with the baseline's "
+        "parameters and exactly its objective."
+    )
+    failed = [name for name, way in ways.items() if not way["ok"]]
+    for name, target in TARGETS.items():
+        ratio = ways[name]["wall"] / base
+        verdict = "OK" if ratio <= target else "ABOVE TARGET"
+        print(f"{name}: {ratio:.3f}x the in-process baseline (target <= {target:.2f}x): {verdict}")
+    if failed:
+        print(f"record checks FAILED for: {', '.join(failed)}")
+        return 1
+    print("record checks passed for every notebook sweep")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Inside a warm kernel: remember the clean state once, restore it before every run.
+
+A reused kernel keeps what a run leaves behind unless something puts it back. What
+this module restores before each run: the user namespace (IPython ``reset``), the
+working directory, environment variables, ``sys.path``, user modules (anything
+imported from outside the Python installation is dropped from ``sys.modules``, so
+module-level values start fresh), torch's default dtype, thread count and grad
+mode, every RNG (random, numpy, torch), warnings filters, root logger handlers and
+level, scikit-learn's global config, matplotlib figures and rcParams, and the last
+traceback (which can hold a large tensor alive).
+
+What it cannot restore, and so reports for the kernel to be retired: a thread the
+run started that is still running, and an unfinished ``wandb.run``. State kept
+inside third-party modules that were already imported (caches, registries,
+monkeypatches) is not isolated; use the papermill engine for a fresh kernel when
+that matters.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import random
+import sys
+import sysconfig
+import threading
+import warnings
+from typing import Any
+
+_BASE: dict[str, Any] = {}
+_INSTALL_DIRS = tuple(
+    {
+        os.path.realpath(p)
+        for p in (
+            sysconfig.get_paths()["stdlib"],
+            sysconfig.get_paths()["purelib"],
+            sysconfig.get_paths()["platlib"],
+        )
+        if p
+    }
+)
+
+
+def warm(imports: list[str]) -> dict[str, Any]:
+    """Import the heavy modules, then record the clean state to return to."""
+    timings = {}
+    import time
+
+    for name in imports:
+        start = time.perf_counter()
+        __import__(name)
+        timings[name] = round(time.perf_counter() - start, 3)
+    if "torch" in sys.modules:
+        import torch
+
+        # The first optimizer step imports torch._dynamo (about 2 s): pay it here, once.
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.AdamW([p], lr=0.1)
+        p.sum().backward()
+        opt.step()
+    _BASE.clear()
+    _BASE.update(_snapshot())
+    gc.collect()
+    gc.freeze()  # warm objects leave the GC's tracked set: IPython's reset gets fast
+    return timings
+
+
+def _snapshot() -> dict[str, Any]:
+    snap: dict[str, Any] = {
+        "path": list(sys.path),
+        "warnings": list(warnings.filters),
+        "log_handlers": list(logging.root.handlers),
+        "log_level": logging.root.level,
+        "threads": {t.ident for t in threading.enumerate()},
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        snap["dtype"] = torch.get_default_dtype()
+        snap["torch_threads"] = torch.get_num_threads()
+    sklearn = sys.modules.get("sklearn")
+    if sklearn is not None:
+        snap["sklearn"] = dict(sklearn.get_config())
+    mpl = sys.modules.get("matplotlib")
+    if mpl is not None:
+        snap["rc"] = mpl.rcParams.copy()
+    return snap
+
+
+def _is_user_module(module: Any) -> bool:
+    path = getattr(module, "__file__", None)
+    if not path:
+        return False
+    real = os.path.realpath(path)
+    return not real.startswith(_INSTALL_DIRS)
+
+
+def reset(env: dict[str, str], cwd: str | None, seed: int = 0) -> None:
+    """Put the kernel back to the clean state before the next run."""
+    ip = _ipython()
+    if ip is not None:
+        ip.reset(new_session=False, aggressive=False)
+    for attr in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, attr):
+            setattr(sys, attr, None)
+    for name, module in list(sys.modules.items()):
+        if module is not None and _is_user_module(module) and not name.startswith("mlkit"):
+            del sys.modules[name]
+    sys.path[:] = _BASE.get("path", sys.path)
+    os.environ.clear()
+    os.environ.update(env)
+    if cwd:
+        os.chdir(cwd)
+    warnings.filters[:] = _BASE.get("warnings", warnings.filters)
+    warnings._filters_mutated() if hasattr(warnings, "_filters_mutated") else None
+    logging.root.handlers[:] = _BASE.get("log_handlers", logging.root.handlers)
+    logging.root.setLevel(_BASE.get("log_level", logging.WARNING))
+    random.seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(seed)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+        torch.set_default_dtype(_BASE["dtype"])
+        torch.set_num_threads(_BASE["torch_threads"])
+        torch.set_grad_enabled(True)
+        torch.use_deterministic_algorithms(False)
+    sklearn = sys.modules.get("sklearn")
+    if sklearn is not None and "sklearn" in _BASE:
+        sklearn.set_config(**_BASE["sklearn"])
+    mpl = sys.modules.get("matplotlib")
+    if mpl is not None and "rc" in _BASE:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+        mpl.rcParams.update(_BASE["rc"])
+    record = sys.modules.get("mlkit.record")
+    if record is not None:
+        record._ACTIVE = None
+    trial = sys.modules.get("mlkit.trial")
+    if trial is not None:
+        trial._CURRENT = None
+    gc.collect()
+
+
+def leftovers() -> list[str]:
+    """What the last run left that ``reset`` cannot undo: reasons to retire the kernel."""
+    reasons = []
+    base = _BASE.get("threads", set())
+    extra = [t for t in threading.enumerate() if t.ident not in base and t.is_alive()]
+    user = [t for t in extra if not _is_library_thread(t)]
+    if user:
+        reasons.append("threads still running: " + ", ".join(t.name for t in user[:5]))
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        reasons.append("an unfinished wandb.run")
+    return reasons
+
+
+def _is_library_thread(thread: threading.Thread) -> bool:
+    """Threads W&B, ZMQ and IPython keep for themselves are not the run's doing."""
+    target = getattr(thread, "_target", None)
+    module = getattr(target, "__module__", "") or type(thread).__module__ or ""
+    return thread.daemon and module.split(".")[0] in {
+        "wandb",
+        "zmq",
+        "ipykernel",
+        "IPython",
+        "tornado",
+        "asyncio",
+        "concurrent",
+        "jupyter_client",
+        "tqdm",
+        "threading",
+    }
+
+
+def _ipython() -> Any:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()

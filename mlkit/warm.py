@@ -1,0 +1,302 @@
+"""Warm kernels: a pool of kernels with torch, numpy and mlkit already imported.
+
+A fresh papermill run pays for a kernel start, ``import torch`` and the first
+optimizer step (which imports ``torch._dynamo``) every time: seconds before the
+first line of a short trial runs. The ``mlkit-warm`` engine keeps kernels alive
+and reuses them, resetting each to a clean state before every run (see
+``mlkit.kernel_state`` for what is restored and what is not).
+
+A kernel is retired after ``MLKIT_WARM_MAX_RUNS`` runs (default 50), after any
+failed run, after a timeout or a death, and whenever the run left something a
+reset cannot undo (a running thread, an unfinished ``wandb.run``). Its
+replacement starts warming at once, while the driver records the run that ended.
+
+It is a papermill engine (``papermill --engine mlkit-warm``); the pool lives in
+the driver process, so reuse happens across the runs one process makes
+(``mlkit sweep``, the widgets, a Python loop over ``mlkit.runner.run``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_IMPORTS = (
+    "numpy",
+    "torch",
+    "mlkit",
+    "mlkit.record",
+    "mlkit.train",
+    "mlkit.data",
+    "mlkit.models",
+    "mlkit.trial",
+    "mlkit.track",
+    "wandb",
+    "matplotlib.pyplot",
+)
+WARM_TIMEOUT_S = 180
+
+
+def _imports() -> list[str]:
+    raw = os.environ.get("MLKIT_WARM_IMPORTS")
+    return [m.strip() for m in raw.split(",") if m.strip()] if raw else list(DEFAULT_IMPORTS)
+
+
+def _max_runs() -> int:
+    return int(os.environ.get("MLKIT_WARM_MAX_RUNS", "50"))
+
+
+class WarmKernel:
+    """One kernel process, its single client, and what it has been through."""
+
+    def __init__(self, kernel_name: str) -> None:
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+
+        self.kernel_name = kernel_name
+        self.runs = 0
+        self.log_path = Path(tempfile.mkstemp(prefix="mlkit-kernel-", suffix=".log")[1])
+        self._log_offset = 0
+        self.km = AsyncKernelManager(kernel_name=kernel_name)
+        with open(self.log_path, "ab") as log:
+            run_sync(self.km.start_kernel)(stderr=log)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self._warm_msg: str | None = None
+        self._warm_started = time.monotonic()
+        self.warm_seconds: float | None = None
+
+    # -- messaging -------------------------------------------------------------
+    def _wait_reply(self, msg_id: str, timeout: float) -> dict[str, Any]:
+        from jupyter_core.utils import run_sync
+
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the kernel did not answer in time")
+            if not self.alive():
+                raise RuntimeError("the kernel died")
+            try:
+                msg = run_sync(self.kc.get_shell_msg)(timeout=min(left, 1.0))
+            except Exception:  # queue.Empty: poll again, checking the process is alive
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return msg["content"]
+
+    def run_code(self, code: str, timeout: float = 60, **expressions: str) -> dict[str, Any]:
+        """Execute hidden code (not in any notebook); raise when it fails."""
+        msg_id = self.kc.execute(
+            code, silent=True, store_history=False, user_expressions=expressions, allow_stdin=False
+        )
+        content = self._wait_reply(msg_id, timeout)
+        if content.get("status") != "ok":
+            raise RuntimeError(f"{content.get('ename')}: {content.get('evalue')}")
+        return content.get("user_expressions", {})
+
+    # -- life cycle ----------------------------------------------------------------
+    def begin_warm(self) -> None:
+        """Ask the kernel to import the heavy modules; do not wait for it."""
+        from jupyter_core.utils import run_sync
+
+        run_sync(self.kc.wait_for_ready)(timeout=60)
+        code = f"import mlkit.kernel_state as _ks\n_ks.warm({_imports()!r})\ndel _ks"
+        self._warm_msg = self.kc.execute(code, silent=True, store_history=False)
+
+    def ensure_warm(self) -> None:
+        if self._warm_msg is None:
+            return
+        content = self._wait_reply(self._warm_msg, WARM_TIMEOUT_S)
+        self._warm_msg = None
+        self.warm_seconds = time.monotonic() - self._warm_started
+        if content.get("status") != "ok":
+            raise RuntimeError(f"warming the kernel failed: {content.get('evalue')}")
+
+    def alive(self) -> bool:
+        from jupyter_core.utils import run_sync
+
+        try:
+            return bool(run_sync(self.km.is_alive)())
+        except Exception:
+            return False
+
+    def reset(self, env: dict[str, str], cwd: str | None) -> None:
+        # Binds no name: reset() clears the user namespace it would live in.
+        code = f"__import__('mlkit.kernel_state').kernel_state.reset({env!r}, {cwd!r})"
+        self.run_code(code, timeout=60)
+
+    def leftovers(self) -> list[str]:
+        out = self.run_code(
+            "", timeout=30, r="__import__('mlkit.kernel_state').kernel_state.leftovers()"
+        )
+        value = out.get("r", {})
+        if value.get("status") != "ok":
+            return ["could not inspect the kernel"]
+        import ast
+
+        return list(ast.literal_eval(value["data"]["text/plain"]))
+
+    def copy_log(self, target: Path | None) -> None:
+        """Append what the kernel wrote to stderr since the last run to ``target``."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._log_offset)
+                chunk = fh.read()
+                self._log_offset = fh.tell()
+        except OSError:
+            return
+        if target is not None and chunk:
+            with open(target, "ab") as out:
+                out.write(chunk)
+
+    def shutdown(self) -> None:
+        from jupyter_core.utils import run_sync
+
+        try:
+            self.kc.stop_channels()
+            run_sync(self.km.shutdown_kernel)(now=True)
+        except Exception:
+            pass
+        self.log_path.unlink(missing_ok=True)
+
+
+class KernelPool:
+    """The driver process's warm kernels, by kernel name."""
+
+    def __init__(self) -> None:
+        self.idle: dict[str, list[WarmKernel]] = {}
+        self.started = 0
+        self.retired: list[str] = []
+
+    def _new(self, kernel_name: str) -> WarmKernel:
+        kernel = WarmKernel(kernel_name)
+        kernel.begin_warm()
+        self.started += 1
+        return kernel
+
+    def acquire(self, kernel_name: str) -> WarmKernel:
+        idle = self.idle.setdefault(kernel_name, [])
+        while idle:
+            kernel = idle.pop()
+            if kernel.alive():
+                try:
+                    kernel.ensure_warm()
+                    return kernel
+                except Exception as exc:
+                    self.retired.append(f"warm-up failed: {exc}")
+            else:
+                self.retired.append("died while idle")
+            kernel.shutdown()
+        kernel = self._new(kernel_name)
+        kernel.ensure_warm()
+        return kernel
+
+    def release(self, kernel: WarmKernel, reasons: list[str]) -> None:
+        """Back to the pool, or retired with a warm replacement already on its way."""
+        if kernel.runs >= _max_runs():
+            reasons = [*reasons, f"reached {kernel.runs} runs"]
+        if reasons or not kernel.alive():
+            self.retired.append("; ".join(reasons) or "not alive")
+            kernel.shutdown()
+            self.idle.setdefault(kernel.kernel_name, []).append(self._new(kernel.kernel_name))
+            return
+        self.idle.setdefault(kernel.kernel_name, []).append(kernel)
+
+    def close(self) -> None:
+        for kernels in self.idle.values():
+            for kernel in kernels:
+                kernel.shutdown()
+        self.idle.clear()
+
+
+_POOL: KernelPool | None = None
+
+
+def pool() -> KernelPool:
+    """The process-wide pool (created on first use, closed at exit)."""
+    global _POOL
+    if _POOL is None:
+        import atexit
+
+        _POOL = KernelPool()
+        atexit.register(_POOL.close)
+    return _POOL
+
+
+class WarmEngine:
+    """papermill engine ``mlkit-warm``; imports nothing from papermill until used."""
+
+    @classmethod
+    def execute_notebook(cls, nb: Any, kernel_name: str, **kwargs: Any) -> Any:
+        return _engine().execute_notebook(nb, kernel_name, **kwargs)
+
+    @classmethod
+    def nb_kernel_name(cls, nb: Any, name: str | None = None) -> str:
+        return _engine().nb_kernel_name(nb, name)
+
+    @classmethod
+    def nb_language(cls, nb: Any, language: str | None = None) -> str:
+        return _engine().nb_language(nb, language)
+
+
+@functools.cache
+def _engine() -> type:
+    from papermill.engines import NBClientEngine
+    from papermill.log import logger
+
+    from mlkit.notebook import _client_class
+
+    client_class = _client_class()
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):  # type: ignore[override]
+            kwargs.pop("input_path", None)
+            timeout = kwargs.pop("execution_timeout", None) or kwargs.pop("timeout", None)
+            start_timeout = kwargs.pop("start_timeout", 60)
+            env = kwargs.pop("kernel_env", None) or dict(os.environ)
+            cwd = kwargs.pop("kernel_cwd", None) or os.getcwd()
+            log = kwargs.pop("kernel_log", None)
+            the_pool = pool()
+            kernel = the_pool.acquire(kernel_name)
+            reasons: list[str] = []
+            try:
+                kernel.reset(env, cwd)
+                client = client_class(
+                    nb_man,
+                    km=kernel.km,
+                    timeout=timeout,
+                    startup_timeout=start_timeout,
+                    kernel_name=kernel_name,
+                    log=logger,
+                    log_output=kwargs.pop("log_output", False),
+                    stdout_file=kwargs.pop("stdout_file", None),
+                    stderr_file=kwargs.pop("stderr_file", None),
+                    **kwargs,
+                )
+                client.kc = kernel.kc
+                result = client.execute()
+                if _has_error(nb_man.nb):
+                    reasons.append("the run failed")
+                else:
+                    reasons.extend(kernel.leftovers())
+                return result
+            except BaseException as exc:
+                reasons.append(f"{type(exc).__name__}")
+                raise
+            finally:
+                kernel.runs += 1
+                kernel.copy_log(Path(log) if log else None)
+                the_pool.release(kernel, reasons)
+
+    return Engine
+
+
+def _has_error(nb: Any) -> bool:
+    return any(
+        out.get("output_type") == "error" for cell in nb.cells for out in cell.get("outputs", [])
+    )

@@ -1,0 +1,101 @@
+"""Warm kernels: reused, isolated between runs, and replaced when they die."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from mlkit import runner, warm
+from tests.conftest import ROOT, SCENARIOS
+
+
+def warm_run(name: str, **params):
+    return runner.run(SCENARIOS / f"{name}.ipynb", params, progress=False, engine="warm")
+
+
+def idle_kernel() -> warm.WarmKernel:
+    (kernel,) = warm.pool().idle["python3"]
+    return kernel
+
+
+# A run that pollutes globals, RNG, dtype, env, cwd, sys.path and a user module leaves
+# nothing for the next run in the same kernel; both give the same result for the seed.
+def test_second_run_sees_none_of_the_first(exp_root: Path) -> None:
+    first = warm_run("pollutes", seed=3)
+    kernel = idle_kernel()
+    second = warm_run("pollutes", seed=3)
+    assert idle_kernel() is kernel and kernel.runs >= 2, "the same kernel was reused"
+    assert first["status"] == second["status"] == "completed", second.get("reason")
+    clean = {
+        "global_marker": False,
+        "env": "",
+        "cwd_polluted": False,
+        "sys_path_polluted": False,
+        "dtype": "torch.float32",
+        "grad_enabled": True,
+        "module_counter": 0,
+    }
+    for result in (first["result"], second["result"]):
+        assert {k: result[k] for k in clean} == clean
+    assert second["result"]["value"] == first["result"]["value"]
+    assert second["result"]["unseeded_draw"] == first["result"]["unseeded_draw"]
+    assert os.environ.get("MLKIT_POLLUTED") is None, "the driver's environment is untouched"
+
+
+# A kernel killed while idle in the pool is replaced; the next run succeeds.
+def test_kernel_killed_while_idle(exp_root: Path) -> None:
+    assert warm_run("echo")["status"] == "completed"
+    kernel = idle_kernel()
+    os.kill(kernel.km.provisioner.process.pid, signal.SIGKILL)
+    kernel.km.provisioner.process.wait()
+    info = warm_run("echo", value=2.0)
+    assert info["status"] == "completed", info.get("reason")
+    assert idle_kernel() is not kernel
+    assert "died while idle" in warm.pool().retired
+
+
+# A kernel killed mid-run: that run fails with the reason, the pool recovers.
+def test_kernel_killed_mid_run(exp_root: Path) -> None:
+    dead = warm_run("kernel_dies")
+    assert dead["status"] == "failed" and "kernel died" in dead["reason"]
+    info = warm_run("echo", value=3.0)
+    assert info["status"] == "completed", info.get("reason")
+    assert info["result"]["value"] == 3.0
+
+
+# A failed run retires its kernel: the next run gets a fresh one.
+def test_failed_run_retires_the_kernel(exp_root: Path) -> None:
+    warm_run("echo")
+    before = idle_kernel()
+    assert warm_run("raises")["status"] == "failed"
+    assert idle_kernel() is not before
+
+
+# The engine is a papermill engine: plain papermill uses it by name.
+def test_papermill_cli_uses_the_warm_engine(tmp_path: Path) -> None:
+    out = tmp_path / "out.ipynb"
+    env = dict(os.environ, MLKIT_EXPERIMENTS=str(tmp_path / "exp"), WANDB_MODE="disabled")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            "--engine",
+            "mlkit-warm",
+            str(SCENARIOS / "echo.ipynb"),
+            str(out),
+            "-p",
+            "value",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert '"value": 5' in out.read_text()
