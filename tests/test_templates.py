@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,14 @@ TINY = {
 
 def leet_summary(wandb_dir: str) -> dict:
     proc = subprocess.run(
-        ["wandb", "leet", "inspect", "--summary", "--json", wandb_dir],
+        [
+            str(Path(sys.executable).parent / "wandb"),
+            "leet",
+            "inspect",
+            "--summary",
+            "--json",
+            wandb_dir,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
