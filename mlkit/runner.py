@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ def run(
     env: dict[str, str] | None = None,
     root: Path | None = None,
     engine: str = "papermill",
+    on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Execute ``notebook`` as a recorded run and return its record.
 
@@ -77,6 +79,8 @@ def run(
         root: experiments folder; default ``experiments/`` at the project root.
         engine: "papermill" runs a fresh kernel; "warm" reuses a warm kernel of this
             process's pool (see ``mlkit.warm``).
+        on_start: called with run.json's content (``path`` added) once the record exists,
+            before the kernel runs; live views use it to follow ``metrics.jsonl``.
 
     Raises:
         MlkitError: before anything is written, for any bad input.
@@ -116,6 +120,8 @@ def run(
         {"notebook": str(notebook), "parameters": full, "given": values},
     )
     write_json(run_dir / "lineage.json", lineage.collect(notebook))
+    if on_start is not None:
+        on_start({**info, "path": str(run_dir)})
 
     kernel_env = dict(os.environ)
     kernel_env.update(env or {})

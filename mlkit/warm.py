@@ -169,8 +169,26 @@ class KernelPool:
 
     def __init__(self) -> None:
         self.idle: dict[str, list[WarmKernel]] = {}
+        self.busy: list[WarmKernel] = []
         self.started = 0
         self.retired: list[str] = []
+
+    def interrupt(self) -> int:
+        """Interrupt every run this process has in flight (a Cancel button); returns how many.
+
+        The interrupted cell raises KeyboardInterrupt, so the run fails and its kernel
+        is retired like after any failure.
+        """
+        from jupyter_core.utils import run_sync
+
+        count = 0
+        for kernel in list(self.busy):
+            try:
+                run_sync(kernel.km.interrupt_kernel)()
+                count += 1
+            except Exception:
+                pass
+        return count
 
     def _new(self, kernel_name: str) -> WarmKernel:
         kernel = WarmKernel(kernel_name)
@@ -185,6 +203,7 @@ class KernelPool:
             if kernel.alive():
                 try:
                     kernel.ensure_warm()
+                    self.busy.append(kernel)
                     return kernel
                 except Exception as exc:
                     self.retired.append(f"warm-up failed: {exc}")
@@ -193,10 +212,13 @@ class KernelPool:
             kernel.shutdown()
         kernel = self._new(kernel_name)
         kernel.ensure_warm()
+        self.busy.append(kernel)
         return kernel
 
     def release(self, kernel: WarmKernel, reasons: list[str]) -> None:
         """Back to the pool, or retired with a warm replacement already on its way."""
+        if kernel in self.busy:
+            self.busy.remove(kernel)
         if kernel.runs >= _max_runs():
             reasons = [*reasons, f"reached {kernel.runs} runs"]
         if reasons or not kernel.alive():

@@ -1,0 +1,180 @@
+"""The widget explorer: controls from the notebook, runs as manual trials, cancel, sweeps."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ipywidgets as widgets
+import pytest
+from optuna.trial import TrialState
+
+from mlkit import explore, record
+from mlkit.errors import ParameterError
+from tests.conftest import ROOT, SCENARIOS, TEMPLATES
+
+WAIT_S = 180  # a cold warm kernel on a busy 2-core machine
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_kernels_on_their_thread():
+    yield
+    explore.shutdown()
+
+
+@pytest.fixture
+def env(exp_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Runs in a temporary experiments folder; warm kernels skip torch (these never use it)."""
+    monkeypatch.setenv("MLKIT_WARM_IMPORTS", "mlkit,mlkit.record,mlkit.trial")
+    return exp_root
+
+
+def objective_explorer(tmp_path: Path, **kwargs) -> explore.Explorer:
+    space = tmp_path / "space.yaml"
+    space.write_text("x: {type: float, low: -2.0, high: 4.0}\nkind: [a, b]\n")
+    ex = explore.Explorer(SCENARIOS / "objective.ipynb", space, objective="loss:min", **kwargs)
+    ex.controls["epochs"].value = 2
+    return ex
+
+
+def wait_for(check, what: str, timeout: float = WAIT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# `import mlkit` (and its sweep machinery) never imports ipywidgets; mlkit.explore does.
+def test_only_explore_imports_ipywidgets() -> None:
+    code = (
+        "import sys, mlkit, mlkit.sweep, mlkit.runner; "
+        "assert 'ipywidgets' not in sys.modules; "
+        "import mlkit.explore; assert 'ipywidgets' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+# Controls follow the space first (log, range, choices), then the parameter's rule.
+def test_controls_from_space_and_rules(env: Path) -> None:
+    ex = explore.Explorer(TEMPLATES / "classify.ipynb", TEMPLATES / "classify_space.yaml")
+    c = ex.controls
+    assert isinstance(c["lr"], widgets.FloatLogSlider)
+    assert (c["lr"].min, c["lr"].max) == (-3.0, pytest.approx(math.log10(3e-2)))
+    assert c["lr"].value == pytest.approx(0.003)
+    assert isinstance(c["dropout"], widgets.FloatSlider)
+    assert (c["dropout"].min, c["dropout"].max, c["dropout"].value) == (0.0, 0.4, 0.1)
+    assert isinstance(c["batch_size"], widgets.Dropdown)
+    assert [v for _, v in c["batch_size"].options] == [32, 64, 128]
+    assert isinstance(c["optimizer"], widgets.Dropdown)  # `one of` rule, not in the space
+    assert list(c["optimizer"].options) == ["adam", "adamw", "sgd"]
+    assert isinstance(c["epochs"], widgets.IntText)  # one-sided rule: a text field
+    assert c["lr"].tooltip == "peak learning rate"
+    assert c["seed"].disabled, "seeds come from the trial"
+    for name, control in c.items():
+        assert f"mlkit-control-{name}" in control._dom_classes
+    assert ex.cfg.study == "classify-explore"
+    assert ex.cfg.storage == str(env / "classify-explore" / "study.journal")
+    assert "mlkit-run" in ex.run_button._dom_classes and ex.run_button.description == "Run"
+    assert ex.widget._repr_mimebundle_() == ex._repr_mimebundle_()
+
+
+# values() converts and validates; a bad value names the parameter and a fix.
+def test_values_are_validated(env: Path) -> None:
+    ex = explore.Explorer(TEMPLATES / "classify.ipynb", TEMPLATES / "classify_space.yaml")
+    ex.controls["epochs"].value = 3
+    assert ex.values()["epochs"] == 3 and ex.values()["lr"] == pytest.approx(0.003)
+    ex.controls["epochs"].value = 0
+    with pytest.raises(ParameterError, match=r"'epochs'.*at least 1"):
+        ex.values()
+    with pytest.raises(ParameterError, match="'epochs'"):
+        ex.run()
+    assert not ex.rows(), "nothing ran"
+
+
+# Without a space one is derived from the rules, and sweeping asks for a real one.
+def test_no_space_derives_one_and_refuses_to_sweep(env: Path) -> None:
+    ex = explore.Explorer(SCENARIOS / "objective.ipynb", objective="loss:min")
+    assert {d.name for d in ex.dims} == {"kind", "fail"}
+    assert isinstance(ex.controls["x"], widgets.FloatText)
+    assert ex.sweep_button.disabled
+    with pytest.raises(explore.ExploreError, match="space="):
+        ex.sweep_more(2)
+
+
+# Run returns a Future at once; the run is a COMPLETE trial tagged manual, listed in rows().
+def test_manual_run_is_a_manual_trial(env: Path, tmp_path: Path) -> None:
+    ex = objective_explorer(tmp_path)
+    ex.controls["x"].value = 1.5
+    future = ex.run()
+    assert not future.done(), "the UI thread never waits for the kernel"
+    row = future.result(timeout=WAIT_S)
+    assert row["state"] == "COMPLETE", row["fail_reason"]
+    assert row["objective"] == pytest.approx((1.5 - 2) ** 2 + 1 + 1 / 2)
+    (trial,) = ex.study.get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["manual"] is True
+    assert trial.params == {"x": 1.5, "kind": "a"}
+    (listed,) = ex.rows()
+    assert listed["source"] == "manual" and listed["params"]["epochs"] == 2  # fixed, not searched
+    assert record.load_run(Path(listed["run_path"]))["trial"] == 0
+    assert "completed" in ex.status.value and "mlkit-status" in ex.status._dom_classes
+    assert "manual" in ex.table.value
+
+
+# Cancel interrupts the run: trial FAIL "cancelled by the user", run.json says so; runs go on.
+def test_cancel_fails_the_trial_as_cancelled(env: Path, tmp_path: Path) -> None:
+    space = tmp_path / "hangs_space.yaml"
+    space.write_text("value: {type: float, low: 0.0, high: 2.0}\n")
+    ex = explore.Explorer(SCENARIOS / "hangs.ipynb", space, objective="value")
+    future = ex.run()
+    runs = env / "hangs-explore" / "runs"
+    wait_for(lambda: runs.exists() and any(runs.iterdir()), "the run record")
+    ex.cancel_button.click()
+    row = future.result(timeout=WAIT_S)
+    (trial,) = ex.study.get_trials()
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == explore.CANCEL_REASON
+    info = json.loads((Path(row["run_path"]) / "run.json").read_text())
+    assert info["status"] == "failed" and "cancelled" in info["reason"]
+    assert "cancelled" in ex.status.value
+
+    after = objective_explorer(tmp_path).run().result(timeout=WAIT_S)
+    assert after["state"] == "COMPLETE", after["fail_reason"]
+
+
+# Sweep N more adds N sampled trials to the same study, and the plots and table follow.
+def test_sweep_more_adds_sampled_trials(env: Path, tmp_path: Path) -> None:
+    ex = objective_explorer(tmp_path)
+    ex.run(wait=True)
+    ex.sweep_more(2, wait=True)
+    rows = ex.rows()
+    assert [r["source"] for r in rows] == ["manual", "sampled", "sampled"]
+    assert all(r["state"] == "COMPLETE" for r in rows), [r["fail_reason"] for r in rows]
+    assert all(r["params"]["epochs"] == 2 for r in rows), "non-space values stay as set"
+    assert ex.progress.value == 2
+    assert isinstance(ex.study_plots.children[0], widgets.Image)  # optimization history
+    ex.sort_by.value = "objective"
+    assert [o[1] for o in ex.compare.options] == [0, 1, 2]
+    ex.compare.value = (0, 2)
+    assert bytes(ex.compare_plot.value).startswith(b"\x89PNG")
+
+
+# Use best fills the controls with the best trial's values, as its record ran them.
+def test_use_best_fills_controls(env: Path, tmp_path: Path) -> None:
+    ex = objective_explorer(tmp_path)
+    with pytest.raises(explore.ExploreError, match="Run first"):
+        ex.use_best()
+    for x in (-1.0, 2.0):
+        ex.controls["x"].value = x
+        ex.run(wait=True)
+    ex.controls["x"].value = 0.0
+    ex.controls["epochs"].value = 7
+    ex.best_button.click()
+    assert ex.controls["x"].value == 2.0
+    assert ex.controls["epochs"].value == 2
