@@ -6,6 +6,7 @@ absence is recorded, not fatal.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 import socket
@@ -73,19 +74,22 @@ def git_state(cwd: str | Path) -> dict[str, Any]:
     return state
 
 
+@functools.cache
 def packages() -> dict[str, Any]:
-    """Installed distributions and a hash of them, to tell environments apart."""
-    names = sorted(
-        {
-            f"{d.metadata['Name']}=={d.version}"
-            for d in metadata.distributions()
-            if d.metadata["Name"]
-        },
-        key=str.lower,
-    )
+    """Installed distributions and a hash of them, to tell environments apart.
+
+    Read once per process: parsing every package's metadata costs about 75 ms, and a
+    sweep driver records many runs from one environment.
+    """
+    names = set()
+    for dist in metadata.distributions():
+        meta = dist.metadata
+        if meta["Name"]:
+            names.add(f"{meta['Name']}=={meta['Version']}")
+    ordered = sorted(names, key=str.lower)
     return {
-        "packages_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
-        "packages": names,
+        "packages_sha256": hashlib.sha256("\n".join(ordered).encode()).hexdigest(),
+        "packages": tuple(ordered),
     }
 
 
@@ -110,6 +114,7 @@ def collect(notebook: str | Path | None = None) -> dict[str, Any]:
         cwd = Path.cwd()
     out["git"] = git_state(cwd)
     out.update(packages())
+    out["packages"] = list(out["packages"])
     try:
         out["torch"] = metadata.version("torch")
     except metadata.PackageNotFoundError:

@@ -320,12 +320,27 @@ class Run:
         write_json(self.path / "model.json", {"name": name, "build": build})
         return target
 
-    def log_figure(self, name: str, figure: Any) -> Path:
-        """Save a matplotlib figure as PNG in the record and log it as an image."""
+    def log_figure(self, name: str, figure: Any, *, show: bool = True) -> Path:
+        """Save a matplotlib figure as PNG in the record, log it to W&B and show it.
+
+        The figure is rendered once: the same PNG is written, logged and displayed
+        (``plt.show()`` after ``savefig`` would draw it a second time), then closed.
+        """
+        import io
+
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        png = buffer.getvalue()
         target = self.path / f"{name}.png"
-        figure.savefig(target, dpi=100, bbox_inches="tight")
+        with open(target, "wb") as fh:
+            fh.write(png)
         self.tracker.log_image(name, target)
         self.figures.append(target.name)
+        if show:
+            _display_png(png)
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close(figure)
         return target
 
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
@@ -372,6 +387,16 @@ class Run:
 
 def _nan_reason(bad: list[str]) -> str:
     return f"non-finite result: {', '.join(bad)}" if bad else ""
+
+
+def _display_png(png: bytes) -> None:
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        display(Image(data=png, format="png"))
 
 
 def _display_result(result: dict[str, Any]) -> None:

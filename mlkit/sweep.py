@@ -523,6 +523,12 @@ def worker(cfg: SweepConfig, index: int = 0) -> int:
     seed = cfg.seed if cfg.sampler in ("grid", "qmc") else cfg.seed + 7919 * index + host
     study.sampler = make_sampler(cfg.sampler, seed, dims, len(cfg.objectives))
     study.pruner = make_pruner(cfg.pruner)
+    if cfg.engine == "warm":
+        from mlkit import warm
+        from mlkit.params import read_signature
+
+        # The kernel imports torch while this process imports papermill.
+        warm.pool().prewarm(read_signature(cfg.notebook).kernel_name)
     ran = 0
     while True:
         if cfg.timeout and time.time() - cfg.started > cfg.timeout:

@@ -69,6 +69,9 @@ class Tracker:
                 console="off",  # notebook output stays in the notebook
                 x_disable_stats=True,  # a stats thread costs CPU on small machines
                 save_code=False,
+                # The package list is in lineage.json already; W&B's own scan of every
+                # installed package costs about 50 ms per run.
+                x_save_requirements=False,
             ),
         )
         self.finished = False

@@ -196,6 +196,11 @@ class KernelPool:
         self.started += 1
         return kernel
 
+    def prewarm(self, kernel_name: str) -> None:
+        """Start a kernel warming now, so it is ready by the first run."""
+        if not self.idle.get(kernel_name):
+            self.idle.setdefault(kernel_name, []).append(self._new(kernel_name))
+
     def acquire(self, kernel_name: str) -> WarmKernel:
         idle = self.idle.setdefault(kernel_name, [])
         while idle:
