@@ -24,8 +24,8 @@ The machine is noisy, so the baseline runs twice, bracketing the warm sweeps (th
 baseline, warm 1 job, warm 2 jobs, baseline, papermill), and ratios use the mean of the two.
 Targets: warm 1 job <= 1.10x the baseline, warm 2 jobs <= 0.75x.
 
-Run: python benchmarks/sweep_overhead.py [--trials 20] [--epochs 15]
-(about 6 minutes on 2 cores with the defaults; most of it is the papermill sweep)
+Run: python benchmarks/sweep_overhead.py [--trials 20] [--epochs 30]
+(about 5 minutes on 2 cores with the defaults; over half of it is the papermill sweep)
 """
 
 from __future__ import annotations
@@ -248,7 +248,8 @@ def run_sweep(
     rows, problems = check(root, study_name, reference)
     if rc != 0:
         problems.insert(0, f"mlkit sweep exited {rc}:\n{tail(log)}")
-    return {"wall": wall, "launch": launch, "trials": rows, "ok": not problems, "problems": problems}
+    ok = not problems
+    return {"wall": wall, "launch": launch, "trials": rows, "ok": ok, "problems": problems}
 
 
 def check(
@@ -287,22 +288,22 @@ def check(
         if not run_path or not Path(run_path).is_dir():
             problems.append(f"{where}: no record directory ({run_path!r})")
             continue
-        run_dir = Path(run_path)
-        problems += [f"{where}: {p}" for p in check_record(run_dir)]
+        problems += [f"{where}: {p}" for p in check_record(Path(run_path), rows[-1])]
     return rows, problems
 
 
-def check_record(run_dir: Path) -> list[str]:
+def check_record(run_dir: Path, row: dict[str, Any]) -> list[str]:
+    """Problems with one trial's record; adds its cell timings to ``row``."""
     problems = []
     output = run_dir / "output.ipynb"
     if not output.exists():
         problems.append("no output.ipynb")
     else:
-        cells = json.loads(output.read_text())["cells"]
-        unrun = [i for i, c in enumerate(cells) if c["cell_type"] == "code"]
-        unrun = [i for i in unrun if cells[i].get("execution_count") is None]
+        cells = [c for c in json.loads(output.read_text())["cells"] if c["cell_type"] == "code"]
+        unrun = [i for i, c in enumerate(cells) if c.get("execution_count") is None]
         if unrun:
             problems.append(f"output.ipynb: code cells {unrun} have no execution_count")
+        row.update(cell_seconds(cells))
     if not (run_dir / "result.json").exists():
         problems.append("no result.json")
     run_json = run_dir / "run.json"
@@ -314,6 +315,21 @@ def check_record(run_dir: Path) -> list[str]:
     return problems
 
 
+def cell_seconds(cells: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds in all code cells, in the training cell and in the figure cells (papermill's
+    per-cell durations, measured by the driver from cell start to cell end)."""
+    out = {"cells": 0.0, "fit_s": 0.0, "figures": 0.0}
+    for cell in cells:
+        seconds = (cell.get("metadata", {}).get("papermill") or {}).get("duration") or 0.0
+        source = "".join(cell.get("source", ""))
+        out["cells"] += seconds
+        if "train.fit(" in source:
+            out["fit_s"] += seconds
+        elif "log_figure(" in source:
+            out["figures"] += seconds
+    return out
+
+
 def same_work(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> str:
     """How many trials ran the baseline's parameters and reached its exact objective."""
     by_params = {json.dumps(r["params"], sort_keys=True): r["value"] for r in reference}
@@ -323,21 +339,58 @@ def same_work(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> st
     return f"{same}/{len(reference)}"
 
 
-def phases(way: dict[str, Any], n: int) -> tuple[float, float, float]:
-    """(startup: launch to first trial start, in-loop seconds per trial, exit after last)."""
+def phases(way: dict[str, Any], n: int) -> tuple[float, float, float, float]:
+    """Where the wall time went: (startup, first trial, later trials each, exit), seconds."""
     rows = way["trials"]
     if not rows:
-        return math.nan, math.nan, math.nan
-    first = min(r["start"] for r in rows)
+        return math.nan, math.nan, math.nan, math.nan
+    first_start = min(r["start"] for r in rows)
+    first_end = min(r["complete"] for r in rows)
     last = max(r["complete"] for r in rows)
-    startup = first - way["launch"]
-    return startup, (last - first) / n, way["wall"] - startup - (last - first)
+    later = (last - first_end) / (n - 1) if n > 1 else math.nan
+    exit_s = way["launch"] + way["wall"] - last
+    return first_start - way["launch"], first_end - first_start, later, exit_s
+
+
+def print_breakdown(ways: dict[str, dict[str, Any]]) -> None:
+    """Mean seconds per trial, over the trials that started after the first one ended."""
+    print(
+        f"\nper trial, trials started after the first trial ended (no warm-up), mean seconds:\n"
+        f"{'way':<22} {'trials':>6} {'trial':>6} {'fit':>6} {'figures':>8} {'other cells':>11} "
+        f"{'outside cells':>13}"
+    )
+    for name, way in ways.items():
+        rows = way["trials"]
+        if not rows:
+            continue
+        first_end = min(r["complete"] for r in rows)
+        steady = [r for r in rows if r["start"] >= first_end] or rows
+
+        def mean(key: str, rows: list[dict[str, Any]] = steady) -> float:
+            return sum(r.get(key, math.nan) for r in rows) / len(rows)
+
+        trial = sum(r["complete"] - r["start"] for r in steady) / len(steady)
+        fit = mean("fit_s")
+        if "cells" in steady[0]:
+            cells, figures = mean("cells"), mean("figures")
+            other, outside = f"{cells - fit - figures:11.2f}", f"{trial - cells:13.2f}"
+        else:
+            figures, other, outside = 0.0, f"{'-':>11}", f"{'-':>13}"
+        print(
+            f"{name:<22} {len(steady):6d} {trial:6.2f} {fit:6.2f} {figures:8.2f} {other} {outside}"
+        )
+    print(
+        "fit: fit() in the baseline, the training cell in notebooks; figures: the two cells "
+        "that draw, save and log a figure (the baseline draws none); outside cells: record "
+        "keeping, kernel reset, papermill and kernel messaging, the W&B epilogue, Optuna. "
+        "With 2 jobs, trial times are latencies of overlapping trials."
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="trials per way (default 20)")
-    parser.add_argument("--epochs", type=int, default=15, help="-p epochs for every trial")
+    parser.add_argument("--epochs", type=int, default=30, help="-p epochs for every trial")
     args = parser.parse_args()
     n = args.trials
     fixed = {"epochs": args.epochs}
@@ -394,24 +447,30 @@ def main() -> int:
     )
     print(
         f"\n{'way':<22} {'wall s':>7} {'s/trial':>8} {'ratio':>7} {'target':>8} "
-        f"{'startup s':>10} {'loop s/trial':>13} {'exit s':>7} {'same work':>10}"
+        f"{'startup':>8} {'1st trial':>9} {'later/trial':>11} {'exit':>6} {'same work':>9}"
     )
     rows = [("baseline (mean)", {"wall": base, "trials": []}), *ways.items()]
     for name, way in rows:
         ratio = way["wall"] / base
         target = TARGETS.get(name)
         goal = f"<= {target:.2f}" if target else ""
-        startup, per_trial, exit_s = phases(way, n)
-        same = way.get("same", "")
+        startup, first, later, exit_s = phases(way, n)
+        split = (
+            f"{startup:8.1f} {first:9.1f} {later:11.2f} {exit_s:6.1f} {way['same']:>9}"
+            if way["trials"]
+            else ""
+        )
         print(
-            f"{name:<22} {way['wall']:7.1f} {way['wall'] / n:8.2f} {ratio:7.3f} {goal:>8} "
-            f"{startup:10.1f} {per_trial:13.2f} {exit_s:7.1f} {same:>10}"
+            f"{name:<22} {way['wall']:7.1f} {way['wall'] / n:8.2f} {ratio:7.3f} {goal:>8} {split}"
         )
     print(
-        "\nstartup: launch to the first trial's start; loop: first trial start to last trial "
-        "end, per trial; exit: after the last trial. same work: trials with the baseline's "
-        "parameters and exactly its objective."
+        "\nIn seconds. startup: launch to the first trial's start; 1st trial: its duration "
+        "(for the warm engine it includes warming a kernel); later/trial: from the first "
+        "trial's end to the last trial's end, per remaining trial (jobs overlap); exit: after "
+        "the last trial. same work: trials that ran the baseline's parameters and reached "
+        "exactly its objective."
     )
+    print_breakdown(ways)
     failed = [name for name, way in ways.items() if not way["ok"]]
     for name, target in TARGETS.items():
         ratio = ways[name]["wall"] / base

@@ -94,6 +94,7 @@ def test_many_machines_grid_exact_and_unique(exp_root: Path, tmp_path: Path, pg_
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, out + err
+        assert "Error" not in err and "lock" not in err.lower(), err
     trials = sweep.load_study(pg_url, study).trials
     assert len(trials) == 6
     assert sorted(t.params["y"] for t in trials) == [0, 1, 2, 3, 4, 5]

@@ -368,3 +368,89 @@ def test_overall_timeout_stops_the_sweep(exp_root: Path, tmp_path: Path) -> None
     )
     assert proc.returncode == 0, proc.stderr
     assert 1 <= len(study_of(exp_root, "to").trials) < 50
+
+
+# A worker killed with SIGKILL mid-trial, then the sweep resumed: exactly N trials, none
+# RUNNING, and the killed trial's parameters tried again.
+def test_sigkilled_worker_then_resume(exp_root: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    space = write_space(tmp_path, {"x": {"type": "float", "low": -4, "high": 4}})
+    args = [
+        "sweep",
+        NOTEBOOK,
+        "--space",
+        space,
+        "--trials",
+        "3",
+        "--objective",
+        "loss",
+        "--study",
+        "kill",
+        "-q",
+    ]
+    env = dict(os.environ, COLUMNS="200")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlkit", *args, "-p", "sleep", "0.5", "-p", "epochs", "20"],
+        cwd=Path(NOTEBOOK).parents[2],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    journal = exp_root / "kill" / "study.journal"
+    deadline = time.monotonic() + 120
+    running = []
+    while time.monotonic() < deadline and not running:
+        time.sleep(0.5)
+        if journal.exists():
+            trials = sweep.load_study(str(journal), "kill").trials
+            running = [
+                t
+                for t in trials
+                if t.state == TrialState.RUNNING
+                and "run_id" not in t.user_attrs
+                and list((exp_root / "kill" / "runs").glob("*/output.ipynb"))
+            ]
+    assert running, "a trial started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = running[0]
+    resumed = run_cli(*args, "-p", "sleep", "0.5", "-p", "epochs", "20")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    trials = study_of(exp_root, "kill").trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    counted = [t for t in trials if not t.user_attrs.get("reaped")]
+    assert len(counted) == 3
+    assert trials[killed.number].state == TrialState.FAIL
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
+    assert len(retry) == 1 and retry[0].params == killed.params
+
+
+# A trial whose cell runs past --trial-timeout is FAIL with that reason; the sweep goes on.
+def test_trial_timeout(exp_root: Path, tmp_path: Path) -> None:
+    space = write_space(tmp_path, {"sleep": [0.0, 30.0]})
+    proc = run_cli(
+        "sweep",
+        NOTEBOOK,
+        "--space",
+        space,
+        "--sampler",
+        "grid",
+        "--trials",
+        "2",
+        "--trial-timeout",
+        "3",
+        "--objective",
+        "loss",
+        "--study",
+        "tt",
+        "--pruner",
+        "none",
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = {t.params["sleep"]: t for t in study_of(exp_root, "tt").trials}
+    assert trials[0.0].state == TrialState.COMPLETE
+    assert trials[30.0].state == TrialState.FAIL
+    assert "timed out after 3 s" in trials[30.0].user_attrs["fail_reason"]

@@ -1,0 +1,383 @@
+"""The widget explorer in a real browser: JupyterLab driven by Playwright in headless Chromium.
+
+Needs Debian's chromium and the playwright Python package (in the dev extra; it never
+downloads a browser here): `source .ci/chromium.sh` installs chromium and exports
+MLKIT_TEST_CHROMIUM. Without them this test skips here and fails in CI.
+
+Screenshots of every stage go to $MLKIT_TEST_ARTIFACTS (default
+experiments/test-artifacts/browser/, ignored by git); the test prints where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+
+NOTEBOOK = "notebooks/explore.ipynb"
+# Known to work as root on a machine whose network is closed: without the background
+# networking flags Chromium's own connections are refused and slow everything down.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+START_S = 90  # JupyterLab up, kernel idle, explorer drawn (a busy 2-core machine)
+RUN_S = 180  # a run on a cold warm kernel: its start, `import torch`, 5 epochs
+# JupyterLab settings for the test's own settings folder: never write the notebook back
+# (autosave), never ask about news or updates (a toast over the page, network calls).
+LAB_SETTINGS = {
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "checkForUpdates": False,
+        "fetchNews": "false",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Debian's chromium and the playwright package, or a skip (a failure in CI)."""
+    path = os.environ.get("MLKIT_TEST_CHROMIUM", "")
+    reason = ""
+    if not path:
+        reason = "MLKIT_TEST_CHROMIUM is not set"
+    elif not (Path(path).is_file() and os.access(path, os.X_OK)):
+        reason = f"MLKIT_TEST_CHROMIUM={path} is not an executable file"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError as exc:
+            reason = f"the playwright package is missing ({exc}); pip install -e '.[dev]'"
+    if reason:
+        message = (
+            f"needs Chromium and Playwright ({reason}); run `source .ci/chromium.sh` to "
+            "install Debian's chromium and export MLKIT_TEST_CHROMIUM"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@dataclass
+class Lab:
+    url: str  # http://127.0.0.1:PORT
+    token: str
+    experiments: Path  # MLKIT_EXPERIMENTS of the server and its kernels
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def lab(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """JupyterLab on 127.0.0.1 with a random token, its runs in a temporary folder."""
+    tmp = tmp_path_factory.mktemp("lab")
+    settings = tmp / "settings"
+    for name, value in LAB_SETTINGS.items():
+        (settings / name).parent.mkdir(parents=True, exist_ok=True)
+        (settings / name).write_text(json.dumps(value))
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ)
+    env.update(
+        MLKIT_EXPERIMENTS=str(tmp / "experiments"),
+        WANDB_MODE="disabled",
+        WANDB_SILENT="true",
+        JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),  # no server files in ~/.local
+    )
+    log = tmp / "jupyter.log"
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={ROOT}",
+        "--ServerApp.allow_root=True",  # CI runs as root
+        f"--LabApp.user_settings_dir={settings}",
+        f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + START_S
+        while _get(f"{url}/api/status?token={token}") is None:
+            if server.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-3000:]
+                pytest.fail(f"JupyterLab did not start on {url} (exit {server.poll()}):\n{tail}")
+            time.sleep(0.2)  # poll interval; the deadline above bounds the wait
+        yield Lab(url, token, tmp / "experiments", log)
+    finally:
+        # A polite shutdown stops the kernels, which close their warm kernels on exit.
+        request = urllib.request.Request(
+            f"{url}/api/shutdown", method="POST", headers={"Authorization": f"token {token}"}
+        )
+        with contextlib.suppress(OSError):  # URLError is an OSError
+            urllib.request.urlopen(request, timeout=10).close()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    default = ROOT / "experiments" / "test-artifacts" / "browser"
+    folder = Path(os.environ.get("MLKIT_TEST_ARTIFACTS") or default)
+    if folder.exists():
+        for old in folder.glob("*.png"):
+            old.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def page(chromium: str, lab: Lab, artifacts: Path) -> Iterator[Any]:
+    """A fresh headless Chromium page; a screenshot of it when the test fails."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 2000})
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()
+
+
+# --- reading the page ------------------------------------------------------------------
+
+# Installed before a Run: every image the live plot shows, with the status at that moment.
+WATCH_PLOT = """() => {
+    const img = document.querySelector('img.mlkit-live-plot');
+    const status = document.querySelector('.mlkit-status');
+    window.__mlkitPlots = [];
+    if (window.__mlkitPlotObserver) window.__mlkitPlotObserver.disconnect();
+    window.__mlkitPlotObserver = new MutationObserver(() => {
+        window.__mlkitPlots.push({src: img.src, status: status.textContent});
+    });
+    window.__mlkitPlotObserver.observe(img, {attributes: true, attributeFilter: ['src']});
+}"""
+
+PLOTS_DRAWN = """(n) => {
+    const img = document.querySelector('img.mlkit-live-plot');
+    return window.__mlkitPlots.length >= n && img.complete && img.naturalWidth > 300;
+}"""
+
+# Installed before the click whose handling is timed: the time of the click (in the capture
+# phase, before any handler) and of the first status change after it.
+WATCH_CLICK = """(selector) => {
+    const status = document.querySelector('.mlkit-status');
+    const cancel = document.querySelector('button.mlkit-cancel');
+    const t = window.__mlkitClick = {clicked: null, handled: null, busy: null, status: null};
+    document.addEventListener('click', (event) => {
+        if (t.clicked === null && event.target.closest(selector)) {
+            t.clicked = performance.now();
+            t.busy = !cancel.disabled;  // Cancel is enabled only while a run is in flight
+            const before = status.textContent;
+            const observer = new MutationObserver(() => {
+                if (status.textContent !== before) {
+                    t.handled = performance.now();
+                    t.status = status.textContent;
+                    observer.disconnect();
+                }
+            });
+            observer.observe(status, {childList: true, subtree: true, characterData: true});
+        }
+    }, {capture: true});
+}"""
+
+RUNS_TABLE = """() => {
+    const table = document.querySelector('.mlkit-table table');
+    if (!table) return [];
+    const head = [...table.querySelectorAll('thead th')].map((th) => th.textContent);
+    return [...table.querySelectorAll('tbody tr')].map((tr) => {
+        const row = {title: tr.title};
+        [...tr.querySelectorAll('td')].forEach((td, i) => { row[head[i]] = td.textContent; });
+        return row;
+    });
+}"""
+
+
+def runs_table(page: Any) -> dict[str, dict[str, str]]:
+    """The runs table as {trial number: {column: text}} (plus the row's title)."""
+    return {row["#"]: row for row in page.evaluate(RUNS_TABLE)}
+
+
+def wait_for_row(page: Any, number: int, state: str, timeout_s: float) -> dict[str, str]:
+    page.wait_for_function(
+        """([number, state]) => [...document.querySelectorAll('.mlkit-table tbody tr')]
+            .some((tr) => tr.cells[0].textContent === number && tr.cells[1].textContent === state)
+        """,
+        arg=[str(number), state],
+        timeout=timeout_s * 1000,
+    )
+    return runs_table(page)[str(number)]
+
+
+# --- the test ----------------------------------------------------------------------------
+
+
+# Rule: the explorer works in a real browser: run, live chart, runs table, cancel, and a
+# click during a run is handled at once (the figure is printed, not asserted).
+def test_explorer_in_jupyterlab(
+    page: Any, lab: Lab, artifacts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from playwright.sync_api import expect
+
+    shots: list[Path] = []
+
+    def shot(name: str) -> None:
+        path = artifacts / f"{len(shots) + 1:02d}-{name}.png"
+        page.screenshot(path=str(path))
+        shots.append(path)
+
+    def report(text: str) -> None:
+        with capsys.disabled():
+            print(f"\n[browser] {text}", flush=True)
+
+    status = page.locator(".mlkit-status")
+    started = time.monotonic()
+    try:
+        # Open the notebook and wait for its kernel.
+        page.goto(f"{lab.url}/lab/tree/{NOTEBOOK}?token={lab.token}")
+        expect(page.locator(".jp-StatusBar").get_by_text(re.compile(r"\| Idle$"))).to_be_visible(
+            timeout=START_S * 1000
+        )
+        shot("notebook-open")
+
+        # Run → Run All Cells, as a person would; the explorer replaces the saved output.
+        page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+        page.locator(".lm-Menu-item", has_text=re.compile(r"^Run All Cells")).click()
+        explorer = page.locator(".mlkit-explorer")
+        expect(explorer).to_be_visible(timeout=START_S * 1000)
+        expect(status).to_have_text("ready")
+        expect(page.locator(".mlkit-table")).to_contain_text("no trials yet")
+        explorer.scroll_into_view_if_needed()
+        shot("explorer")
+
+        # Move the dropout slider with the keyboard and read its new value off the page.
+        handle = page.locator(".mlkit-control-dropout .noUi-handle")
+        before = handle.get_attribute("aria-valuenow")
+        handle.focus()
+        for _ in range(5):
+            page.keyboard.press("ArrowRight")
+        expect(handle).not_to_have_attribute("aria-valuenow", before or "")
+        dropout = float(handle.get_attribute("aria-valuenow") or "nan")
+        assert dropout > float(before or "nan"), (before, dropout)
+        report(f"dropout slider moved from {before} to {dropout:g}")
+
+        # Run; while it runs, a click on "Use best" must be handled by the kernel at once.
+        page.evaluate(WATCH_PLOT)
+        page.evaluate(WATCH_CLICK, "button.mlkit-use-best")
+        page.locator("button.mlkit-run").click()
+        expect(status).to_contain_text("running trial #0", timeout=RUN_S * 1000)
+        expect(page.locator("button.mlkit-cancel")).to_be_enabled()
+        page.locator("button.mlkit-use-best").click()
+        page.wait_for_function("() => window.__mlkitClick.handled !== null", timeout=30_000)
+        click = page.evaluate("() => window.__mlkitClick")
+        latency = (click["handled"] - click["clicked"]) / 1000
+        assert click["busy"], "the run had finished before the click: nothing was measured"
+        assert "No completed trial yet" in click["status"], click
+        report(f'click on "Use best" handled in {latency:.2f} s during a run ({click["status"]})')
+        shot("click-during-run")
+
+        # The live chart draws the run and the runs table gets its row.
+        expect(status).to_contain_text("completed trial #0", timeout=RUN_S * 1000)
+        page.wait_for_function(PLOTS_DRAWN, arg=2, timeout=30_000)
+        row = wait_for_row(page, 0, "complete", timeout_s=30)
+        assert row["source"] == "manual", row
+        assert float(row["dropout"]) == pytest.approx(dropout), row
+        assert float(row["val/accuracy"]) > 0.5, row
+        assert row["epochs"] == "5", row  # the notebook's few epochs (default 30)
+        expect(page.locator("button.mlkit-cancel")).to_be_disabled()
+        page.locator(".mlkit-live-plot").scroll_into_view_if_needed()
+        shot("first-run-complete")
+        report(f"first run: {status.inner_text()} ({row['duration']})")
+
+        # A long second run, cancelled once the live chart shows its epochs.
+        epochs = page.locator(".mlkit-control-epochs input")
+        epochs.fill("500")
+        epochs.press("Enter")
+        patience = page.locator(".mlkit-control-patience input")
+        patience.fill("0")  # never stop early
+        patience.press("Enter")
+        page.evaluate(WATCH_PLOT)
+        page.locator("button.mlkit-run").click()
+        expect(status).to_contain_text("running trial #1", timeout=RUN_S * 1000)
+        page.wait_for_function(PLOTS_DRAWN, arg=3, timeout=RUN_S * 1000)
+        plots = page.evaluate("() => window.__mlkitPlots")
+        assert all("running trial #1" in p["status"] for p in plots), plots  # drawn live
+        page.locator(".mlkit-live-plot").scroll_into_view_if_needed()
+        shot("second-run-live")
+        page.locator("button.mlkit-cancel").click()
+        expect(status).to_contain_text("cancelled by the user", timeout=60_000)
+        expect(status).to_contain_text("failed trial #1")
+        row = wait_for_row(page, 1, "fail", timeout_s=30)
+        assert row["title"] == "cancelled by the user", row
+        assert row["epochs"] == "500", row
+        assert runs_table(page)["0"]["state"] == "complete"
+        expect(page.locator("button.mlkit-cancel")).to_be_disabled()
+        page.locator(".mlkit-table").scroll_into_view_if_needed()
+        shot("second-run-cancelled")
+
+        # The cancelled run's record says so too.
+        runs = lab.experiments / "classify-explore" / "runs"
+        records = [json.loads(p.read_text()) for p in runs.glob("*/run.json")]
+        assert [r.get("reason") for r in records if r.get("cancelled")] == [
+            "cancelled by the user"
+        ], records
+    except BaseException:
+        with contextlib.suppress(Exception):  # the page itself may be gone
+            shot("failure")
+        report(f"JupyterLab log: {lab.log}")
+        raise
+    finally:
+        report(
+            f"{len(shots)} screenshots in {artifacts} "
+            f"({time.monotonic() - started:.0f} s in the browser)"
+        )
