@@ -281,7 +281,8 @@ def curves_png(histories: dict[str, list[dict[str, Any]]], title: str = "") -> b
     for index, (label, rows) in enumerate(histories.items()):
         color = f"C{index % 10}"
         x = [r.get("epoch", r.get("step")) for r in rows]
-        keys = sorted({k for r in rows for k in r if k not in ("epoch", "step")})
+        # Only losses and validation metrics: lr and seconds would flatten the axes.
+        keys = sorted({k for r in rows for k in r if k.endswith("loss") or k.startswith("val/")})
         for key in keys:
             y = [r.get(key) for r in rows]
             if not any(isinstance(v, int | float) for v in y):
