@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/mlkit run templates/classify.ipynb --experiment demo
 	$(VENV)/bin/mlkit sweep templates/classify.ipynb --space templates/classify_space.yaml \
-		--study demo-sweep --trials 20 --jobs 2 --pruner median
+		--study demo-sweep --trials 30 --jobs 2 --pruner median
 	$(VENV)/bin/mlkit sweep report demo-sweep
 
 lint: $(STAMP)
