@@ -19,6 +19,7 @@ import functools
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,25 +61,50 @@ class Outcome:
         return self.status == "completed"
 
 
-class MlkitEngine:
-    """papermill engine ``mlkit`` (see the module docstring).
+def lazy_engine(build: Callable[[], type], name: str) -> type:
+    """A papermill engine class that builds the real one on first use.
 
-    papermill loads engine entry points while it is itself being imported, so this
-    class imports nothing from papermill: it forwards to the real engine, which is
-    built on first use.
+    papermill loads engine entry points while it is itself being imported, so the
+    class an entry point names must import nothing from papermill.
     """
 
-    @classmethod
-    def execute_notebook(cls, nb: Any, kernel_name: str, **kwargs: Any) -> Any:
-        return _engine().execute_notebook(nb, kernel_name, **kwargs)
+    class LazyEngine:
+        @classmethod
+        def execute_notebook(cls, nb: Any, kernel_name: str, **kwargs: Any) -> Any:
+            return build().execute_notebook(nb, kernel_name, **kwargs)
 
-    @classmethod
-    def nb_kernel_name(cls, nb: Any, name: str | None = None) -> str:
-        return _engine().nb_kernel_name(nb, name)
+        @classmethod
+        def nb_kernel_name(cls, nb: Any, name: str | None = None) -> str:
+            return build().nb_kernel_name(nb, name)
 
-    @classmethod
-    def nb_language(cls, nb: Any, language: str | None = None) -> str:
-        return _engine().nb_language(nb, language)
+        @classmethod
+        def nb_language(cls, nb: Any, language: str | None = None) -> str:
+            return build().nb_language(nb, language)
+
+    LazyEngine.__name__ = LazyEngine.__qualname__ = name
+    LazyEngine.__module__ = build.__module__
+    LazyEngine.__doc__ = f"papermill engine, built on first use by {build.__qualname__}."
+    return LazyEngine
+
+
+def make_client(nb_man: Any, kernel_name: str, kwargs: dict[str, Any], **extra: Any) -> Any:
+    """The mlkit notebook client from the keyword arguments papermill gives an engine."""
+    from papermill.log import logger
+
+    kwargs.pop("input_path", None)
+    timeout = kwargs.pop("execution_timeout", None) or kwargs.pop("timeout", None)
+    return _client_class()(
+        nb_man,
+        timeout=timeout,
+        startup_timeout=kwargs.pop("start_timeout", 60),
+        kernel_name=kernel_name,
+        log=logger,
+        log_output=kwargs.pop("log_output", False),
+        stdout_file=kwargs.pop("stdout_file", None),
+        stderr_file=kwargs.pop("stderr_file", None),
+        **kwargs,
+        **extra,
+    )
 
 
 @functools.cache
@@ -155,29 +181,16 @@ def _client_class() -> type:
 @functools.cache
 def _engine() -> type:
     from papermill.engines import NBClientEngine
-    from papermill.log import logger
-
-    client_class = _client_class()
 
     class Engine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):  # type: ignore[override]
-            kwargs.pop("input_path", None)
-            timeout = kwargs.pop("execution_timeout", None) or kwargs.pop("timeout", None)
-            start_timeout = kwargs.pop("start_timeout", 60)
-            return client_class(
-                nb_man,
-                timeout=timeout,
-                startup_timeout=start_timeout,
-                kernel_name=kernel_name,
-                log=logger,
-                log_output=kwargs.pop("log_output", False),
-                stdout_file=kwargs.pop("stdout_file", None),
-                stderr_file=kwargs.pop("stderr_file", None),
-                **kwargs,
-            ).execute()
+            return make_client(nb_man, kernel_name, kwargs).execute()
 
     return Engine
+
+
+MlkitEngine = lazy_engine(_engine, "MlkitEngine")
 
 
 def execute(

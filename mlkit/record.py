@@ -206,7 +206,7 @@ def load_run(path: Path) -> dict[str, Any]:
     if info.get("status") == "running" and info.get("result") is None:
         # A driver that died leaves "running"; say so instead of pretending.
         pid = info.get("pid")
-        if pid and not _alive(pid) and info.get("host") == _hostname():
+        if pid and not pid_alive(pid) and info.get("host") == _hostname():
             info["status"] = "crashed"
     return info
 
@@ -225,7 +225,8 @@ def history(ref: str | Path, root: Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host still runs (signal 0 checks without sending)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -39,6 +39,7 @@ from typing import Any
 
 from mlkit import space as _space
 from mlkit.errors import MlkitError
+from mlkit.record import pid_alive
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc", "nsga2")
 PRUNERS = ("median", "hyperband", "halving", "none")
@@ -432,16 +433,6 @@ def _worker_tag() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def reap_stale(study: Any, now: float | None = None) -> list[int]:
     """Fail RUNNING trials whose worker is gone; enqueue their parameters once more."""
     from optuna.trial import TrialState
@@ -454,7 +445,7 @@ def reap_stale(study: Any, now: float | None = None) -> list[int]:
         beat = trial.user_attrs.get(
             "heartbeat", trial.datetime_start.timestamp() if trial.datetime_start else now
         )
-        dead = worker.get("host") == host and worker.get("pid") and not _pid_alive(worker["pid"])
+        dead = worker.get("host") == host and worker.get("pid") and not pid_alive(worker["pid"])
         stale = now - float(beat) > STALE_AFTER_S
         if not (dead or stale):
             continue

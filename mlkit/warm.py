@@ -254,37 +254,15 @@ def pool() -> KernelPool:
     return _POOL
 
 
-class WarmEngine:
-    """papermill engine ``mlkit-warm``; imports nothing from papermill until used."""
-
-    @classmethod
-    def execute_notebook(cls, nb: Any, kernel_name: str, **kwargs: Any) -> Any:
-        return _engine().execute_notebook(nb, kernel_name, **kwargs)
-
-    @classmethod
-    def nb_kernel_name(cls, nb: Any, name: str | None = None) -> str:
-        return _engine().nb_kernel_name(nb, name)
-
-    @classmethod
-    def nb_language(cls, nb: Any, language: str | None = None) -> str:
-        return _engine().nb_language(nb, language)
-
-
 @functools.cache
 def _engine() -> type:
     from papermill.engines import NBClientEngine
-    from papermill.log import logger
 
-    from mlkit.notebook import _client_class
-
-    client_class = _client_class()
+    from mlkit.notebook import make_client
 
     class Engine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):  # type: ignore[override]
-            kwargs.pop("input_path", None)
-            timeout = kwargs.pop("execution_timeout", None) or kwargs.pop("timeout", None)
-            start_timeout = kwargs.pop("start_timeout", 60)
             env = kwargs.pop("kernel_env", None) or dict(os.environ)
             cwd = kwargs.pop("kernel_cwd", None) or os.getcwd()
             log = kwargs.pop("kernel_log", None)
@@ -293,18 +271,7 @@ def _engine() -> type:
             reasons: list[str] = []
             try:
                 kernel.reset(env, cwd)
-                client = client_class(
-                    nb_man,
-                    km=kernel.km,
-                    timeout=timeout,
-                    startup_timeout=start_timeout,
-                    kernel_name=kernel_name,
-                    log=logger,
-                    log_output=kwargs.pop("log_output", False),
-                    stdout_file=kwargs.pop("stdout_file", None),
-                    stderr_file=kwargs.pop("stderr_file", None),
-                    **kwargs,
-                )
+                client = make_client(nb_man, kernel_name, kwargs, km=kernel.km)
                 client.kc = kernel.kc
                 result = client.execute()
                 if _has_error(nb_man.nb):
@@ -323,7 +290,16 @@ def _engine() -> type:
     return Engine
 
 
+def _warm_engine_class() -> type:
+    from mlkit.notebook import lazy_engine
+
+    return lazy_engine(_engine, "WarmEngine")
+
+
 def _has_error(nb: Any) -> bool:
     return any(
         out.get("output_type") == "error" for cell in nb.cells for out in cell.get("outputs", [])
     )
+
+
+WarmEngine = _warm_engine_class()
