@@ -454,3 +454,33 @@ def test_trial_timeout(exp_root: Path, tmp_path: Path) -> None:
     assert trials[0.0].state == TrialState.COMPLETE
     assert trials[30.0].state == TrialState.FAIL
     assert "timed out after 3 s" in trials[30.0].user_attrs["fail_reason"]
+
+
+# The study opens unchanged in optuna-dashboard (its WSGI app over the same journal file).
+def test_study_opens_in_optuna_dashboard(exp_root: Path, tmp_path: Path) -> None:
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    proc = run_cli(
+        "sweep",
+        NOTEBOOK,
+        "--space",
+        write_space(tmp_path, BOWL),
+        "--trials",
+        "2",
+        "--objective",
+        "loss",
+        "--study",
+        "dash",
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stderr
+    app = wsgi(sweep.open_storage(str(exp_root / "dash" / "study.journal")))
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ.update(PATH_INFO="/api/studies/0", QUERY_STRING="after=0")
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    assert status == ["200 OK"]
+    assert len(json.loads(body)["trials"]) == 2
