@@ -548,7 +548,7 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
     try:
         suggested = _space.suggest(trial, dims)
     except Exception as exc:
-        study.tell(trial, state=TrialState.FAIL)
+        _tell(study, trial, state=TrialState.FAIL)
         return f"FAIL: could not sample: {exc}"
     seed = trial_seed(cfg.seed, suggested)
     values = {**cfg.fixed, **suggested}
@@ -586,7 +586,7 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
             )
         except Exception as exc:  # the driver itself failed: the trial must not stay RUNNING
             storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"driver error: {exc}")
-            study.tell(trial, state=TrialState.FAIL)
+            _tell(study, trial, state=TrialState.FAIL)
             return "FAIL"
     storage.set_trial_user_attr(trial._trial_id, "run_id", info["id"])
     storage.set_trial_user_attr(trial._trial_id, "run_path", info["path"])
@@ -596,11 +596,11 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
     storage.set_trial_user_attr(trial._trial_id, "result", _finite_only(result))
     pruned = Path(info["path"], PRUNED_FILE)
     if info["status"] == "completed" and pruned.exists():
-        study.tell(trial, state=TrialState.PRUNED)
+        _tell(study, trial, state=TrialState.PRUNED)
         return "PRUNED"
     if info["status"] != "completed":
         storage.set_trial_user_attr(trial._trial_id, "fail_reason", info.get("reason", ""))
-        study.tell(trial, state=TrialState.FAIL)
+        _tell(study, trial, state=TrialState.FAIL)
         return "FAIL"
     missing = [m for m in cfg.objectives if m not in result]
     if missing:
@@ -609,15 +609,30 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
             "fail_reason",
             f"objective {missing[0]!r} not in the result (it has: {', '.join(result)})",
         )
-        study.tell(trial, state=TrialState.FAIL)
+        _tell(study, trial, state=TrialState.FAIL)
         return "FAIL"
     objective = [float(result[m]) for m in cfg.objectives]
     if not all(math.isfinite(v) for v in objective):
         storage.set_trial_user_attr(trial._trial_id, "fail_reason", "non-finite objective")
-        study.tell(trial, state=TrialState.FAIL)
+        _tell(study, trial, state=TrialState.FAIL)
         return "FAIL"
-    study.tell(trial, objective if len(objective) > 1 else objective[0])
+    _tell(study, trial, objective if len(objective) > 1 else objective[0])
     return "COMPLETE"
+
+
+def _tell(study: Any, trial: Any, *args: Any, **kwargs: Any) -> None:
+    """``study.tell`` for ask-and-tell drivers.
+
+    The grid sampler calls ``study.stop()`` from ``tell`` once every grid point is
+    finished, and ``stop`` raises outside ``study.optimize``. The trial's state is
+    stored before that (Optuna writes it in a ``finally``), and our workers stop by
+    counting trials, so that one error is expected and dropped.
+    """
+    try:
+        study.tell(trial, *args, **kwargs)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
 
 
 def _finite_only(result: dict[str, Any]) -> dict[str, Any]:
