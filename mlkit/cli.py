@@ -218,6 +218,41 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from mlkit import evaluate
+
+    info = evaluate.evaluate_run(
+        args.run,
+        sensitive=args.sensitive,
+        tracking=args.tracking,
+        progress=not args.quiet,
+        cell_timeout=args.timeout,
+    )
+    console = Console(highlight=False, soft_wrap=True)
+    ok = info["status"] == "completed"
+    style = "green" if ok else "red"
+    console.print(
+        f"[{style}]evaluation {info['id']} of run {info.get('evaluates')} {info['status']}"
+        f"[/{style}]" + (f": {info['reason']}" if info.get("reason") else "")
+    )
+    console.print(f"  record:   {info['path']}")
+    console.print(f"  notebook: {info['path']}/output.ipynb")
+    # The headline numbers only; per-group and per-slice values are in result.json.
+    headline = (
+        "test/",
+        "fairness/demographic",
+        "fairness/equalized",
+        "calibration/",
+        "attribution/d",
+    )
+    for key, value in (info.get("result") or {}).items():
+        if key.startswith(headline):
+            console.print(f"  {key} = {_fmt(value)}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -281,6 +316,148 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
     print(f"report notebook: {out['notebook']}")
     print(f"report page:     {out['html']}")
     return EXIT_OK if out["status"] == "completed" else EXIT_FAILED
+
+
+def cmd_model_register(args: argparse.Namespace) -> int:
+    from mlkit import registry
+
+    if bool(args.run) == bool(args.study):
+        from mlkit.errors import ParameterError
+
+        raise ParameterError(
+            "mlkit model register needs exactly one of RUN or --study STUDY. Pass "
+            f"mlkit model register RUN --name {args.name}, or --study STUDY for its best trial."
+        )
+    if args.study:
+        entry = registry.register_best(
+            args.study, args.name, storage=args.storage, tracking=args.tracking
+        )
+    else:
+        entry = registry.register(args.run, args.name, tracking=args.tracking)
+    print(f"registered {args.name} v{entry['version']} from run {entry['run_id']}")
+    print(f"  sha256: {entry['sha256']}")
+    for key, value in entry["metrics"].items():
+        print(f"  {key} = {_fmt(value)}")
+    print(f"  card:   {entry['path']}/card.md")
+    print(f"promote:  mlkit model promote {args.name} v{entry['version']} --alias production")
+    return EXIT_OK
+
+
+def cmd_model_promote(args: argparse.Namespace) -> int:
+    from mlkit import registry
+
+    out = registry.promote(args.name, args.version, args.alias, tracking=args.tracking)
+    before = f"v{out['previous']}" if out["previous"] else "nothing"
+    print(f"{args.name}:{out['alias']} -> v{out['version']} (was {before})")
+    return EXIT_OK
+
+
+def cmd_model_rollback(args: argparse.Namespace) -> int:
+    from mlkit import registry
+
+    out = registry.rollback(args.name, args.alias, tracking=args.tracking)
+    print(f"{args.name}:{out['alias']} -> v{out['version']} (rolled back from v{out['previous']})")
+    return EXIT_OK
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from mlkit import registry
+
+    rows = registry.list_models()
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("No registered models. Register one with: mlkit model register RUN --name NAME")
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("name", "versions", "latest", "aliases"):
+        table.add_column(column)
+    for row in rows:
+        aliases = ", ".join(f"{a}=v{v}" for a, v in row["aliases"].items())
+        table.add_row(row["name"], str(row["versions"]), f"v{row['latest']}", aliases)
+    Console().print(table)
+    return EXIT_OK
+
+
+def cmd_model_show(args: argparse.Namespace) -> int:
+    from mlkit import registry
+
+    reg = registry.show(args.name)
+    if args.json:
+        import json
+
+        print(json.dumps(reg, indent=2))
+        return EXIT_OK
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"[bold]{reg['name']}[/bold]")
+    for alias, version in reg["aliases"].items():
+        console.print(f"  {alias} -> v{version}")
+    for entry in reg["versions"]:
+        metrics = "  ".join(f"{k}={_fmt(v)}" for k, v in entry["metrics"].items())
+        console.print(
+            f"  v{entry['version']}  {entry['created']}  run {entry['run_id']}  "
+            f"sha256 {entry['sha256'][:12]}  {metrics}"
+        )
+        console.print(f"      card: {entry['card']}")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mlkit import serve
+
+    serve.serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        log_url=args.log,
+        max_body_bytes=args.max_body_bytes,
+        threads=args.threads,
+        shadow=args.shadow,
+    )
+    return EXIT_OK
+
+
+def build_model_parser(sub: Any) -> argparse.ArgumentParser:
+    help = "Model registry: register, promote, rollback, list, show."
+    model = sub.add_parser("model", help=help, description=help)
+    model.set_defaults(func=lambda _args: (model.print_help(), EXIT_USAGE)[1])
+    msub = model.add_subparsers(dest="model_command", metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, tracking: bool):
+        p = msub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        if tracking:
+            p.add_argument("--tracking", choices=["offline", "online", "disabled"])
+        return p
+
+    p = add(
+        "register", cmd_model_register, "Register a completed run's model as a new version.", True
+    )
+    p.add_argument("run", nargs="?", help="run id (or a unique prefix) or run directory")
+    p.add_argument("--name", required=True, help="registered model name, e.g. digits")
+    p.add_argument("--study", help="register the run of this study's best trial instead")
+    p.add_argument("--storage", metavar="URL", help="the study's storage (with --study)")
+    p = add("promote", cmd_model_promote, "Point an alias (production) at a version.", True)
+    p.add_argument("name")
+    p.add_argument("version", help="v3 or 3")
+    p.add_argument("--alias", default="production")
+    p = add("rollback", cmd_model_rollback, "Move an alias back to its previous version.", True)
+    p.add_argument("name")
+    p.add_argument("--alias", default="production")
+    p = add("list", cmd_model_list, "List registered models.", False)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = add("show", cmd_model_show, "Show a model's versions, aliases and cards.", False)
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return model
 
 
 def build_sweep_tools_parser() -> argparse.ArgumentParser:
@@ -427,6 +604,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run id (or a unique prefix) or run directory")
     p.add_argument("--tracking", choices=["offline", "online", "disabled"])
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    p = add(
+        "evaluate",
+        cmd_evaluate,
+        "Evaluate a run's model: fairness by group, attributions, calibration, errors by slice.",
+    )
+    p.add_argument("run", help="run id (or a unique prefix) or run directory")
+    p.add_argument("--sensitive", metavar="COLUMN", help="sensitive attribute to compare groups by")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="limit for any one cell")
+    p.add_argument("--tracking", choices=["offline", "online", "disabled"])
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    build_model_parser(sub)
+
+    p = add(
+        "serve",
+        cmd_serve,
+        "Serve a registered model over HTTP (FastAPI, uvicorn); every response is logged.",
+    )
+    p.add_argument("model", metavar="NAME[:ALIAS]", help="model and alias (default production)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--log",
+        metavar="URL",
+        help="prediction log: sqlite:///PATH or postgresql://... (default: SQLite beside "
+        "the model)",
+    )
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument(
+        "--shadow",
+        metavar="NAME[:ALIAS]",
+        help="also score every input with this model after the response; logged, never returned",
+    )
     return parser
 
 

@@ -57,10 +57,13 @@ class Split:
     """One partition of a dataset: float32 ``X`` of shape (n, *input_shape) and its targets.
 
     ``y`` is int64 class indices for classification and float32 of shape (n,) for regression.
+    ``sensitive`` maps a sensitive attribute (``"group"``) to its raw values, row-aligned with
+    ``y`` and never scaled, so fairness metrics can slice by it whether or not the model sees it.
     """
 
     X: np.ndarray
     y: np.ndarray
+    sensitive: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -92,7 +95,7 @@ class Dataset:
 
     def spec(self) -> dict[str, Any]:
         """A small JSON-able summary for run records, W&B configs and reports."""
-        return {
+        out = {
             "name": self.name,
             "task": self.task,
             "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
@@ -100,6 +103,33 @@ class Dataset:
             "n_outputs": self.n_outputs,
             "version": self.version,
         }
+        if self.sensitive_columns:
+            out["sensitive"] = self.sensitive_columns
+        return out
+
+    @property
+    def sensitive_columns(self) -> list[str]:
+        """Names of the sensitive attributes each split carries (empty for most datasets)."""
+        return list(self.train.sensitive)
+
+    def groups(self, column: str, split: str = "test") -> np.ndarray:
+        """The values of sensitive attribute ``column`` for the rows of ``split``."""
+        if column not in self.sensitive_columns:
+            have = ", ".join(self.sensitive_columns) or "none"
+            fix = (
+                f"Pass -p sensitive {self.sensitive_columns[0]}."
+                if self.sensitive_columns
+                else "Leave sensitive empty, or use dataset synthetic_fairness."
+            )
+            raise UnknownNameError(
+                f"Dataset '{self.name}' has no sensitive attribute {column!r} (it has: {have}). "
+                f"{fix}"
+            )
+        if split not in ("train", "val", "test"):
+            raise UnknownNameError(
+                f"Unknown split {split!r}. Valid names: train, val, test. Pass split='test'."
+            )
+        return getattr(self, split).sensitive[column]
 
 
 @dataclass
@@ -113,6 +143,7 @@ class _Raw:
     class_names: list[str]
     standardize: bool = True  # False for images: per-pixel z-scores would wreck blank borders
     expected: tuple[str, ...] = ()  # checks whose warning is a known property of this data
+    sensitive: dict[str, np.ndarray] = field(default_factory=dict)  # raw, one value per row
 
 
 def _bundled(loader_name: str) -> Callable[[], _Raw]:
@@ -204,6 +235,50 @@ def _synthetic_regression(
     )
 
 
+# Share of rows in group 1 of synthetic_fairness: a minority, as protected groups often are.
+FAIRNESS_GROUP1_SHARE = 0.3
+
+
+def _synthetic_fairness(
+    *,
+    n_samples: int | None = None,
+    n_features: int | None = None,
+    noise: float | None = None,
+    bias: float | None = None,
+) -> _Raw:
+    """Binary task with a group column whose positive rate is planted ``bias`` below group 0's.
+
+    A score ``s = w.x`` (standard normal) decides the clean label: ``s > 0`` in group 0 (rate
+    0.5) and ``s > t`` in group 1 with ``t`` chosen so the rate is ``0.5 - bias``. So the
+    Bayes-optimal classifier, which sees the group column, has a demographic parity difference
+    of exactly ``abs(bias)``; ``noise`` then flips that fraction of labels at random, which blurs
+    the labels but not the optimal decision. Only the first half of the features carry signal.
+    """
+    from statistics import NormalDist
+
+    n = 2000 if n_samples is None else n_samples
+    d = 8 if n_features is None else n_features
+    b = 0.0 if bias is None else float(bias)
+    rng = np.random.default_rng(_SYNTHETIC_SEED)
+    X = rng.standard_normal((n, d))
+    group = (rng.random(n) < FAIRNESS_GROUP1_SHARE).astype(np.int64)
+    w = rng.standard_normal(d)
+    w[max(1, d // 2) :] = 0.0
+    score = X @ (w / np.linalg.norm(w))
+    threshold = np.where(group == 1, NormalDist().inv_cdf(0.5 + b), 0.0)
+    y = (score > threshold).astype(np.int64)
+    flip = rng.random(n) < (0.05 if noise is None else noise)
+    y = np.where(flip, 1 - y, y)
+    return _Raw(
+        X=np.column_stack([X, group.astype(np.float64)]),
+        y=y,
+        task="classification",
+        feature_names=[*(f"x{i}" for i in range(d)), "group"],
+        class_names=["negative", "positive"],
+        sensitive={"group": group},
+    )
+
+
 # The synthetic problem is fixed like a bundled dataset: `seed` moves the split (and training),
 # never the data itself, so trials with different seeds are compared on the same problem.
 _SYNTHETIC_SEED = 0
@@ -214,10 +289,12 @@ DATASETS: dict[str, Callable[..., _Raw]] = {
     "digits": _digits(image=True),
     "digits_flat": _digits(image=False),
     "synthetic_classification": _synthetic_classification,
+    "synthetic_fairness": _synthetic_fairness,
     "synthetic_regression": _synthetic_regression,
     "wine": _bundled("load_wine"),
 }
-_SYNTHETIC = ("synthetic_classification", "synthetic_regression")
+_SYNTHETIC = ("synthetic_classification", "synthetic_regression", "synthetic_fairness")
+_LABEL_FLIP = ("synthetic_classification", "synthetic_fairness")
 
 
 def names() -> list[str]:
@@ -239,6 +316,7 @@ def _validate(
     n_features: Any,
     noise: Any,
     name: str,
+    bias: Any = None,
 ) -> None:
     for param, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value < 0.5:
@@ -246,14 +324,23 @@ def _validate(
     # Both below 0.5 also keeps their sum below 1, so train is never empty.
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise _bad("seed", "an int in [0, 2**32)", seed, "Pass -p seed 0.")
+    if bias is not None and name != "synthetic_fairness":
+        raise ParameterError(
+            f"The 'bias' parameter of load only applies to synthetic_fairness; dataset "
+            f"'{name}' has no planted bias. Leave bias unset (None)."
+        )
+    if bias is not None and (
+        not isinstance(bias, numbers.Real) or isinstance(bias, bool) or not -0.5 < bias < 0.5
+    ):
+        raise _bad("bias", "a float in (-0.5, 0.5)", bias, "Pass -p bias 0.2 (0 for none).")
     synthetic_opts = {"n_samples": n_samples, "n_features": n_features, "noise": noise}
     if name not in _SYNTHETIC:
         given = [k for k, v in synthetic_opts.items() if v is not None]
         if given:
             raise ParameterError(
                 f"The '{given[0]}' parameter of load only applies to "
-                f"{' and '.join(_SYNTHETIC)}; dataset '{name}' has a fixed size and content. "
-                f"Leave {given[0]} unset (None)."
+                f"{', '.join(_SYNTHETIC[:-1])} and {_SYNTHETIC[-1]}; dataset '{name}' has a "
+                f"fixed size and content. Leave {given[0]} unset (None)."
             )
         return
     if n_samples is not None and (
@@ -269,10 +356,10 @@ def _validate(
     if noise is not None:
         if not isinstance(noise, numbers.Real) or isinstance(noise, bool) or noise < 0:
             raise _bad("noise", "a float >= 0", noise, "Pass -p noise 0.1.")
-        if name == "synthetic_classification" and noise > 1:
+        if name in _LABEL_FLIP and noise > 1:
             raise _bad(
                 "noise",
-                "a label-flip fraction in [0, 1] for synthetic_classification",
+                f"a label-flip fraction in [0, 1] for {name}",
                 noise,
                 "Pass -p noise 0.01.",
             )
@@ -325,6 +412,7 @@ def load(
     n_samples: int | None = None,
     n_features: int | None = None,
     noise: float | None = None,
+    bias: float | None = None,
 ) -> Dataset:
     """Load a dataset by name, split it deterministically from ``seed`` and scale it.
 
@@ -332,7 +420,10 @@ def load(
     fitted on train only, so val and test see exactly what unseen data would. ``digits`` (images,
     1x8x8) is divided by 16 instead of standardised; ``n_samples``, ``n_features`` and ``noise``
     apply to the synthetic datasets only (``noise`` is the label-flip fraction for
-    ``synthetic_classification`` and the target noise std for ``synthetic_regression``).
+    ``synthetic_classification`` and ``synthetic_fairness`` and the target noise std for
+    ``synthetic_regression``). ``bias`` applies to ``synthetic_fairness`` only: group 1's
+    positive rate is ``0.5 - bias`` against group 0's 0.5; its group column is both a feature
+    and ``split.sensitive["group"]``.
 
     With ``check=True`` the sanity checks of :func:`check` run: errors raise, warnings are issued
     as :class:`DataWarning`, except those that are a documented property of the dataset (blank
@@ -344,8 +435,10 @@ def load(
             f"Unknown dataset {name!r}. Valid names: {', '.join(names())}. "
             f"Pass -p dataset {_closest(name, names())}."
         )
-    _validate(val_fraction, test_fraction, seed, n_samples, n_features, noise, name)
-    if name in _SYNTHETIC:
+    _validate(val_fraction, test_fraction, seed, n_samples, n_features, noise, name, bias)
+    if name == "synthetic_fairness":
+        raw = DATASETS[name](n_samples=n_samples, n_features=n_features, noise=noise, bias=bias)
+    elif name in _SYNTHETIC:
         raw = DATASETS[name](n_samples=n_samples, n_features=n_features, noise=noise)
     else:
         raw = DATASETS[name]()
@@ -358,6 +451,8 @@ def load(
         "n_features": n_features,
         "noise": noise,
     }
+    if name == "synthetic_fairness":  # only here, so other datasets keep their version hash
+        settings["bias"] = bias
     tr, va, te = _split_indices(raw.y, raw.task, seed, val_fraction, test_fraction)
     X = raw.X
     if scale and raw.standardize:
@@ -382,9 +477,9 @@ def load(
     ds = Dataset(
         name=name,
         task=raw.task,
-        train=Split(X[tr], y[tr]),
-        val=Split(X[va], y[va]),
-        test=Split(X[te], y[te]),
+        train=Split(X[tr], y[tr], {k: v[tr] for k, v in raw.sensitive.items()}),
+        val=Split(X[va], y[va], {k: v[va] for k, v in raw.sensitive.items()}),
+        test=Split(X[te], y[te], {k: v[te] for k, v in raw.sensitive.items()}),
         input_shape=tuple(int(s) for s in raw.X.shape[1:]),
         n_outputs=n_outputs,
         feature_names=raw.feature_names,
@@ -471,6 +566,12 @@ def _check_split(dataset: Dataset, split_name: str, split: Split) -> None:
     where = f"Dataset '{dataset.name}' {split_name}"
     if len(split.X) != len(split.y):
         raise DataError(f"{where}: X has {len(split.X)} rows but y has {len(split.y)}.")
+    for column, values in split.sensitive.items():
+        if len(values) != len(split.y):
+            raise DataError(
+                f"{where}: sensitive attribute {column!r} has {len(values)} values but y has "
+                f"{len(split.y)}. Split it with the same indices as X and y."
+            )
     if tuple(split.X.shape[1:]) != tuple(dataset.input_shape):
         raise DataError(
             f"{where}: samples have shape {tuple(split.X.shape[1:])}, but input_shape is "

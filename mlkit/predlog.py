@@ -1,0 +1,190 @@
+"""Prediction log: one append-only row per response of the model server, written before it is sent.
+
+SQLite by default (``experiments/registry/<name>/predictions.sqlite``) in WAL mode with
+``synchronous=FULL``: a row is on disk when ``write`` returns, so a server killed with SIGKILL
+(or a power cut) loses no row of a response a client received. With several server processes
+or machines, ``--log postgresql://...`` writes the same table to PostgreSQL. Append-only is
+enforced by the database too: SQLite triggers abort any UPDATE or DELETE.
+
+Secrets stay out: the Authorization header is never logged, and the URL this module shows or
+records is redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+from mlkit.errors import MlkitError
+
+__all__ = ["COLUMNS", "PredictionLog", "default_url", "open_log"]
+
+TABLE = "predictions"
+# name, SQLAlchemy type, what it holds (the same in SQLite and PostgreSQL)
+COLUMNS = (
+    ("request_id", "String", "server-made id, also in the X-Request-ID response header"),
+    ("time", "String", "UTC ISO time the request arrived"),
+    ("role", "String", "primary (returned to the client) or shadow (logged only)"),
+    ("model", "String", "registered model name"),
+    ("version", "Integer", "registered version number"),
+    ("sha256", "String", "content hash of the weights that answered"),
+    ("status", "Integer", "HTTP status of the response"),
+    ("latency_ms", "Float", "from the request's arrival to this row"),
+    ("n", "Integer", "examples in the request (0 when it was refused)"),
+    ("input", "Text", "the request body as JSON, or null when it was not read (401, 413)"),
+    ("output", "Text", "the predictions as JSON, null for refused requests"),
+    ("error", "Text", "why the request was refused"),
+)
+
+
+_LOCK_KEY = 0x6D6C6B6974_7072  # "mlkit" "pr": the advisory lock for creating the table
+
+
+def _redact_text(text: str, url: str) -> str:
+    """``text`` with the URL's password, if any, replaced: driver errors may quote it."""
+    from urllib.parse import urlsplit
+
+    password = urlsplit(url).password
+    return text.replace(password, "***") if password else text
+
+
+class LogError(MlkitError, ValueError):
+    """The prediction log cannot be opened as asked."""
+
+
+def default_url(name: str, root: Path | None = None) -> str:
+    from mlkit.registry import model_dir
+
+    return f"sqlite:///{model_dir(name, root) / 'predictions.sqlite'}"
+
+
+def _redact(url: str) -> str:
+    from mlkit.sweep import redact
+
+    return redact(url)
+
+
+class PredictionLog:
+    """An append-only table of responses; thread-safe, one per server process."""
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        self.url = url
+        self.shown_url = _redact(url)
+        self.is_sqlite = url.startswith("sqlite")
+        if not (self.is_sqlite or url.startswith(("postgresql", "postgres"))):
+            raise LogError(
+                f"--log must be a sqlite:///PATH or postgresql://... URL, got {self.shown_url!r}. "
+                "Leave it out for the default SQLite file beside the model."
+            )
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://") :]
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
+        if self.is_sqlite:
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            # Writers in other processes wait instead of failing with "database is locked".
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        self.engine = sa.create_engine(url, **kwargs)
+        if self.is_sqlite:
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        meta = sa.MetaData()
+        self.table = sa.Table(
+            TABLE,
+            meta,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            *[sa.Column(col, getattr(sa, kind)) for col, kind, _ in COLUMNS],
+        )
+        self._insert = self.table.insert()
+        # One writer per process: SQLite serialises writers anyway, and a Python lock is
+        # cheaper than its busy-wait.
+        self._lock = threading.Lock() if self.is_sqlite else None
+        try:
+            with self.engine.begin() as conn:
+                if not self.is_sqlite:
+                    # Servers starting together would race to create the table (a duplicate
+                    # key in pg_type): one at a time, for this transaction only.
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
+                meta.create_all(conn, checkfirst=True)
+                if self.is_sqlite:
+                    for verb in ("UPDATE", "DELETE"):
+                        conn.exec_driver_sql(
+                            f"CREATE TRIGGER IF NOT EXISTS {TABLE}_no_{verb.lower()} BEFORE "
+                            f"{verb} ON {TABLE} BEGIN SELECT RAISE(ABORT, "
+                            f"'the prediction log is append-only'); END"
+                        )
+                conn.exec_driver_sql(
+                    f"CREATE INDEX IF NOT EXISTS {TABLE}_request_id ON {TABLE} (request_id)"
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            reason = _redact_text(str(exc).splitlines()[0], url)
+            raise LogError(
+                f"Cannot open the prediction log {self.shown_url}: {reason}. Check the URL and "
+                "that the database is up."
+            ) from None
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Insert one row and commit it durably before returning."""
+        values = dict(row)
+        for key in ("input", "output"):
+            if values.get(key) is not None and not isinstance(values[key], str):
+                values[key] = _dumps(values[key])
+        if self._lock is None:
+            with self.engine.begin() as conn:
+                conn.execute(self._insert, values)
+            return
+        with self._lock, self.engine.begin() as conn:
+            conn.execute(self._insert, values)
+
+    def rows(self, **where: Any) -> list[dict[str, Any]]:
+        """Rows matching column == value, oldest first (for tests, reports and monitors)."""
+        import sqlalchemy as sa
+
+        query = sa.select(self.table).order_by(self.table.c.id)
+        for key, value in where.items():
+            query = query.where(self.table.c[key] == value)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def redact(self, text: str) -> str:
+        """``text`` safe to print: the log URL's password replaced."""
+        return _redact_text(text, self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"PredictionLog({self.shown_url!r})"
+
+
+def _dumps(value: Any) -> str:
+    """JSON with non-finite floats written as strings, so every database can store it."""
+    return json.dumps(_finite(value), separators=(",", ":"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
+    cursor.close()
+
+
+def open_log(name: str, url: str | None = None, root: Path | None = None) -> PredictionLog:
+    """The log of model ``name``: ``url`` if given, else its SQLite file in the registry."""
+    return PredictionLog(url or default_url(name, root))

@@ -1,0 +1,521 @@
+"""The model server: one registered version behind FastAPI, every response logged first.
+
+``create_app`` resolves the alias once, at start: the server keeps answering with that version
+(and says which in every response) until it is restarted, so a promotion or rollback never
+changes a model under a request in flight.
+
+Endpoints:
+    POST /predict   ``{"input": example}`` or ``{"inputs": [example, ...]}``; each example is a
+                    nested list of numbers of exactly the model's input shape, in the model's
+                    input space (scaled as ``mlkit.data.load`` scales it).
+    GET  /health    liveness, no token needed (it says nothing about inputs).
+    GET  /metadata  name, version, content hash, input shape, task, classes.
+
+Refusals: 401 missing or wrong bearer token (when ``$MLKIT_SERVE_TOKEN`` is set), 413 body over
+the limit, 422 invalid JSON, wrong shape, a non-number, or NaN/inf anywhere (the error names
+the position), 503 when the prediction log cannot be written. Every /predict response, refusals
+included, gets a row in the prediction log (:mod:`mlkit.predlog`) before it is sent, and carries
+its request id in the ``X-Request-ID`` header and the body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlkit.errors import MlkitError
+from mlkit.record import now_iso
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from mlkit.predlog import PredictionLog
+    from mlkit.registry import LoadedModel
+
+__all__ = ["ENV_TOKEN", "Server", "create_app", "parse_target", "serve"]
+
+ENV_TOKEN = "MLKIT_SERVE_TOKEN"
+DEFAULT_REF = "production"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ServeError(MlkitError, ValueError):
+    """The server cannot start as asked."""
+
+
+def parse_target(text: str) -> tuple[str, str]:
+    """``NAME[:alias]`` (or ``NAME:v3``, ``NAME:latest``) into name and reference."""
+    name, _, ref = text.partition(":")
+    if not name:
+        raise ServeError(
+            f"Model {text!r} must be NAME or NAME:ALIAS, like digits:production. List models "
+            "with: mlkit model list"
+        )
+    return name, ref or DEFAULT_REF
+
+
+def request_model(input_shape: tuple[int, ...], max_batch: int) -> Any:
+    """The pydantic model of a /predict body for this input shape.
+
+    Shape is checked by exact list lengths at every depth, dtype by strict finite numbers (no
+    strings, booleans, NaN or inf), so a refusal names the exact position that is wrong.
+    """
+    from typing import Annotated
+
+    from pydantic import ConfigDict, Field, Strict, create_model, model_validator
+
+    example: Any = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+    for size in reversed(input_shape):
+        example = Annotated[list[example], Field(min_length=size, max_length=size)]
+    batch = Annotated[list[example], Field(min_length=1, max_length=max_batch)]
+
+    def exactly_one(model: Any) -> Any:
+        if (model.input is None) == (model.inputs is None):
+            raise ValueError(
+                'give exactly one of "input" (one example) or "inputs" (a batch of examples)'
+            )
+        return model
+
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        __validators__={"exactly_one": model_validator(mode="after")(exactly_one)},
+        input=(example | None, None),
+        inputs=(batch | None, None),
+    )
+
+
+class Server:
+    """What the app holds: the model, its request schema, the log and the token."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        log: PredictionLog,
+        *,
+        ref: str,
+        token: str | None,
+        max_body_bytes: int,
+        max_batch: int,
+    ) -> None:
+        import numpy as np
+
+        self.np = np
+        self.loaded = loaded
+        self.log = log
+        self.ref = ref
+        self.token = token.encode() if token else None
+        self.max_body_bytes = max_body_bytes
+        self.max_batch = max_batch
+        self.schema = request_model(loaded.input_shape, max_batch)
+        self.shadow: Shadow | None = None
+
+    # -- pieces of a request --------------------------------------------------------
+    def authorized(self, header: str | None) -> bool:
+        if self.token is None:
+            return True
+        scheme, _, given = (header or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self.token
+        )
+
+    def predict(self, body: bytes) -> tuple[int, dict[str, Any], int, Any, str | None, Any]:
+        """Validate and score one body: (status, payload, n examples, output, error, X)."""
+        from pydantic import ValidationError
+
+        np = self.np
+        try:
+            req = self.schema.model_validate_json(body)
+        except ValidationError as exc:
+            detail = json.loads(exc.json(include_url=False, include_input=False))
+            for item in detail:
+                item["loc"] = ["body", *item["loc"]]
+            return 422, {"detail": detail}, 0, None, _summary(detail), None
+        single = req.input is not None
+        X = np.asarray([req.input] if single else req.inputs, dtype=np.float32)
+        bad = np.argwhere(~np.isfinite(X))
+        if len(bad):  # finite in float64, out of float32's range
+            key = "input" if single else "inputs"
+            pos = [int(i) for i in (bad[0][1:] if single else bad[0])]
+            detail = [
+                {
+                    "type": "finite_number",
+                    "loc": ["body", key, *pos],
+                    "msg": "Input should be a finite float32 (|x| < 3.4e38)",
+                }
+            ]
+            return 422, {"detail": detail}, 0, None, _summary(detail), None
+        preds = score(self.loaded, X)
+        payload = {"prediction": preds[0]} if single else {"predictions": preds}
+        return 200, payload, len(X), payload, None, X
+
+    def record(
+        self,
+        *,
+        request_id: str,
+        started: str,
+        t0: float,
+        status: int,
+        n: int = 0,
+        body: bytes | None = None,
+        output: Any = None,
+        error: str | None = None,
+    ) -> None:
+        """Write the response's row; returns only once it is committed."""
+        self.log.write(
+            {
+                "request_id": request_id,
+                "time": started,
+                "role": "primary",
+                "model": self.loaded.name,
+                "version": self.loaded.version,
+                "sha256": self.loaded.sha256,
+                "status": status,
+                "latency_ms": (time.perf_counter() - t0) * 1000.0,
+                "n": n,
+                "input": body.decode("utf-8", errors="replace") if body is not None else None,
+                "output": output,
+                "error": error,
+            }
+        )
+
+
+def score(loaded: LoadedModel, X: Any) -> list[dict[str, Any]]:
+    """Predictions for a float32 batch: class, index and probabilities, or a value."""
+    import torch
+
+    with torch.inference_mode():
+        out = loaded.module(torch.from_numpy(X)).float()
+    if loaded.task == "classification":
+        probs = torch.softmax(out, dim=1).numpy()
+        classes = loaded.classes
+        return [
+            {
+                "class": classes[i] if i < len(classes) else str(i),
+                "index": int(i),
+                "probabilities": row.tolist(),
+            }
+            for i, row in zip(probs.argmax(axis=1).tolist(), probs, strict=True)
+        ]
+    data = loaded.card.get("data") or {}
+    mean, std = float(data.get("target_mean", 0.0)), float(data.get("target_std", 1.0))
+    values = out.reshape(len(X), -1)[:, 0].numpy() * std + mean  # back to the data's units
+    return [{"value": float(v)} for v in values]
+
+
+class Shadow:
+    """A second model scoring the primary's inputs on its own thread, after the response.
+
+    Its outputs go to the log (role ``shadow``, same request id) and nowhere else. The request
+    path only puts the batch on a bounded queue and never waits: when the shadow falls behind,
+    batches are dropped and counted, and its errors become log rows, never primary errors.
+    """
+
+    def __init__(self, loaded: LoadedModel, log: PredictionLog, capacity: int = 1000) -> None:
+        import queue
+
+        self.loaded = loaded
+        self.log = log
+        self.queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(capacity)
+        self.dropped = 0
+        self.thread = threading.Thread(target=self._run, name="mlkit-shadow", daemon=True)
+        self.thread.start()
+
+    def submit(self, request_id: str, X: Any) -> None:
+        import queue
+
+        try:
+            self.queue.put_nowait((request_id, X))
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            request_id, X = item
+            started, t0 = now_iso(), time.perf_counter()
+            try:
+                output: Any = {"predictions": score(self.loaded, X)}
+                status, error = 200, None
+            except Exception as exc:
+                output, status, error = None, 500, f"{type(exc).__name__}: {exc}"
+            try:
+                self.log.write(
+                    {
+                        "request_id": request_id,
+                        "time": started,
+                        "role": "shadow",
+                        "model": self.loaded.name,
+                        "version": self.loaded.version,
+                        "sha256": self.loaded.sha256,
+                        "status": status,
+                        "latency_ms": (time.perf_counter() - t0) * 1000.0,
+                        "n": len(X),
+                        "input": None,  # the primary row of the same request_id holds it
+                        "output": output,
+                        "error": error,
+                    }
+                )
+            except Exception as exc:
+                _warn(f"shadow log write failed: {self.log.redact(str(exc))}")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Let the queued batches finish (up to ``timeout`` s), then stop the thread."""
+        with contextlib.suppress(Exception):
+            self.queue.put(None, timeout=timeout)
+        self.thread.join(timeout)
+
+
+def _warn(message: str) -> None:
+    print(f"mlkit serve: {message}", file=sys.stderr, flush=True)
+
+
+def _summary(detail: list[dict[str, Any]]) -> str:
+    first = detail[0] if detail else {}
+    more = f" (+{len(detail) - 1} more)" if len(detail) > 1 else ""
+    return f"{first.get('msg')} at {'.'.join(str(p) for p in first.get('loc', []))}{more}"
+
+
+async def _read_body(request: Any, limit: int) -> bytes | None:
+    """The body, or None when it is over ``limit`` bytes.
+
+    An oversize body is still drained (up to 8x the limit) so the client reads a clean 413
+    instead of a reset connection; beyond that the connection is dropped.
+    """
+    length = request.headers.get("content-length")
+    too_big = bool(length and length.isdigit() and int(length) > limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            too_big = True
+        if too_big:
+            if size > 8 * limit:
+                break
+            continue
+        chunks.append(chunk)
+    return None if too_big else b"".join(chunks)
+
+
+def create_app(
+    name: str,
+    ref: str = DEFAULT_REF,
+    *,
+    log_url: str | None = None,
+    token_env: str = ENV_TOKEN,
+    max_body_bytes: int = 1_000_000,
+    max_batch: int = 1024,
+    threads: int = 1,
+    shadow: str | None = None,
+    root: Path | None = None,
+) -> FastAPI:
+    """A FastAPI app serving version ``ref`` (alias, ``v3`` or ``latest``) of model ``name``.
+
+    Args:
+        log_url: where the prediction log goes; default SQLite beside the model.
+        token_env: environment variable holding the bearer token; unset means no token.
+        max_body_bytes: larger /predict bodies get 413.
+        max_batch: most examples in one request.
+        threads: torch CPU threads; one is fastest for small models under concurrent requests.
+        shadow: ``NAME:alias`` of a model that scores the same inputs after each response;
+            its outputs are logged (role ``shadow``), never returned.
+    """
+    from mlkit import predlog, registry
+
+    registry.check_weights_only_env()
+    registry.resolve(name, ref, root)  # an unknown model or alias fails before torch loads
+    shadow_target = parse_target(shadow) if shadow else None
+    if shadow_target:
+        registry.resolve(*shadow_target, root)
+    for param, value, low in (("max_body_bytes", max_body_bytes, 64), ("max_batch", max_batch, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ServeError(
+                f"The {param!r} parameter of create_app must be an int >= {low}. Got {value!r} "
+                f"instead. Pass --{param.replace('_', '-')} {low * 1000}."
+            )
+    import anyio.to_thread
+    import torch
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from starlette.background import BackgroundTask
+
+    torch.set_num_threads(threads)
+    loaded = registry.load_model(name, ref, root=root)
+    log = predlog.open_log(name, log_url, root)
+    server = Server(
+        loaded,
+        log,
+        ref=ref,
+        token=os.environ.get(token_env) or None,
+        max_body_bytes=max_body_bytes,
+        max_batch=max_batch,
+    )
+    if shadow_target:
+        other = registry.load_model(*shadow_target, root=root)
+        if other.input_shape != loaded.input_shape:
+            raise ServeError(
+                f"--shadow {shadow} takes inputs of shape {list(other.input_shape)}, but "
+                f"{name}:{ref} takes {list(loaded.input_shape)}: it could score none of them. "
+                "Shadow a version of a model trained on the same data."
+            )
+        server.shadow = Shadow(other, log)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if server.shadow is not None:
+            server.shadow.close()
+        log.close()
+
+    app = FastAPI(
+        title=f"mlkit serve {name}",
+        version=f"v{loaded.version}",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.server = server
+    unauthorized = {"WWW-Authenticate": "Bearer"}
+
+    def respond(rid: str, status: int, payload: dict[str, Any], **headers: str) -> JSONResponse:
+        body = {
+            "request_id": rid,
+            "model": loaded.name,
+            "version": loaded.version,
+            "sha256": loaded.sha256,
+            **payload,
+        }
+        return JSONResponse(body, status_code=status, headers={"X-Request-ID": rid, **headers})
+
+    async def logged(rid: str, status: int, payload: dict[str, Any], **row: Any) -> JSONResponse:
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: server.record(request_id=rid, status=status, **row)
+            )
+        except Exception as exc:  # no row, no answer: the log is the record of what we said
+            _warn(f"prediction log write failed: {log.redact(str(exc))}")
+            return respond(rid, 503, {"detail": "prediction log unavailable; retry later"})
+        headers = unauthorized if status == 401 else {}
+        return respond(rid, status, payload, **headers)
+
+    async def predict(request: Request) -> JSONResponse:
+        t0, started, rid = time.perf_counter(), now_iso(), uuid.uuid4().hex
+        row: dict[str, Any] = {"started": started, "t0": t0}
+        if not server.authorized(request.headers.get("authorization")):
+            detail = "missing or wrong bearer token"
+            return await logged(rid, 401, {"detail": detail}, error=detail, **row)
+        body = await _read_body(request, server.max_body_bytes)
+        if body is None:
+            detail = f"request body over {server.max_body_bytes} bytes; send smaller batches"
+            return await logged(rid, 413, {"detail": detail}, error=detail, **row)
+
+        def score_and_log() -> tuple[int, dict[str, Any], Any]:
+            try:
+                status, payload, n, output, error, X = server.predict(body)
+            except Exception as exc:  # a model error is the server's fault: 500, logged
+                status, payload, n, output, X = 500, {"detail": "prediction failed"}, 0, None, None
+                error = f"{type(exc).__name__}: {exc}"
+            server.record(
+                request_id=rid, status=status, n=n, body=body, output=output, error=error, **row
+            )
+            return status, payload, X
+
+        try:
+            status, payload, X = await anyio.to_thread.run_sync(score_and_log)
+        except Exception as exc:
+            _warn(f"prediction log write failed: {log.redact(str(exc))}")
+            return respond(rid, 503, {"detail": "prediction log unavailable; retry later"})
+        response = respond(rid, status, payload)
+        if server.shadow is not None and X is not None:
+            # Runs once the response is sent, and only enqueues: the client never waits on it.
+            response.background = BackgroundTask(server.shadow.submit, rid, X)
+        return response
+
+    def health() -> JSONResponse:
+        return JSONResponse({"status": "ok", "model": loaded.name, "version": loaded.version})
+
+    def metadata(request: Request) -> JSONResponse:
+        if not server.authorized(request.headers.get("authorization")):
+            return JSONResponse(
+                {"detail": "missing or wrong bearer token"}, status_code=401, headers=unauthorized
+            )
+        return JSONResponse(
+            {
+                **loaded.metadata(),
+                "ref": ref,
+                "max_body_bytes": server.max_body_bytes,
+                "max_batch": server.max_batch,
+                "log": log.shown_url,
+                "shadow": None
+                if server.shadow is None
+                else {
+                    "name": server.shadow.loaded.name,
+                    "version": server.shadow.loaded.version,
+                    "sha256": server.shadow.loaded.sha256,
+                    "dropped": server.shadow.dropped,
+                },
+            }
+        )
+
+    # Annotations are strings here (from __future__ import annotations) naming classes that are
+    # imported late; FastAPI needs the classes themselves to inject the Request.
+    for func, method, path in (
+        (predict, "POST", "/predict"),
+        (health, "GET", "/health"),
+        (metadata, "GET", "/metadata"),
+    ):
+        func.__annotations__ = {k: Request for k in func.__annotations__ if k == "request"} | {
+            "return": JSONResponse
+        }
+        app.add_api_route(path, func, methods=[method], response_model=None)
+
+    return app
+
+
+def serve(
+    target: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_url: str | None = None,
+    max_body_bytes: int = 1_000_000,
+    threads: int = 1,
+    shadow: str | None = None,
+) -> None:
+    """Run ``mlkit serve NAME[:alias]`` with uvicorn until interrupted."""
+    import uvicorn
+
+    name, ref = parse_target(target)
+    app = create_app(
+        name,
+        ref,
+        log_url=log_url,
+        max_body_bytes=max_body_bytes,
+        threads=threads,
+        shadow=shadow,
+    )
+    server: Server = app.state.server
+    if host not in LOOPBACK and server.token is None:
+        print(
+            f"mlkit serve: warning: listening on {host} with no token; set {ENV_TOKEN} to "
+            "require one.",
+            file=sys.stderr,
+        )
+    loaded = server.loaded
+    print(
+        f"serving {loaded.name} v{loaded.version} ({ref}, sha256 {loaded.sha256[:12]}) on "
+        f"http://{host}:{port}  log: {server.log.shown_url}"
+        + (f"  shadow: {shadow}" if shadow else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
