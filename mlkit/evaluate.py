@@ -548,3 +548,28 @@ def find_evaluation(run_ref: str | Path, root: Path | None = None) -> dict[str, 
         if record.get("evaluates") == run_id and record.get("status") == "completed":
             return record
     return None
+
+
+def tables(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The report's tables as rows, for W&B: every mapping of name to a dict of values.
+
+    ``{"fairness": {"groups": {"0": {...}, "1": {...}}}}`` becomes
+    ``{"fairness/groups": [{"name": "0", ...}, {"name": "1", ...}]}``; lists of dicts
+    are kept as they are.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            out[prefix] = list(value)
+        elif isinstance(value, dict) and value:
+            if all(isinstance(v, dict) for v in value.values()) and all(
+                not isinstance(x, dict | list) for v in value.values() for x in v.values()
+            ):
+                out[prefix] = [{"name": str(k), **v} for k, v in value.items()]
+            else:
+                for key, sub in value.items():
+                    visit(f"{prefix}/{key}" if prefix else str(key), sub)
+
+    visit("", report)
+    return out

@@ -344,6 +344,10 @@ class Run:
             pyplot.close(figure)
         return target
 
+    def log_table(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Log a table (a list of row dicts) to the W&B run."""
+        self.tracker.log_table(name, [_jsonable(r) for r in rows])
+
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
         """Record the result: result.json (the sentinel), W&B summary and artifacts."""
         clean = {k: _jsonable(v) for k, v in result.items()}

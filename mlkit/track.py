@@ -102,6 +102,21 @@ class Tracker:
     def log_image(self, name: str, path: Path) -> None:
         self.run.log({name: self._wandb.Image(str(path))})
 
+    def log_table(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Log rows of dicts as a W&B Table (columns: every key, in first-seen order)."""
+        if self.mode == "disabled" or not rows:
+            return
+        columns: list[str] = []
+        for row in rows:
+            columns.extend(k for k in row if k not in columns)
+
+        def cell(value: Any) -> Any:
+            scalar = isinstance(value, int | float | str | bool) or value is None
+            return value if scalar else str(value)
+
+        data = [[cell(row.get(c)) for c in columns] for row in rows]
+        self.run.log({name: self._wandb.Table(columns=columns, data=data)})
+
     def log_artifact(
         self, paths: list[Path], *, name: str, type: str, aliases: tuple[str, ...] = ()
     ) -> None:

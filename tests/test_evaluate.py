@@ -230,3 +230,22 @@ def test_evaluate_run_on_a_recorded_cnn(exp_root: Path) -> None:
     assert 0 <= info["result"]["calibration/ece"] <= 1
     assert (Path(info["path"]) / "attributions.png").exists()
     assert evaluate.find_evaluation(trained["id"])["id"] == info["id"]
+
+
+# Report tables become W&B table rows: one row per group or slice, nested tables found.
+def test_report_tables_for_wandb() -> None:
+    from mlkit import evaluate
+
+    report = {
+        "fairness": {
+            "groups": {"0": {"accuracy": 0.9, "tpr": 0.8}, "1": {"accuracy": 0.7}},
+            "demographic_parity_difference": 0.2,
+        },
+        "errors": {"class": [{"class": "a", "error": 0.1}]},
+    }
+    tables = evaluate.tables(report)
+    assert tables["fairness/groups"] == [
+        {"name": "0", "accuracy": 0.9, "tpr": 0.8},
+        {"name": "1", "accuracy": 0.7},
+    ]
+    assert tables["errors/class"] == [{"class": "a", "error": 0.1}]
