@@ -346,9 +346,44 @@ def cmd_model_register(args: argparse.Namespace) -> int:
 def cmd_model_promote(args: argparse.Namespace) -> int:
     from mlkit import registry
 
-    out = registry.promote(args.name, args.version, args.alias, tracking=args.tracking)
+    out = registry.promote(
+        args.name,
+        args.version,
+        args.alias,
+        force=args.force,
+        reason=args.reason,
+        tracking=args.tracking,
+    )
     before = f"v{out['previous']}" if out["previous"] else "nothing"
     print(f"{args.name}:{out['alias']} -> v{out['version']} (was {before})")
+    if out.get("forced"):
+        print(f"forced past the promotion gate, reason recorded: {args.reason.strip()}")
+        for violation in out["violations"]:
+            print(f"  - {violation}")
+    return EXIT_OK
+
+
+def cmd_model_bounds(args: argparse.Namespace) -> int:
+    from mlkit import registry
+
+    if args.set or args.clear:
+        bounds = registry.set_bounds(args.name, args.set or [], clear=args.clear)
+    else:
+        bounds = registry.get_bounds(args.name)
+    if args.json:
+        import json
+
+        print(json.dumps(bounds, indent=2))
+        return EXIT_OK
+    if not bounds:
+        print(
+            f"{args.name} has no promotion bounds; promote is not gated. Set some with: mlkit "
+            f"model bounds {args.name} --set fairness/demographic_parity_difference=0.1"
+        )
+        return EXIT_OK
+    print(f"{args.name} promotion bounds (checked against mlkit evaluate's newest result):")
+    for metric, bound in bounds.items():
+        print(f"  {metric} {registry.format_bound(bound)}")
     return EXIT_OK
 
 
@@ -400,6 +435,8 @@ def cmd_model_show(args: argparse.Namespace) -> int:
     console.print(f"[bold]{reg['name']}[/bold]")
     for alias, version in reg["aliases"].items():
         console.print(f"  {alias} -> v{version}")
+    for metric, bound in (reg.get("bounds") or {}).items():
+        console.print(f"  bound: {metric} {registry.format_bound(bound)}")
     for entry in reg["versions"]:
         metrics = "  ".join(f"{k}={_fmt(v)}" for k, v in entry["metrics"].items())
         console.print(
@@ -425,8 +462,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from mlkit import monitor
+
+    if bool(args.model) == bool(args.demo):
+        from mlkit.errors import ParameterError
+
+        raise ParameterError(
+            "mlkit monitor needs exactly one of NAME[:ALIAS] or --demo. Pass mlkit monitor "
+            "digits:production, or mlkit monitor --demo -p shift 1.0 for the built-in demo."
+        )
+    name, alias = monitor.parse_target(args.model or "")
+    info = monitor.monitor(
+        name,
+        alias,
+        window=args.window,
+        alpha=args.alpha,
+        log=args.log,
+        params={key: value for key, value in args.param or []},
+        from_cli=True,
+        tracking=args.tracking,
+        progress=not args.quiet,
+    )
+    _print_run_summary(info)
+    if info.get("html"):
+        print(f"  report:   {info['html']}")
+    if info["status"] != "completed":
+        return EXIT_FAILED
+    # 1 when any feature or the predictions drifted: a scheduler can act on it.
+    return EXIT_FAILED if (info.get("result") or {}).get("drift/detected") else EXIT_OK
+
+
 def build_model_parser(sub: Any) -> argparse.ArgumentParser:
-    help = "Model registry: register, promote, rollback, list, show."
+    help = "Model registry: register, promote, rollback, bounds, list, show."
     model = sub.add_parser("model", help=help, description=help)
     model.set_defaults(func=lambda _args: (model.print_help(), EXIT_USAGE)[1])
     msub = model.add_subparsers(dest="model_command", metavar="COMMAND")
@@ -449,9 +517,30 @@ def build_model_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("version", help="v3 or 3")
     p.add_argument("--alias", default="production")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="promote even if the evaluation breaks the model's bounds (needs --reason)",
+    )
+    p.add_argument("--reason", help="why, kept in the alias history (required with --force)")
     p = add("rollback", cmd_model_rollback, "Move an alias back to its previous version.", True)
     p.add_argument("name")
     p.add_argument("--alias", default="production")
+    p = add(
+        "bounds",
+        cmd_model_bounds,
+        "Show or set the evaluation bounds that gate promotion of a model.",
+        False,
+    )
+    p.add_argument("name")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="METRIC=VALUE",
+        help="METRIC=0.1 (at most) or METRIC>=0.9 (at least); repeat for more metrics",
+    )
+    p.add_argument("--clear", action="store_true", help="drop every bound (before any --set)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = add("list", cmd_model_list, "List registered models.", False)
     p.add_argument("--json", action="store_true", help="print JSON")
     p = add("show", cmd_model_show, "Show a model's versions, aliases and cards.", False)
@@ -639,6 +728,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[:ALIAS]",
         help="also score every input with this model after the response; logged, never returned",
     )
+
+    p = add(
+        "monitor",
+        cmd_monitor,
+        "Drift of a served model's logged traffic against its training data; exit 1 on drift.",
+    )
+    p.add_argument(
+        "model", nargs="?", metavar="NAME[:ALIAS]", help="model and alias (default production)"
+    )
+    p.add_argument("--window", type=int, default=1000, help="latest answered examples to compare")
+    p.add_argument(
+        "--alpha", type=float, default=0.01, help="significance level after the Holm correction"
+    )
+    p.add_argument(
+        "--log",
+        metavar="URL",
+        help="prediction log: sqlite:///PATH, a SQLite file or postgresql://... (default: the "
+        "SQLite file beside the model)",
+    )
+    p.add_argument(
+        "--demo", action="store_true", help="the template's built-in digits_flat demo instead"
+    )
+    p.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="another parameter of templates/monitor.ipynb, e.g. -p shift 1.0 (demo)",
+    )
+    p.add_argument("--tracking", choices=["offline", "online", "disabled"])
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
 

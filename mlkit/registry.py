@@ -2,7 +2,8 @@
 
 Layout, under ``experiments/registry/<name>/``::
 
-    registry.json        versions, aliases and every alias move (the source of truth)
+    registry.json        versions, aliases, every alias move and the promotion bounds
+                         (the source of truth)
     .lock                fcntl lock: one registration or alias move at a time
     v1/, v2/, ...        model.safetensors, model.json, card.json, card.md
     predictions.sqlite   the server's prediction log (mlkit.predlog)
@@ -12,6 +13,12 @@ leaves the served model unchanged, and the card's sha256 proves the weights are 
 registered. Weights load without pickle (safetensors); a legacy ``.pt``/``.pth``/``.bin``/
 ``.pkl`` file loads only with ``torch.load(weights_only=True)``, which refuses pickled code.
 
+Promotion gate: a model may carry bounds on evaluation metrics (:func:`set_bounds`, for
+example ``fairness/demographic_parity_difference`` at most 0.1). :func:`promote` then checks the
+newest completed evaluation of the version's run (``mlkit evaluate RUN``) against them and
+refuses (:class:`PromotionBlockedError`) unless forced with a reason, which the alias history
+keeps beside the violations it overrode.
+
 W&B is a projection, as everywhere in mlkit: each registration and promotion is logged as a
 ``model`` artifact (offline by default), and a W&B failure never undoes a registration.
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import re
 import secrets
@@ -39,16 +47,22 @@ if TYPE_CHECKING:
 __all__ = [
     "LoadedModel",
     "ModelNotFoundError",
+    "PromotionBlockedError",
     "RegistryError",
     "UnsafeModelError",
     "check_weights_only_env",
+    "format_bound",
+    "gate",
+    "get_bounds",
     "list_models",
     "load_model",
+    "parse_bound",
     "promote",
     "register",
     "register_best",
     "resolve",
     "rollback",
+    "set_bounds",
     "show",
 ]
 
@@ -71,6 +85,14 @@ class ModelNotFoundError(MlkitError, FileNotFoundError):
 
 class UnsafeModelError(MlkitError, ValueError):
     """A checkpoint would need pickle (arbitrary code) to load, or the environment allows it."""
+
+
+class PromotionBlockedError(RegistryError):
+    """The version's evaluation breaks the model's bounds; ``violations`` lists how."""
+
+    def __init__(self, message: str, violations: list[str]) -> None:
+        super().__init__(message)
+        self.violations = violations
 
 
 # --- where models live ----------------------------------------------------------
@@ -387,6 +409,127 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
+# --- promotion bounds -----------------------------------------------------------
+
+_BOUND_RE = re.compile(r"^\s*([^<>=\s]+)\s*(>=|<=|=)\s*(\S+)\s*$")
+
+
+def parse_bound(text: str) -> tuple[str, str, float]:
+    """``METRIC=0.1`` or ``METRIC<=0.1`` (at most) and ``METRIC>=0.9`` (at least).
+
+    Returns:
+        ``(metric, "max" or "min", value)``.
+    """
+    match = _BOUND_RE.match(text)
+    value = None
+    if match:
+        try:
+            value = float(match.group(3))
+        except ValueError:
+            value = None
+    if not match or value is None or not math.isfinite(value):
+        raise RegistryError(
+            f"Bound {text!r} must be METRIC=NUMBER (at most) or METRIC>=NUMBER (at least). Pass "
+            "--set fairness/demographic_parity_difference=0.1 or --set test/accuracy>=0.9."
+        )
+    return match.group(1), ("min" if match.group(2) == ">=" else "max"), value
+
+
+def _bound_value(bound: dict[str, float]) -> float | dict[str, float]:
+    """The stored form promotion_gate reads: a plain number for an upper bound alone."""
+    return bound["max"] if set(bound) == {"max"} else dict(bound)
+
+
+def format_bound(bound: Any) -> str:
+    """``0.1`` -> ``"<= 0.1"``; ``{"min": 0.9}`` -> ``">= 0.9"``; a range shows both."""
+    if isinstance(bound, dict):
+        parts = [f"{op} {bound[k]:g}" for k, op in (("min", ">="), ("max", "<=")) if k in bound]
+        return " and ".join(parts)
+    return f"<= {bound:g}"
+
+
+def get_bounds(name: str, root: Path | None = None) -> dict[str, Any]:
+    """The model's promotion bounds: ``{metric: max}`` or ``{metric: {"min": .., "max": ..}}``."""
+    return dict(_read(name, root).get("bounds") or {})
+
+
+def set_bounds(
+    name: str,
+    bounds: list[str] | tuple[str, ...] = (),
+    *,
+    clear: bool = False,
+    root: Path | None = None,
+) -> dict[str, Any]:
+    """Set (``METRIC=VALUE``, ``METRIC>=VALUE``) or clear the model's promotion bounds.
+
+    A metric named again replaces its earlier bound; ``METRIC>=a`` and ``METRIC<=b`` in one call
+    make a range. ``clear`` drops every bound first. Written under the model's lock, atomically,
+    like every other change to registry.json.
+
+    Returns:
+        The bounds now in force.
+    """
+    parsed: dict[str, dict[str, float]] = {}
+    for text in bounds:
+        metric, side, value = parse_bound(text)
+        parsed.setdefault(metric, {})[side] = value
+    for metric, bound in parsed.items():
+        if bound.get("min", -math.inf) > bound.get("max", math.inf):
+            raise RegistryError(
+                f"The bound for {metric!r} is empty: at least {bound['min']:g} and at most "
+                f"{bound['max']:g}. Pass a minimum below the maximum."
+            )
+    _read(name, root)  # fail before the lock creates anything
+    with _locked(name, root) as folder:
+        reg = _read(name, root)
+        current = {} if clear else dict(reg.get("bounds") or {})
+        for metric, bound in parsed.items():
+            current[metric] = _bound_value(bound)
+        reg["bounds"] = current
+        write_json(folder / "registry.json", reg)
+    return current
+
+
+def gate(
+    name: str,
+    version: str | int,
+    *,
+    root: Path | None = None,
+    reg: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Check a version against its model's bounds, using its run's newest evaluation.
+
+    Returns:
+        ``{"bounds", "run_id", "evaluation" (record id or None), "violations"}``; no bounds
+        means no check and no violations.
+    """
+    from mlkit import evaluate
+    from mlkit.errors import RunNotFoundError
+
+    reg = reg if reg is not None else _read(name, root)
+    number = _version_number(version, reg)
+    bounds = dict(reg.get("bounds") or {})
+    entry = next(v for v in reg["versions"] if v["version"] == number)
+    run_id = entry["run_id"]
+    out: dict[str, Any] = {"bounds": bounds, "run_id": run_id, "evaluation": None}
+    if not bounds:
+        return {**out, "violations": []}
+    try:
+        record = evaluate.find_evaluation(run_id, root)
+    except RunNotFoundError:
+        record = None
+    violations: list[str] = []
+    if record is None:
+        violations.append(
+            f"no evaluation yet: run mlkit evaluate {run_id} (with --sensitive COLUMN for the "
+            "fairness metrics)"
+        )
+    else:
+        out["evaluation"] = record["id"]
+    violations += evaluate.promotion_gate((record or {}).get("result") or {}, bounds)
+    return {**out, "violations": violations}
+
+
 # --- aliases ------------------------------------------------------------------
 
 
@@ -419,27 +562,62 @@ def promote(
     version: str | int,
     alias: str = DEFAULT_ALIAS,
     *,
+    force: bool = False,
+    reason: str | None = None,
     root: Path | None = None,
     tracking: str | None = None,
 ) -> dict[str, Any]:
     """Point ``alias`` at ``version``; the move is kept in the alias history for rollback.
 
-    Promoting the version the alias already points at changes nothing.
+    When the model has bounds (:func:`set_bounds`), the version's run's newest completed
+    evaluation must meet them (:func:`gate`), or the promotion is refused with
+    :class:`PromotionBlockedError` and nothing is written. ``force=True`` with a non-empty
+    ``reason`` promotes anyway; the history event then keeps ``forced``, ``reason``, the
+    ``violations`` and the ``evaluation`` id. Promoting the version the alias already points
+    at changes nothing.
 
     Returns:
-        ``{"name", "alias", "version", "previous"}``.
+        ``{"name", "alias", "version", "previous"}``, plus ``forced`` and ``violations`` when
+        the gate was overridden.
     """
     check_alias(alias)
+    reason = (reason or "").strip() or None
+    if force and not reason:
+        raise RegistryError(
+            "A forced promotion needs a reason, kept in the alias history. Pass --force "
+            '--reason "why this model ships despite its bounds".'
+        )
     _version_number(version, _read(name, root))  # fail before the lock creates anything
+    event: dict[str, Any] = {}
     with _locked(name, root) as folder:
         reg = _read(name, root)
         number = _version_number(version, reg)
         previous = reg["aliases"].get(alias)
         if previous != number:
+            checked = gate(name, number, root=root, reg=reg)
+            violations = checked["violations"]
+            if violations and not force:
+                source = (
+                    f"its evaluation {checked['evaluation']} of run {checked['run_id']}"
+                    if checked["evaluation"]
+                    else f"its run {checked['run_id']}"
+                )
+                raise PromotionBlockedError(
+                    f"Refused to promote {name} v{number} to {alias!r}: {source} does not meet "
+                    f"the model's bounds:\n"
+                    + "".join(f"  - {v}\n" for v in violations)
+                    + "Pass --force --reason TEXT to promote anyway.",
+                    violations,
+                )
+            event = {"action": "promote", "from": previous, "to": number, "at": now_iso()}
+            if checked["bounds"]:
+                event["evaluation"] = checked["evaluation"]
+            if violations:
+                event.update(forced=True, reason=reason, violations=violations)
+            elif reason:
+                event["reason"] = reason
             reg["aliases"][alias] = number
-            reg["alias_history"].setdefault(alias, []).append(
-                {"action": "promote", "from": previous, "to": number, "at": now_iso()}
-            )
+            reg["alias_history"].setdefault(alias, []).append(event)
             write_json(folder / "registry.json", reg)
     if previous != number:
         log_wandb_artifact(
@@ -449,8 +627,12 @@ def promote(
             aliases=(alias,),
             job_type="promote",
             tracking=tracking,
+            metadata={k: v for k, v in event.items() if k != "action"} if event else None,
         )
-    return {"name": name, "alias": alias, "version": number, "previous": previous}
+    out = {"name": name, "alias": alias, "version": number, "previous": previous}
+    if event.get("forced"):
+        out.update(forced=True, violations=event["violations"])
+    return out
 
 
 def rollback(
@@ -716,12 +898,15 @@ def log_wandb_artifact(
     aliases: tuple[str, ...],
     job_type: str,
     tracking: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> None:
     """Log version ``number`` as a W&B ``model`` artifact named ``name``, with its aliases.
 
     W&B keeps ``v0, v1, ...`` as its own version aliases (and files an identical upload under
     the existing W&B version), so the registry's number travels as ``mlkit-v<N>``. A W&B error
     warns and never undoes the registration: the registry on disk is the source of truth.
+    ``metadata`` (a promotion's history event: forced, reason, violations, evaluation) goes
+    into the artifact's metadata and the logging run's config.
     """
     from mlkit import track
 
@@ -729,22 +914,30 @@ def log_wandb_artifact(
     if mode == "disabled":
         return
     files = [folder / WEIGHTS, folder / BUILD, folder / "card.json", folder / "card.md"]
+    config = read_json(folder / "card.json") or {}
+    if metadata:
+        config["promotion"] = metadata
     try:
         tracker = track.Tracker(
             run_dir=folder.parent,
             run_id=f"{name}-v{number}-{job_type}-{secrets.token_hex(3)}",
             experiment="registry",
-            config=read_json(folder / "card.json") or {},
+            config=config,
             job_type=job_type,
             mode=mode,
         )
         try:
-            tracker.log_artifact(
-                [p for p in files if p.exists()],
-                name=name,
-                type="model",
-                aliases=(f"mlkit-v{number}", *aliases),
-            )
+            paths = [p for p in files if p.exists()]
+            all_aliases = (f"mlkit-v{number}", *aliases)
+            if metadata and tracker.mode != "disabled":
+                import wandb
+
+                artifact = wandb.Artifact(name, type="model", metadata=metadata)
+                for path in paths:
+                    artifact.add_file(str(path))
+                tracker.run.log_artifact(artifact, aliases=list(all_aliases))
+            else:
+                tracker.log_artifact(paths, name=name, type="model", aliases=all_aliases)
         finally:
             tracker.finish()
     except Exception as exc:

@@ -9,6 +9,12 @@ from pathlib import Path
 
 import pytest
 
+# CPython 3.11's ast.parse keeps its recursion counter per interpreter, not per thread, so
+# two threads parsing at once can fail with "AST constructor recursion depth mismatch"
+# (seen when a test first imported wandb, whose pydantic settings parse class sources,
+# while another test's background thread was parsing). Import it before any thread starts.
+import wandb  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "tests" / "notebooks"
 TEMPLATES = ROOT / "templates"
