@@ -699,7 +699,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_evaluate,
         "Evaluate a run's model: fairness by group, attributions, calibration, errors by slice.",
     )
-    p.add_argument("run", help="run id (or a unique prefix) or run directory")
+    p.add_argument(
+        "run",
+        metavar="RUN_OR_MODEL",
+        help="run id (or a unique prefix), run directory, or a registered model NAME[:alias]",
+    )
     p.add_argument("--sensitive", metavar="COLUMN", help="sensitive attribute to compare groups by")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="limit for any one cell")
     p.add_argument("--tracking", choices=["offline", "online", "disabled"])

@@ -499,6 +499,33 @@ def template_path() -> Path:
     return Path(mlkit.__file__).resolve().parents[1] / "templates" / TEMPLATE
 
 
+def resolve_run(ref: str | Path, root: Path | None = None) -> Path:
+    """A run id, prefix or folder, or a registered model: ``NAME``, ``NAME:alias``, ``NAME:v3``.
+
+    A model resolves to the run its version was registered from, so an evaluation of a
+    model is found again by the promotion gate.
+    """
+    from mlkit import registry
+    from mlkit.errors import RunNotFoundError
+    from mlkit.record import find_run, read_json
+
+    try:
+        return find_run(ref, root)
+    except RunNotFoundError:
+        name, _, version_ref = str(ref).partition(":")
+        if not (registry.model_dir(name, root) / "registry.json").exists():
+            raise RunNotFoundError(
+                f"No run and no registered model {str(ref)!r}. Pass a run id (mlkit runs) or "
+                "a model as NAME:alias (mlkit model list)."
+            ) from None
+    number = registry.resolve(name, version_ref or "latest", root)
+    entry = next(v for v in registry.show(name, root)["versions"] if v["version"] == number)
+    run_dir = find_run(entry["run_id"], root)
+    if not read_json(run_dir / "run.json"):
+        raise RunNotFoundError(f"The run of {name} v{number} ({entry['run_id']}) has no record.")
+    return run_dir
+
+
 def evaluate_run(
     run_ref: str | Path,
     *,
@@ -517,9 +544,8 @@ def evaluate_run(
     ``params`` sets more template parameters (``ig_steps``, ``bins``, ...).
     """
     from mlkit import runner
-    from mlkit.record import find_run
 
-    run_dir = find_run(run_ref, root)
+    run_dir = resolve_run(run_ref, root)
     given: dict[str, Any] = {**(params or {}), "run": str(run_dir)}
     if sensitive:
         # Fail before a record or a kernel exists, naming the columns there are.

@@ -230,3 +230,19 @@ def test_forced_promotion_reaches_wandb_artifact(
     (event,) = registry.show("fair")["alias_history"]["production"]
     assert metadata == {k: v for k, v in event.items() if k != "action"}
     assert metadata["reason"] == reason and metadata["evaluation"] == ev["id"]
+
+
+# `mlkit evaluate NAME:alias` evaluates the registered version's run, and the gate finds it.
+def test_evaluate_a_registered_model_by_alias(exp_root: Path) -> None:
+    from tests.conftest import run_cli
+
+    run_dir = model_run(exp_root, 0.3)
+    version = registry.register(run_dir, "byalias")["version"]
+    registry.promote("byalias", version, "staging")
+    assert evaluate.resolve_run("byalias:staging", exp_root) == run_dir
+    proc = run_cli("evaluate", "byalias:staging", "--sensitive", "group", "-q")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = evaluate.find_evaluation(run_dir.name, exp_root)
+    assert found and found["result"]["fairness/demographic_parity_difference"] > 0.1
+    unknown = run_cli("evaluate", "nosuchmodel:production")
+    assert unknown.returncode == 2 and "no registered model" in unknown.stderr
