@@ -458,7 +458,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         threads=args.threads,
         shadow=args.shadow,
+        ab=args.ab,
     )
+    return EXIT_OK
+
+
+def cmd_abtest_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mlkit import abtest
+
+    stats = abtest.report(
+        args.name,
+        Path(args.labels),
+        log_url=args.log,
+        metric=args.metric,
+        control=args.control,
+    )
+    print(abtest.format_table(stats, args.metric))
     return EXIT_OK
 
 
@@ -716,7 +733,12 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_serve,
         "Serve a registered model over HTTP (FastAPI, uvicorn); every response is logged.",
     )
-    p.add_argument("model", metavar="NAME[:ALIAS]", help="model and alias (default production)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        metavar="NAME[:ALIAS]",
+        help="model and alias (default production); leave out with --ab",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -731,6 +753,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--shadow",
         metavar="NAME[:ALIAS]",
         help="also score every input with this model after the response; logged, never returned",
+    )
+    p.add_argument(
+        "--ab",
+        metavar="NAME:A=W,NAME:B=W",
+        help="split traffic between aliases or versions (weights sum to 1), sticky per "
+        "X-Client-ID header, e.g. digits:production=0.9,digits:v3=0.1",
+    )
+
+    help = "A/B tests of served variants: report."
+    abtest = sub.add_parser("abtest", help=help, description=help)
+    abtest.set_defaults(func=lambda _args: (abtest.print_help(), EXIT_USAGE)[1])
+    absub = abtest.add_subparsers(dest="abtest_command", metavar="COMMAND")
+    help = "Compare the variants of mlkit serve --ab on labelled traffic (Wilson CI, z-test)."
+    p = absub.add_parser("report", help=help, description=help)
+    p.set_defaults(func=cmd_abtest_report)
+    p.add_argument("name", metavar="NAME", help="the registered model that was served with --ab")
+    p.add_argument(
+        "--labels",
+        required=True,
+        metavar="FILE",
+        help="true labels by request id: CSV with header request_id,label, or JSON "
+        '{"<request_id>": label} (a list of labels for a batch request)',
+    )
+    p.add_argument(
+        "--log",
+        metavar="URL",
+        help="prediction log: sqlite:///PATH or postgresql://... (default: SQLite beside "
+        "the model)",
+    )
+    p.add_argument("--metric", choices=["accuracy", "error_rate"], default="accuracy")
+    p.add_argument(
+        "--control",
+        metavar="VARIANT",
+        help="variant to test the others against (default: lowest version)",
     )
 
     p = add(

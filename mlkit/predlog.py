@@ -37,7 +37,10 @@ COLUMNS = (
     ("input", "Text", "the request body as JSON, or null when it was not read (401, 413)"),
     ("output", "Text", "the predictions as JSON, null for refused requests"),
     ("error", "Text", "why the request was refused"),
+    ("variant", "String", "the A/B variant (alias or vN of --ab) that answered; null otherwise"),
 )
+# Columns added after the first release: a log made before them gets them by ALTER TABLE.
+ADDED_COLUMNS = ("variant",)
 
 
 _LOCK_KEY = 0x6D6C6B6974_7072  # "mlkit" "pr": the advisory lock for creating the table
@@ -112,6 +115,11 @@ class PredictionLog:
                     # key in pg_type): one at a time, for this transaction only.
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
                 meta.create_all(conn, checkfirst=True)
+                have = {c["name"] for c in sa.inspect(conn).get_columns(TABLE)}
+                for col, kind, _ in COLUMNS:
+                    if col in ADDED_COLUMNS and col not in have:
+                        sql_type = getattr(sa, kind)().compile(dialect=self.engine.dialect)
+                        conn.exec_driver_sql(f"ALTER TABLE {TABLE} ADD COLUMN {col} {sql_type}")
                 if self.is_sqlite:
                     for verb in ("UPDATE", "DELETE"):
                         conn.exec_driver_sql(

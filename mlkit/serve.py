@@ -9,7 +9,13 @@ Endpoints:
                     nested list of numbers of exactly the model's input shape, in the model's
                     input space (scaled as ``mlkit.data.load`` scales it).
     GET  /health    liveness, no token needed (it says nothing about inputs).
-    GET  /metadata  name, version, content hash, input shape, task, classes.
+    GET  /metadata  name, version, content hash, input shape, task, classes (and the A/B
+                    variants with their weights under ``--ab``).
+
+A/B split (``--ab NAME:a=0.9,NAME:b=0.1``): each request is answered by one variant. The
+``X-Client-ID`` header is hashed to a fixed bucket in [0, 1), so a client always gets the same
+variant; a request without it gets a random one. The body (``variant``), the ``X-Variant``
+header and the log row's ``variant`` and ``version`` say which answered.
 
 Refusals: 401 missing or wrong bearer token (when ``$MLKIT_SERVE_TOKEN`` is set), 413 body over
 the limit, 422 invalid JSON, wrong shape, a non-number, or NaN/inf anywhere (the error names
@@ -21,14 +27,17 @@ its request id in the ``X-Request-ID`` header and the body.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import json
 import os
+import random
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +50,17 @@ if TYPE_CHECKING:
     from mlkit.predlog import PredictionLog
     from mlkit.registry import LoadedModel
 
-__all__ = ["ENV_TOKEN", "Server", "create_app", "parse_target", "serve"]
+__all__ = [
+    "ENV_TOKEN",
+    "Server",
+    "Variant",
+    "bucket",
+    "create_app",
+    "parse_ab",
+    "parse_target",
+    "route",
+    "serve",
+]
 
 ENV_TOKEN = "MLKIT_SERVE_TOKEN"
 DEFAULT_REF = "production"
@@ -61,6 +80,68 @@ def parse_target(text: str) -> tuple[str, str]:
             "with: mlkit model list"
         )
     return name, ref or DEFAULT_REF
+
+
+@dataclass
+class Variant:
+    """One arm of an A/B split: ``name:ref`` answers a ``weight`` share of the clients."""
+
+    name: str
+    ref: str
+    weight: float
+
+
+def parse_ab(text: str) -> list[Variant]:
+    """``NAME:a=0.9,NAME:b=0.1`` into variants: one model, distinct refs, weights summing to 1."""
+    example = "Pass --ab digits:production=0.9,digits:candidate=0.1."
+    variants: list[Variant] = []
+    for part in (p.strip() for p in text.split(",")):
+        target, eq, weight_text = part.rpartition("=")
+        name, colon, ref = target.partition(":")
+        if not (eq and name and colon and ref):
+            raise ServeError(f"--ab item {part!r} must be NAME:ALIAS=WEIGHT. {example}")
+        try:
+            weight = float(weight_text)
+        except ValueError:
+            weight = float("nan")
+        if not 0.0 < weight <= 1.0:
+            raise ServeError(
+                f"--ab item {part!r} has weight {weight_text!r}; it must be a number in (0, 1]. "
+                f"{example}"
+            )
+        variants.append(Variant(name, ref, weight))
+    if len(variants) < 2:
+        raise ServeError(f"--ab needs at least two variants, got {len(variants)}. {example}")
+    names = {v.name for v in variants}
+    if len(names) > 1:
+        raise ServeError(
+            f"--ab variants must be versions of one model, got {', '.join(sorted(names))}. "
+            f"{example}"
+        )
+    refs = [v.ref for v in variants]
+    if len(set(refs)) < len(refs):
+        raise ServeError(f"--ab names a variant twice ({', '.join(refs)}). {example}")
+    total = sum(v.weight for v in variants)
+    if abs(total - 1.0) > 1e-6:
+        raise ServeError(f"--ab weights must sum to 1, got {total:g}. {example}")
+    return variants
+
+
+def bucket(client_id: str) -> float:
+    """A fixed point in [0, 1) for a client id: the first 64 bits of its sha256."""
+    digest = hashlib.sha256(client_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def route(client_id: str | None, weights: Sequence[float], rng: Any = random) -> int:
+    """The index of the variant answering ``client_id`` (sticky), or a random one without it."""
+    point = bucket(client_id) if client_id else rng.random()
+    edge = 0.0
+    for i, weight in enumerate(weights):
+        edge += weight
+        if point < edge:
+            return i
+    return len(weights) - 1  # rounding left the top of [0, 1) uncovered
 
 
 def request_model(input_shape: tuple[int, ...], max_batch: int) -> Any:
@@ -118,6 +199,15 @@ class Server:
         self.max_batch = max_batch
         self.schema = request_model(loaded.input_shape, max_batch)
         self.shadow: Shadow | None = None
+        # A/B arms: (variant, its model); empty when one version answers everything.
+        self.arms: list[tuple[Variant, LoadedModel]] = []
+
+    def pick(self, client_id: str | None) -> tuple[str | None, LoadedModel]:
+        """The variant label and model that answer this client."""
+        if not self.arms:
+            return None, self.loaded
+        variant, loaded = self.arms[route(client_id, [v.weight for v, _ in self.arms])]
+        return variant.ref, loaded
 
     # -- pieces of a request --------------------------------------------------------
     def authorized(self, header: str | None) -> bool:
@@ -128,7 +218,9 @@ class Server:
             given.strip().encode(), self.token
         )
 
-    def predict(self, body: bytes) -> tuple[int, dict[str, Any], int, Any, str | None, Any]:
+    def predict(
+        self, body: bytes, loaded: LoadedModel | None = None
+    ) -> tuple[int, dict[str, Any], int, Any, str | None, Any]:
         """Validate and score one body: (status, payload, n examples, output, error, X)."""
         from pydantic import ValidationError
 
@@ -154,7 +246,7 @@ class Server:
                 }
             ]
             return 422, {"detail": detail}, 0, None, _summary(detail), None
-        preds = score(self.loaded, X)
+        preds = score(loaded or self.loaded, X)
         payload = {"prediction": preds[0]} if single else {"predictions": preds}
         return 200, payload, len(X), payload, None, X
 
@@ -169,22 +261,26 @@ class Server:
         body: bytes | None = None,
         output: Any = None,
         error: str | None = None,
+        loaded: LoadedModel | None = None,
+        variant: str | None = None,
     ) -> None:
         """Write the response's row; returns only once it is committed."""
+        loaded = loaded or self.loaded
         self.log.write(
             {
                 "request_id": request_id,
                 "time": started,
                 "role": "primary",
-                "model": self.loaded.name,
-                "version": self.loaded.version,
-                "sha256": self.loaded.sha256,
+                "model": loaded.name,
+                "version": loaded.version,
+                "sha256": loaded.sha256,
                 "status": status,
                 "latency_ms": (time.perf_counter() - t0) * 1000.0,
                 "n": n,
                 "input": body.decode("utf-8", errors="replace") if body is not None else None,
                 "output": output,
                 "error": error,
+                "variant": variant,
             }
         )
 
@@ -316,6 +412,7 @@ def create_app(
     max_batch: int = 1024,
     threads: int = 1,
     shadow: str | None = None,
+    ab: str | None = None,
     root: Path | None = None,
 ) -> FastAPI:
     """A FastAPI app serving version ``ref`` (alias, ``v3`` or ``latest``) of model ``name``.
@@ -328,10 +425,19 @@ def create_app(
         threads: torch CPU threads; one is fastest for small models under concurrent requests.
         shadow: ``NAME:alias`` of a model that scores the same inputs after each response;
             its outputs are logged (role ``shadow``), never returned.
+        ab: ``NAME:a=0.9,NAME:b=0.1``: split the traffic between versions of ``name`` (see the
+            module docstring); ``ref`` is then ignored in favour of the first variant.
     """
     from mlkit import predlog, registry
 
     registry.check_weights_only_env()
+    variants = parse_ab(ab) if ab else []
+    if variants:
+        if variants[0].name != name:
+            raise ServeError(f"--ab {ab} splits model {variants[0].name!r}, not {name!r}.")
+        ref = variants[0].ref
+        for variant in variants:
+            registry.resolve(name, variant.ref, root)
     registry.resolve(name, ref, root)  # an unknown model or alias fails before torch loads
     shadow_target = parse_target(shadow) if shadow else None
     if shadow_target:
@@ -368,6 +474,15 @@ def create_app(
                 "Shadow a version of a model trained on the same data."
             )
         server.shadow = Shadow(other, log)
+    for variant in variants:
+        arm = loaded if variant.ref == ref else registry.load_model(name, variant.ref, root=root)
+        if arm.input_shape != loaded.input_shape:
+            raise ServeError(
+                f"--ab variant {name}:{variant.ref} takes inputs of shape "
+                f"{list(arm.input_shape)}, but {name}:{ref} takes {list(loaded.input_shape)}. "
+                "Split traffic only between versions trained on the same data."
+            )
+        server.arms.append((variant, arm))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -386,46 +501,73 @@ def create_app(
     app.state.server = server
     unauthorized = {"WWW-Authenticate": "Bearer"}
 
-    def respond(rid: str, status: int, payload: dict[str, Any], **headers: str) -> JSONResponse:
+    def respond(
+        rid: str,
+        status: int,
+        payload: dict[str, Any],
+        arm: tuple[str | None, LoadedModel] | None = None,
+        **headers: str,
+    ) -> JSONResponse:
+        variant, answered = arm or (None, loaded)
         body = {
             "request_id": rid,
-            "model": loaded.name,
-            "version": loaded.version,
-            "sha256": loaded.sha256,
+            "model": answered.name,
+            "version": answered.version,
+            "sha256": answered.sha256,
+            **({"variant": variant} if variant is not None else {}),
             **payload,
         }
+        if variant is not None:
+            headers = {**headers, "X-Variant": variant}
         return JSONResponse(body, status_code=status, headers={"X-Request-ID": rid, **headers})
 
-    async def logged(rid: str, status: int, payload: dict[str, Any], **row: Any) -> JSONResponse:
+    async def logged(
+        rid: str,
+        status: int,
+        payload: dict[str, Any],
+        arm: tuple[str | None, LoadedModel],
+        **row: Any,
+    ) -> JSONResponse:
         try:
             await anyio.to_thread.run_sync(
-                lambda: server.record(request_id=rid, status=status, **row)
+                lambda: server.record(
+                    request_id=rid, status=status, variant=arm[0], loaded=arm[1], **row
+                )
             )
         except Exception as exc:  # no row, no answer: the log is the record of what we said
             _warn(f"prediction log write failed: {log.redact(str(exc))}")
-            return respond(rid, 503, {"detail": "prediction log unavailable; retry later"})
+            return respond(rid, 503, {"detail": "prediction log unavailable; retry later"}, arm)
         headers = unauthorized if status == 401 else {}
-        return respond(rid, status, payload, **headers)
+        return respond(rid, status, payload, arm, **headers)
 
     async def predict(request: Request) -> JSONResponse:
         t0, started, rid = time.perf_counter(), now_iso(), uuid.uuid4().hex
         row: dict[str, Any] = {"started": started, "t0": t0}
+        arm = server.pick(request.headers.get("x-client-id"))
         if not server.authorized(request.headers.get("authorization")):
             detail = "missing or wrong bearer token"
-            return await logged(rid, 401, {"detail": detail}, error=detail, **row)
+            return await logged(rid, 401, {"detail": detail}, arm, error=detail, **row)
         body = await _read_body(request, server.max_body_bytes)
         if body is None:
             detail = f"request body over {server.max_body_bytes} bytes; send smaller batches"
-            return await logged(rid, 413, {"detail": detail}, error=detail, **row)
+            return await logged(rid, 413, {"detail": detail}, arm, error=detail, **row)
 
         def score_and_log() -> tuple[int, dict[str, Any], Any]:
             try:
-                status, payload, n, output, error, X = server.predict(body)
+                status, payload, n, output, error, X = server.predict(body, arm[1])
             except Exception as exc:  # a model error is the server's fault: 500, logged
                 status, payload, n, output, X = 500, {"detail": "prediction failed"}, 0, None, None
                 error = f"{type(exc).__name__}: {exc}"
             server.record(
-                request_id=rid, status=status, n=n, body=body, output=output, error=error, **row
+                request_id=rid,
+                status=status,
+                n=n,
+                body=body,
+                output=output,
+                error=error,
+                loaded=arm[1],
+                variant=arm[0],
+                **row,
             )
             return status, payload, X
 
@@ -433,8 +575,8 @@ def create_app(
             status, payload, X = await anyio.to_thread.run_sync(score_and_log)
         except Exception as exc:
             _warn(f"prediction log write failed: {log.redact(str(exc))}")
-            return respond(rid, 503, {"detail": "prediction log unavailable; retry later"})
-        response = respond(rid, status, payload)
+            return respond(rid, 503, {"detail": "prediction log unavailable; retry later"}, arm)
+        response = respond(rid, status, payload, arm)
         if server.shadow is not None and X is not None:
             # Runs once the response is sent, and only enqueues: the client never waits on it.
             response.background = BackgroundTask(server.shadow.submit, rid, X)
@@ -463,6 +605,17 @@ def create_app(
                     "sha256": server.shadow.loaded.sha256,
                     "dropped": server.shadow.dropped,
                 },
+                "ab": None
+                if not server.arms
+                else [
+                    {
+                        "variant": variant.ref,
+                        "weight": variant.weight,
+                        "version": arm.version,
+                        "sha256": arm.sha256,
+                    }
+                    for variant, arm in server.arms
+                ],
             }
         )
 
@@ -482,7 +635,7 @@ def create_app(
 
 
 def serve(
-    target: str,
+    target: str | None,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -490,11 +643,20 @@ def serve(
     max_body_bytes: int = 1_000_000,
     threads: int = 1,
     shadow: str | None = None,
+    ab: str | None = None,
 ) -> None:
-    """Run ``mlkit serve NAME[:alias]`` with uvicorn until interrupted."""
+    """Run ``mlkit serve NAME[:alias]`` (or ``mlkit serve --ab ...``) with uvicorn."""
     import uvicorn
 
-    name, ref = parse_target(target)
+    if bool(target) == bool(ab):
+        raise ServeError(
+            "mlkit serve needs exactly one of NAME[:ALIAS] or --ab NAME:a=0.9,NAME:b=0.1."
+        )
+    if ab:
+        first = parse_ab(ab)[0]
+        name, ref = first.name, first.ref
+    else:
+        name, ref = parse_target(target or "")
     app = create_app(
         name,
         ref,
@@ -502,6 +664,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         threads=threads,
         shadow=shadow,
+        ab=ab,
     )
     server: Server = app.state.server
     if host not in LOOPBACK and server.token is None:
@@ -514,7 +677,8 @@ def serve(
     print(
         f"serving {loaded.name} v{loaded.version} ({ref}, sha256 {loaded.sha256[:12]}) on "
         f"http://{host}:{port}  log: {server.log.shown_url}"
-        + (f"  shadow: {shadow}" if shadow else ""),
+        + (f"  shadow: {shadow}" if shadow else "")
+        + (f"  ab: {ab}" if ab else ""),
         file=sys.stderr,
         flush=True,
     )
