@@ -6,6 +6,9 @@ with true labels by request id and, per variant, gives the number of labelled ex
 accuracy (or error rate) with its 95% Wilson interval, and a two-sided two-proportion z-test
 of each variant against the first (the control).
 
+Without ``--labels`` the report uses the labels stored with ``mlkit feedback`` in the prediction
+log's ``feedback`` table (the newest label of each request id).
+
 Labels file: CSV with a header ``request_id,label``, or JSON, either an object
 ``{"<request_id>": label}`` or a list of ``{"request_id": ..., "label": ...}``. A label is the
 class name or the class index; for a batch request it is a list, one per example. Only
@@ -164,7 +167,7 @@ def count(rows: Sequence[dict[str, Any]], labels: dict[str, Any]) -> dict[str, l
 
 def report(
     name: str,
-    labels_path: Path,
+    labels_path: Path | None = None,
     *,
     log_url: str | None = None,
     metric: str = "accuracy",
@@ -174,12 +177,20 @@ def report(
     """Join model ``name``'s prediction log with the labels and compare its variants.
 
     ``control`` is the variant the others are tested against; default the lowest version.
+    Without ``labels_path`` the labels are those stored by ``mlkit feedback``.
     """
     from mlkit import predlog
 
-    labels = load_labels(labels_path)
+    labels = load_labels(labels_path) if labels_path is not None else None
     log = predlog.open_log(name, log_url, root)
     try:
+        if labels is None:
+            labels = log.feedback()
+            if not labels:
+                raise AbTestError(
+                    f"No feedback stored for {name!r} in {log.shown_url}: store labels with "
+                    "mlkit feedback NAME --labels FILE, or pass --labels FILE."
+                )
         rows = log.rows(role="primary", status=200)
     finally:
         log.close()

@@ -470,12 +470,42 @@ def cmd_abtest_report(args: argparse.Namespace) -> int:
 
     stats = abtest.report(
         args.name,
-        Path(args.labels),
+        Path(args.labels) if args.labels else None,
         log_url=args.log,
         metric=args.metric,
         control=args.control,
     )
     print(abtest.format_table(stats, args.metric))
+    return EXIT_OK
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from mlkit import abtest, predlog
+    from mlkit.errors import ParameterError
+
+    single = args.request_id is not None
+    if single == bool(args.labels) or (single and args.label is None):
+        raise ParameterError(
+            "mlkit feedback needs either --labels FILE or REQUEST_ID LABEL (not both). Pass "
+            "mlkit feedback digits --labels labels.csv, or mlkit feedback digits REQUEST_ID 3."
+        )
+    if single:
+        try:
+            label = json.loads(args.label)
+        except json.JSONDecodeError:
+            label = args.label  # a class name
+        labels, source = {args.request_id: label}, "cli"
+    else:
+        labels, source = abtest.load_labels(Path(args.labels)), str(args.labels)
+    log = predlog.open_log(args.name, args.log)
+    try:
+        written = log.add_feedback(labels, source)
+    finally:
+        log.close()
+    print(f"stored {written} label{'s' if written != 1 else ''} in {log.shown_url}")
     return EXIT_OK
 
 
@@ -771,10 +801,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="the registered model that was served with --ab")
     p.add_argument(
         "--labels",
-        required=True,
         metavar="FILE",
         help="true labels by request id: CSV with header request_id,label, or JSON "
-        '{"<request_id>": label} (a list of labels for a batch request)',
+        '{"<request_id>": label} (a list of labels for a batch request); default: the '
+        "labels stored with mlkit feedback",
     )
     p.add_argument(
         "--log",
@@ -787,6 +817,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--control",
         metavar="VARIANT",
         help="variant to test the others against (default: lowest version)",
+    )
+
+    p = add(
+        "feedback",
+        cmd_feedback,
+        "Store true labels of logged predictions (append-only; the newest label wins).",
+    )
+    p.add_argument("name", metavar="NAME", help="the registered model whose predictions they label")
+    p.add_argument("request_id", nargs="?", metavar="REQUEST_ID", help="one request id to label")
+    p.add_argument(
+        "label",
+        nargs="?",
+        metavar="LABEL",
+        help="its label: a class name or index, or a JSON list for a batch request",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="labels by request id: CSV with header request_id,label, or JSON "
+        '{"<request_id>": label}',
+    )
+    p.add_argument(
+        "--log",
+        metavar="URL",
+        help="prediction log: sqlite:///PATH or postgresql://... (default: SQLite beside "
+        "the model)",
     )
 
     p = add(

@@ -6,6 +6,10 @@ SQLite by default (``experiments/registry/<name>/predictions.sqlite``) in WAL mo
 or machines, ``--log postgresql://...`` writes the same table to PostgreSQL. Append-only is
 enforced by the database too: SQLite triggers abort any UPDATE or DELETE.
 
+Labels that arrive later (``mlkit feedback``) go to a second append-only table, ``feedback``, in
+the same database: request id, label (JSON), time, source. A log made before it gets the table
+on open. A request id may be labelled again; the newest row wins when read.
+
 Secrets stay out: the Authorization header is never logged, and the URL this module shows or
 records is redacted.
 """
@@ -15,12 +19,20 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mlkit.errors import MlkitError
 
-__all__ = ["COLUMNS", "PredictionLog", "default_url", "open_log"]
+__all__ = [
+    "COLUMNS",
+    "FEEDBACK_COLUMNS",
+    "FeedbackError",
+    "PredictionLog",
+    "default_url",
+    "open_log",
+]
 
 TABLE = "predictions"
 # name, SQLAlchemy type, what it holds (the same in SQLite and PostgreSQL)
@@ -39,6 +51,14 @@ COLUMNS = (
     ("error", "Text", "why the request was refused"),
     ("variant", "String", "the A/B variant (alias or vN of --ab) that answered; null otherwise"),
 )
+FEEDBACK_TABLE = "feedback"
+# name, SQLAlchemy type, what it holds: labels that arrive after the response
+FEEDBACK_COLUMNS = (
+    ("request_id", "String", "the request id of a logged prediction"),
+    ("label", "Text", "the true label as JSON (a list, one per example, for a batch request)"),
+    ("time", "String", "UTC ISO time the label was stored"),
+    ("source", "String", "where it came from: the labels file, or cli for a single label"),
+)
 # Columns added after the first release: a log made before them gets them by ALTER TABLE.
 ADDED_COLUMNS = ("variant",)
 
@@ -56,6 +76,10 @@ def _redact_text(text: str, url: str) -> str:
 
 class LogError(MlkitError, ValueError):
     """The prediction log cannot be opened as asked."""
+
+
+class FeedbackError(MlkitError, ValueError):
+    """Labels that cannot be stored as given (nothing was written)."""
 
 
 def default_url(name: str, root: Path | None = None) -> str:
@@ -104,6 +128,12 @@ class PredictionLog:
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
             *[sa.Column(col, getattr(sa, kind)) for col, kind, _ in COLUMNS],
         )
+        self.feedback_table = sa.Table(
+            FEEDBACK_TABLE,
+            meta,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            *[sa.Column(col, getattr(sa, kind)) for col, kind, _ in FEEDBACK_COLUMNS],
+        )
         self._insert = self.table.insert()
         # One writer per process: SQLite serialises writers anyway, and a Python lock is
         # cheaper than its busy-wait.
@@ -120,16 +150,17 @@ class PredictionLog:
                     if col in ADDED_COLUMNS and col not in have:
                         sql_type = getattr(sa, kind)().compile(dialect=self.engine.dialect)
                         conn.exec_driver_sql(f"ALTER TABLE {TABLE} ADD COLUMN {col} {sql_type}")
-                if self.is_sqlite:
-                    for verb in ("UPDATE", "DELETE"):
-                        conn.exec_driver_sql(
-                            f"CREATE TRIGGER IF NOT EXISTS {TABLE}_no_{verb.lower()} BEFORE "
-                            f"{verb} ON {TABLE} BEGIN SELECT RAISE(ABORT, "
-                            f"'the prediction log is append-only'); END"
-                        )
-                conn.exec_driver_sql(
-                    f"CREATE INDEX IF NOT EXISTS {TABLE}_request_id ON {TABLE} (request_id)"
-                )
+                for table in (TABLE, FEEDBACK_TABLE):
+                    if self.is_sqlite:
+                        for verb in ("UPDATE", "DELETE"):
+                            conn.exec_driver_sql(
+                                f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE "
+                                f"{verb} ON {table} BEGIN SELECT RAISE(ABORT, "
+                                f"'the prediction log is append-only'); END"
+                            )
+                    conn.exec_driver_sql(
+                        f"CREATE INDEX IF NOT EXISTS {table}_request_id ON {table} (request_id)"
+                    )
         except sa.exc.SQLAlchemyError as exc:
             reason = _redact_text(str(exc).splitlines()[0], url)
             raise LogError(
@@ -159,6 +190,66 @@ class PredictionLog:
             query = query.where(self.table.c[key] == value)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+    def unknown_ids(self, request_ids: Sequence[str]) -> list[str]:
+        """Those of ``request_ids`` that no logged prediction has, in the order given."""
+        import sqlalchemy as sa
+
+        wanted = list(dict.fromkeys(str(r) for r in request_ids))
+        known: set[str] = set()
+        column = self.table.c.request_id
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                query = sa.select(column).where(column.in_(chunk)).distinct()
+                known.update(r[0] for r in conn.execute(query))
+        return [r for r in wanted if r not in known]
+
+    def add_feedback(self, labels: dict[str, Any], source: str) -> int:
+        """Append one feedback row per request id, all or nothing; the number written.
+
+        Every request id must be in the log: otherwise :class:`FeedbackError` names how many
+        are not and one of them, and nothing is written.
+        """
+        from datetime import UTC, datetime
+
+        if not labels:
+            raise FeedbackError("No labels to store.")
+        unknown = self.unknown_ids(list(labels))
+        if unknown:
+            raise FeedbackError(
+                f"{len(unknown)} of {len(labels)} request ids are not in the prediction log "
+                f"{self.shown_url} (e.g. {unknown[0]!r}); nothing was written. Labels must "
+                "name request ids this model's server logged (the X-Request-ID header)."
+            )
+        now = datetime.now(UTC).isoformat()
+        values = [
+            {"request_id": str(rid), "label": _dumps(label), "time": now, "source": source}
+            for rid, label in labels.items()
+        ]
+        insert = self.feedback_table.insert()
+        if self._lock is None:
+            with self.engine.begin() as conn:
+                conn.execute(insert, values)
+        else:
+            with self._lock, self.engine.begin() as conn:
+                conn.execute(insert, values)
+        return len(values)
+
+    def feedback_rows(self) -> list[dict[str, Any]]:
+        """Every feedback row, oldest first, label decoded from JSON."""
+        import sqlalchemy as sa
+
+        query = sa.select(self.feedback_table).order_by(self.feedback_table.c.id)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        for row in rows:
+            row["label"] = json.loads(row["label"]) if row["label"] is not None else None
+        return rows
+
+    def feedback(self) -> dict[str, Any]:
+        """request id -> label, the newest stored label of each request id winning."""
+        return {row["request_id"]: row["label"] for row in self.feedback_rows()}
 
     def redact(self, text: str) -> str:
         """``text`` safe to print: the log URL's password replaced."""
