@@ -20,7 +20,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class Outcome:
     error: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     duration: float = 0.0
-    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

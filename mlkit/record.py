@@ -206,7 +206,7 @@ def load_run(path: Path) -> dict[str, Any]:
     if info.get("status") == "running" and info.get("result") is None:
         # A driver that died leaves "running"; say so instead of pretending.
         pid = info.get("pid")
-        if pid and not pid_alive(pid) and info.get("host") == _hostname():
+        if pid and not pid_alive(pid) and info.get("host") == hostname():
             info["status"] = "crashed"
     return info
 
@@ -236,7 +236,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _hostname() -> str:
+def hostname() -> str:
     import socket
 
     return socket.gethostname()
@@ -460,7 +460,7 @@ def start_run(
                 "status": "running",
                 "started": now_iso(),
                 "pid": os.getpid(),
-                "host": _hostname(),
+                "host": hostname(),
                 "driver": "kernel",
             },
         )

@@ -22,6 +22,7 @@ from mlkit.record import (
     ENV_RUN_DIR,
     create_run_dir,
     find_run,
+    hostname,
     load_run,
     now_iso,
     read_json,
@@ -109,7 +110,7 @@ def run(
         "job_type": job_type,
         "started": now_iso(),
         "pid": os.getpid(),
-        "host": _hostname(),
+        "host": hostname(),
         "driver": "mlkit",
         "engine": engine,
         **(extra or {}),
@@ -179,12 +180,6 @@ def _finalize(run_dir: Path, **fields: Any) -> dict[str, Any]:
     info.pop("pid", None)
     write_json(run_dir / "run.json", info)
     return load_run(run_dir)
-
-
-def _hostname() -> str:
-    import socket
-
-    return socket.gethostname()
 
 
 def reproduce(

@@ -7,7 +7,6 @@ import random
 import sqlite3
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,6 +14,7 @@ from mlkit import abtest, registry
 from mlkit.serve import ServeError, bucket, parse_ab, route
 from tests.conftest import run_cli
 from tests.test_registry import fake_run
+from tests.test_serve import log_rows
 
 httpx = pytest.importorskip("httpx")
 
@@ -91,15 +91,6 @@ def ab_model(exp_root: Path) -> Path:
     registry.promote("m", "v1", alias="production")
     registry.promote("m", "v2", alias="candidate")
     return exp_root
-
-
-def log_rows(path: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM predictions ORDER BY id")]
-    finally:
-        conn.close()
 
 
 # Stickiness against a real uvicorn: each client id gets the same variant on every request,

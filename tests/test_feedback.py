@@ -9,7 +9,7 @@ from typing import Any
 
 from mlkit import predlog
 from tests.conftest import run_cli
-from tests.test_abtest import log_rows
+from tests.test_serve import log_rows
 
 
 def ab_log(path: Path) -> str:
