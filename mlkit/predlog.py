@@ -4,7 +4,8 @@ SQLite by default (``experiments/registry/<name>/predictions.sqlite``) in WAL mo
 ``synchronous=FULL``: a row is on disk when ``write`` returns, so a server killed with SIGKILL
 (or a power cut) loses no row of a response a client received. With several server processes
 or machines, ``--log postgresql://...`` writes the same table to PostgreSQL. Append-only is
-enforced by the database too: SQLite triggers abort any UPDATE or DELETE.
+enforced by the database too: triggers abort any UPDATE or DELETE (and TRUNCATE on PostgreSQL)
+of either table, whoever sends it.
 
 Labels that arrive later (``mlkit feedback``) go to a second append-only table, ``feedback``, in
 the same database: request id, label (JSON), time, source. A log made before it gets the table
@@ -64,6 +65,14 @@ ADDED_COLUMNS = ("variant",)
 
 
 _LOCK_KEY = 0x6D6C6B6974_7072  # "mlkit" "pr": the advisory lock for creating the table
+# PostgreSQL's append-only guard: triggers call it before UPDATE, DELETE and TRUNCATE.
+_PG_REFUSE = """
+CREATE OR REPLACE FUNCTION mlkit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING MESSAGE =
+        'the prediction log is append-only (' || TG_OP || ' on ' || TG_TABLE_NAME || ')';
+END $$
+"""
 
 
 def _redact_text(text: str, url: str) -> str:
@@ -150,6 +159,8 @@ class PredictionLog:
                     if col in ADDED_COLUMNS and col not in have:
                         sql_type = getattr(sa, kind)().compile(dialect=self.engine.dialect)
                         conn.exec_driver_sql(f"ALTER TABLE {TABLE} ADD COLUMN {col} {sql_type}")
+                if not self.is_sqlite:
+                    conn.exec_driver_sql(_PG_REFUSE)
                 for table in (TABLE, FEEDBACK_TABLE):
                     if self.is_sqlite:
                         for verb in ("UPDATE", "DELETE"):
@@ -157,6 +168,14 @@ class PredictionLog:
                                 f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE "
                                 f"{verb} ON {table} BEGIN SELECT RAISE(ABORT, "
                                 f"'the prediction log is append-only'); END"
+                            )
+                    else:
+                        guards = (("ROW", "UPDATE OR DELETE"), ("STATEMENT", "TRUNCATE"))
+                        for level, verbs in guards:
+                            conn.exec_driver_sql(
+                                f"CREATE OR REPLACE TRIGGER {table}_append_only_{level.lower()} "
+                                f"BEFORE {verbs} ON {table} FOR EACH {level} "
+                                "EXECUTE FUNCTION mlkit_refuse_change()"
                             )
                     conn.exec_driver_sql(
                         f"CREATE INDEX IF NOT EXISTS {table}_request_id ON {table} (request_id)"

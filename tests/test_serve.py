@@ -419,6 +419,31 @@ def test_postgres_log_same_schema(two_versions: Path, pg_url: str) -> None:  # n
     assert columns["pg"] == columns["sqlite"]
 
 
+# On PostgreSQL too the database refuses UPDATE, DELETE and TRUNCATE of both tables, whoever
+# connects, and appends still work after the refusal.
+def test_postgres_log_is_append_only(pg_url: str) -> None:  # noqa: F811
+    import sqlalchemy as sa
+
+    from mlkit import predlog
+
+    log = predlog.PredictionLog(pg_url)
+    rid = f"append-only-{os.getpid()}"
+    log.write({"request_id": rid, "status": 200, "input": None, "output": None})
+    log.add_feedback({rid: 1}, source="test")
+    for table in ("predictions", "feedback"):
+        for sql in (
+            f"UPDATE {table} SET request_id = 'x' WHERE request_id = '{rid}'",
+            f"DELETE FROM {table} WHERE request_id = '{rid}'",
+            f"TRUNCATE {table}",
+        ):
+            with pytest.raises(sa.exc.DBAPIError, match="append-only"), log.engine.begin() as c:
+                c.exec_driver_sql(sql)
+    log.write({"request_id": rid, "status": 201, "input": None, "output": None})
+    assert [r["status"] for r in log.rows(request_id=rid)] == [200, 201]
+    assert log.feedback()[rid] == 1
+    log.close()
+
+
 # A regression model answers values (one per example), the module's own outputs.
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_regression_answers_values(exp_root: Path) -> None:
