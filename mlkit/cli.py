@@ -459,6 +459,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         shadow=args.shadow,
         ab=args.ab,
+        follow_s=args.follow_every,
     )
     return EXIT_OK
 
@@ -789,6 +790,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME:A=W,NAME:B=W",
         help="split traffic between aliases or versions (weights sum to 1), sticky per "
         "X-Client-ID header, e.g. digits:production=0.9,digits:v3=0.1",
+    )
+    p.add_argument(
+        "--follow-every",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often to check whether a served alias moved (promote, rollback) and swap in "
+        "its new version without a restart; 0 never checks (default 2; NAME:v3 pins a version)",
     )
 
     help = "A/B tests of served variants: report."

@@ -1,8 +1,11 @@
 """The model server: one registered version behind FastAPI, every response logged first.
 
-``create_app`` resolves the alias once, at start: the server keeps answering with that version
-(and says which in every response) until it is restarted, so a promotion or rollback never
-changes a model under a request in flight.
+The server follows its aliases: every ``follow_s`` seconds (2 by default) it re-reads the
+registry, and when an alias it serves (``production``, ``latest``, an A/B or shadow alias) has
+moved, it loads the new version beside the old one and swaps it in between requests. So
+``mlkit model promote``, ``mlkit model rollback`` and the rollback guard (:mod:`mlkit.guard`)
+take effect on running servers without a restart. A request keeps the version it started with,
+and every response and log row says which version answered. ``NAME:v3`` pins a version.
 
 Endpoints:
     POST /predict   ``{"input": example}`` or ``{"inputs": [example, ...]}``; each example is a
@@ -184,6 +187,7 @@ class Server:
         log: PredictionLog,
         *,
         ref: str,
+        root: Path | None = None,
         token: str | None,
         max_body_bytes: int,
         max_batch: int,
@@ -194,6 +198,7 @@ class Server:
         self.loaded = loaded
         self.log = log
         self.ref = ref
+        self.root = root
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
         self.max_batch = max_batch
@@ -201,6 +206,65 @@ class Server:
         self.shadow: Shadow | None = None
         # A/B arms: (variant, its model); empty when one version answers everything.
         self.arms: list[tuple[Variant, LoadedModel]] = []
+        self.shadow_ref: str | None = None
+
+    def follow(self) -> list[str]:
+        """Swap in the version each followed alias points at now; what moved, in words.
+
+        A model is replaced by one reference assignment, so a request holding the old one
+        finishes with it. A new version that cannot load, or takes another input shape, is
+        not swapped in: the change is reported and the old version keeps answering.
+        """
+        from mlkit import registry
+
+        cache: dict[tuple[str, int], LoadedModel] = {}
+
+        def moved(current: LoadedModel, ref: str) -> LoadedModel | None:
+            if registry._VERSION_RE.match(ref):
+                return None  # pinned
+            number = registry.resolve(current.name, ref, self.root)
+            if number == current.version:
+                return None
+            key = (current.name, number)
+            if key not in cache:
+                cache[key] = registry.load_model(current.name, number, root=self.root)
+            new = cache[key]
+            if new.input_shape != current.input_shape:
+                raise ServeError(
+                    f"{current.name}:{ref} now points at v{number}, which takes inputs of shape "
+                    f"{list(new.input_shape)}, not {list(current.input_shape)}; still answering "
+                    f"with v{current.version}. Serve v{number} on its own server."
+                )
+            return new
+
+        changes = []
+        if self.arms:
+            for i, (variant, arm) in enumerate(self.arms):
+                if (new := moved(arm, variant.ref)) is not None:
+                    self.arms[i] = (variant, new)
+                    changes.append(f"{arm.name}:{variant.ref} v{arm.version} -> v{new.version}")
+                    if variant.ref == self.ref:
+                        self.loaded = new
+        elif (new := moved(self.loaded, self.ref)) is not None:
+            changes.append(f"{new.name}:{self.ref} v{self.loaded.version} -> v{new.version}")
+            self.loaded = new
+        if self.shadow is not None and self.shadow_ref is not None:
+            old = self.shadow.loaded
+            if (new := moved(old, self.shadow_ref)) is not None:
+                self.shadow.loaded = new
+                changes.append(
+                    f"shadow {old.name}:{self.shadow_ref} v{old.version} -> v{new.version}"
+                )
+        return changes
+
+    def follow_every(self, seconds: float, stop: threading.Event) -> None:
+        """Call :meth:`follow` every ``seconds`` until ``stop`` is set (a daemon thread's loop)."""
+        while not stop.wait(seconds):
+            try:
+                for change in self.follow():
+                    _warn(f"alias moved: {change}; new requests get the new version")
+            except Exception as exc:  # the server keeps answering with what it has
+                _warn(f"alias check failed, still serving what it had: {exc}")
 
     def pick(self, client_id: str | None) -> tuple[str | None, LoadedModel]:
         """The variant label and model that answer this client."""
@@ -337,9 +401,10 @@ class Shadow:
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
             request_id, X = item
+            loaded = self.loaded  # fixed for this batch even if the alias moves meanwhile
             started, t0 = now_iso(), time.perf_counter()
             try:
-                output: Any = {"predictions": score(self.loaded, X)}
+                output: Any = {"predictions": score(loaded, X)}
                 status, error = 200, None
             except Exception as exc:
                 output, status, error = None, 500, f"{type(exc).__name__}: {exc}"
@@ -349,9 +414,9 @@ class Shadow:
                         "request_id": request_id,
                         "time": started,
                         "role": "shadow",
-                        "model": self.loaded.name,
-                        "version": self.loaded.version,
-                        "sha256": self.loaded.sha256,
+                        "model": loaded.name,
+                        "version": loaded.version,
+                        "sha256": loaded.sha256,
                         "status": status,
                         "latency_ms": (time.perf_counter() - t0) * 1000.0,
                         "n": len(X),
@@ -413,6 +478,7 @@ def create_app(
     threads: int = 1,
     shadow: str | None = None,
     ab: str | None = None,
+    follow_s: float = 2.0,
     root: Path | None = None,
 ) -> FastAPI:
     """A FastAPI app serving version ``ref`` (alias, ``v3`` or ``latest``) of model ``name``.
@@ -427,6 +493,7 @@ def create_app(
             its outputs are logged (role ``shadow``), never returned.
         ab: ``NAME:a=0.9,NAME:b=0.1``: split the traffic between versions of ``name`` (see the
             module docstring); ``ref`` is then ignored in favour of the first variant.
+        follow_s: how often to check whether a served alias moved; 0 never checks.
     """
     from mlkit import predlog, registry
 
@@ -442,6 +509,11 @@ def create_app(
     shadow_target = parse_target(shadow) if shadow else None
     if shadow_target:
         registry.resolve(*shadow_target, root)
+    if not isinstance(follow_s, int | float) or follow_s < 0:
+        raise ServeError(
+            f"The 'follow_s' parameter of create_app must be a number of seconds >= 0. Got "
+            f"{follow_s!r} instead. Pass --follow-every 2, or 0 to never reload."
+        )
     for param, value, low in (("max_body_bytes", max_body_bytes, 64), ("max_batch", max_batch, 1)):
         if not isinstance(value, int) or value < low:
             raise ServeError(
@@ -461,6 +533,7 @@ def create_app(
         loaded,
         log,
         ref=ref,
+        root=root,
         token=os.environ.get(token_env) or None,
         max_body_bytes=max_body_bytes,
         max_batch=max_batch,
@@ -474,6 +547,7 @@ def create_app(
                 "Shadow a version of a model trained on the same data."
             )
         server.shadow = Shadow(other, log)
+        server.shadow_ref = shadow_target[1]
     for variant in variants:
         arm = loaded if variant.ref == ref else registry.load_model(name, variant.ref, root=root)
         if arm.input_shape != loaded.input_shape:
@@ -486,7 +560,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        if follow_s > 0:
+            threading.Thread(
+                target=server.follow_every,
+                args=(follow_s, stop),
+                name="mlkit-follow-alias",
+                daemon=True,
+            ).start()
         yield
+        stop.set()
         if server.shadow is not None:
             server.shadow.close()
         log.close()
@@ -508,7 +591,7 @@ def create_app(
         arm: tuple[str | None, LoadedModel] | None = None,
         **headers: str,
     ) -> JSONResponse:
-        variant, answered = arm or (None, loaded)
+        variant, answered = arm or (None, server.loaded)
         body = {
             "request_id": rid,
             "model": answered.name,
@@ -583,7 +666,8 @@ def create_app(
         return response
 
     def health() -> JSONResponse:
-        return JSONResponse({"status": "ok", "model": loaded.name, "version": loaded.version})
+        current = server.loaded
+        return JSONResponse({"status": "ok", "model": current.name, "version": current.version})
 
     def metadata(request: Request) -> JSONResponse:
         if not server.authorized(request.headers.get("authorization")):
@@ -592,7 +676,7 @@ def create_app(
             )
         return JSONResponse(
             {
-                **loaded.metadata(),
+                **server.loaded.metadata(),
                 "ref": ref,
                 "max_body_bytes": server.max_body_bytes,
                 "max_batch": server.max_batch,
@@ -644,6 +728,7 @@ def serve(
     threads: int = 1,
     shadow: str | None = None,
     ab: str | None = None,
+    follow_s: float = 2.0,
 ) -> None:
     """Run ``mlkit serve NAME[:alias]`` (or ``mlkit serve --ab ...``) with uvicorn."""
     import uvicorn
@@ -665,6 +750,7 @@ def serve(
         threads=threads,
         shadow=shadow,
         ab=ab,
+        follow_s=follow_s,
     )
     server: Server = app.state.server
     if host not in LOOPBACK and server.token is None:

@@ -316,6 +316,70 @@ def two_versions(exp_root: Path) -> Path:
     return exp_root
 
 
+def versions_answering(client: Any, want: int, deadline_s: float = 10) -> list[int]:
+    """Versions of successive answers, until one is ``want`` (or the deadline passes)."""
+    seen: list[int] = []
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and (not seen or seen[-1] != want):
+        seen.append(client.post("/predict", json={"input": [1.0, 2.0, 3.0, 4.0]}).json()["version"])
+        time.sleep(0.01)
+    return seen
+
+
+# A running server follows its alias: a rollback (and a promotion back) reaches it without a
+# restart, each answer and its log row name the version that gave it, and a pinned version
+# (m:v2) never moves.
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_server_follows_alias_without_restart(two_versions: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mlkit import serve
+
+    registry.promote("m", "v1", root=two_versions)
+    registry.promote("m", "v2", root=two_versions)
+    app = serve.create_app("m", "production", follow_s=0.05, root=two_versions)
+    pinned = serve.create_app("m", "v2", follow_s=0.05, root=two_versions)
+    with TestClient(app) as client, TestClient(pinned) as pinned_client:
+        assert versions_answering(client, 2) == [2]
+        registry.rollback("m", root=two_versions)
+        after_rollback = versions_answering(client, 1)
+        assert after_rollback[-1] == 1 and set(after_rollback) <= {1, 2}
+        assert client.get("/health").json()["version"] == 1
+        assert client.get("/metadata").json()["version"] == 1
+        assert versions_answering(pinned_client, 1, deadline_s=0.5)[-1] == 2
+        registry.promote("m", "v2", root=two_versions)
+        assert versions_answering(client, 2)[-1] == 2
+    rows = app.state.server.log.rows(role="primary")
+    assert {r["version"] for r in rows} == {1, 2}
+    for row in rows:
+        assert row["sha256"] == registry.load_model("m", row["version"], root=two_versions).sha256
+
+
+# A version that takes another input shape is never swapped in: the server says why and keeps
+# answering with the version it has.
+def test_follow_refuses_another_input_shape(exp_root: Path) -> None:
+    from mlkit import predlog, serve
+
+    registry.register(fake_run(exp_root), "m")
+    registry.register(fake_run(exp_root, input_shape=(6,)), "m")
+    registry.promote("m", "v1", root=exp_root)
+    server = serve.Server(
+        registry.load_model("m", "production", root=exp_root),
+        predlog.open_log("m", root=exp_root),
+        ref="production",
+        root=exp_root,
+        token=None,
+        max_body_bytes=1000,
+        max_batch=10,
+    )
+    assert server.follow() == []
+    registry.promote("m", "v2", root=exp_root)
+    with pytest.raises(serve.ServeError, match=r"shape \[6\], not \[4\]; still answering with v1"):
+        server.follow()
+    assert server.loaded.version == 1
+    server.log.close()
+
+
 # The shadow scores every accepted input after the response: logged under the same request
 # id with its own version, never returned; primary responses are those of an unshadowed app.
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
