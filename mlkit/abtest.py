@@ -30,6 +30,7 @@ from mlkit.errors import MlkitError
 __all__ = [
     "ArmStats",
     "compare",
+    "correct",
     "count",
     "format_table",
     "load_labels",
@@ -133,7 +134,8 @@ def load_labels(path: Path) -> dict[str, Any]:
     return {row["request_id"]: row["label"] for row in reader}
 
 
-def _correct(prediction: Any, label: Any) -> bool:
+def correct(prediction: Any, label: Any) -> bool:
+    """Whether a logged classification answer matches the label (class name or index)."""
     if not isinstance(prediction, dict) or "class" not in prediction:
         raise AbTestError(
             "The logged predictions have no class: abtest report scores classification models."
@@ -161,7 +163,7 @@ def count(rows: Sequence[dict[str, Any]], labels: dict[str, Any]) -> dict[str, l
             )
         entry = out.setdefault(str(variant), [int(row["version"]), 0, 0])
         entry[1] += len(preds)
-        entry[2] += sum(_correct(p, t) for p, t in zip(preds, truth, strict=True))
+        entry[2] += sum(correct(p, t) for p, t in zip(preds, truth, strict=True))
     return out
 
 

@@ -395,6 +395,55 @@ def cmd_model_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_model_policy(args: argparse.Namespace) -> int:
+    from mlkit import guard
+
+    if args.set or args.clear:
+        rules = guard.set_policy(args.name, args.alias, args.set or [], clear=args.clear)
+    else:
+        rules = guard.policy(args.name, args.alias)
+    if args.json:
+        import json
+
+        print(json.dumps(rules, indent=2))
+        return EXIT_OK
+    print(f"{args.name}:{args.alias} rollback policy (mlkit model guard; * = set, else default):")
+    from mlkit import registry
+
+    stored = registry.get_policy(args.name, args.alias)
+    for key, value in rules.items():
+        print(f"  {'*' if key in stored else ' '} {key} = {value}")
+    return EXIT_OK
+
+
+def cmd_model_guard(args: argparse.Namespace) -> int:
+    import time
+
+    from mlkit import guard, serve
+
+    name, alias = serve.parse_target(args.target)
+    overrides = guard.parse_settings(args.set or [])
+    while True:
+        report = guard.check(
+            name,
+            alias,
+            overrides=overrides,
+            dry_run=args.dry_run,
+            run_monitor=args.monitor,
+            log_url=args.log,
+            tracking=args.tracking,
+        )
+        if args.json:
+            import json
+
+            print(json.dumps(report, indent=2), flush=True)
+        else:
+            print(guard.format_report(report), flush=True)
+        if not args.every:
+            return EXIT_FAILED if report["crossed"] else EXIT_OK
+        time.sleep(args.every)
+
+
 def cmd_model_list(args: argparse.Namespace) -> int:
     from mlkit import registry
 
@@ -434,7 +483,13 @@ def cmd_model_show(args: argparse.Namespace) -> int:
     console = Console(highlight=False, soft_wrap=True)
     console.print(f"[bold]{reg['name']}[/bold]")
     for alias, version in reg["aliases"].items():
-        console.print(f"  {alias} -> v{version}")
+        last = (reg["alias_history"].get(alias) or [{}])[-1]
+        how = ""
+        if last.get("action") == "rollback":
+            who = f" by {last['by']}" if last.get("by") else ""
+            why = f": {last['reason']}" if last.get("reason") else ""
+            how = f"  (rolled back from v{last['from']}{who} at {last['at']}{why})"
+        console.print(f"  {alias} -> v{version}{how}", markup=False)
     for metric, bound in (reg.get("bounds") or {}).items():
         console.print(f"  bound: {metric} {registry.format_bound(bound)}")
     for entry in reg["versions"]:
@@ -542,7 +597,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def build_model_parser(sub: Any) -> argparse.ArgumentParser:
-    help = "Model registry: register, promote, rollback, bounds, list, show."
+    help = "Model registry: register, promote, rollback, guard, policy, bounds, list, show."
     model = sub.add_parser("model", help=help, description=help)
     model.set_defaults(func=lambda _args: (model.print_help(), EXIT_USAGE)[1])
     msub = model.add_subparsers(dest="model_command", metavar="COMMAND")
@@ -574,6 +629,51 @@ def build_model_parser(sub: Any) -> argparse.ArgumentParser:
     p = add("rollback", cmd_model_rollback, "Move an alias back to its previous version.", True)
     p.add_argument("name")
     p.add_argument("--alias", default="production")
+    p = add(
+        "guard",
+        cmd_model_guard,
+        "Check an alias's live version against its rollback policy; roll back when a bound is "
+        "crossed (exit 1).",
+        True,
+    )
+    p.add_argument("target", metavar="NAME[:ALIAS]", help="model and alias (default production)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a policy value for this check, e.g. max_error_rate=0.1",
+    )
+    p.add_argument("--dry-run", action="store_true", help="report, never move the alias")
+    p.add_argument(
+        "--monitor",
+        action="store_true",
+        help="run mlkit monitor over this version's answers first, so drift is current",
+    )
+    p.add_argument("--log", metavar="URL", help="prediction log (default: SQLite beside the model)")
+    p.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="check again every SECONDS until interrupted (default: once)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p = add(
+        "policy",
+        cmd_model_policy,
+        "Show or set the rollback policy mlkit model guard applies to an alias.",
+        False,
+    )
+    p.add_argument("name")
+    p.add_argument("--alias", default="production")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="max_error_rate, min_labels, max_server_error_rate, min_requests, drift "
+        "(any, predictions, off), monitor_window; repeat for more",
+    )
+    p.add_argument("--clear", action="store_true", help="back to the defaults (before any --set)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = add(
         "bounds",
         cmd_model_bounds,

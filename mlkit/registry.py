@@ -2,8 +2,9 @@
 
 Layout, under ``experiments/registry/<name>/``::
 
-    registry.json        versions, aliases, every alias move and the promotion bounds
-                         (the source of truth)
+    registry.json        versions, aliases, every alias move, the promotion bounds and the
+                         rollback policy (the source of truth)
+    guard.jsonl          every check of the rollback guard (mlkit.guard), one line each
     .lock                fcntl lock: one registration or alias move at a time
     v1/, v2/, ...        model.safetensors, model.json, card.json, card.md
     predictions.sqlite   the server's prediction log (mlkit.predlog)
@@ -50,10 +51,12 @@ __all__ = [
     "PromotionBlockedError",
     "RegistryError",
     "UnsafeModelError",
+    "alias_since",
     "check_weights_only_env",
     "format_bound",
     "gate",
     "get_bounds",
+    "get_policy",
     "list_models",
     "load_model",
     "parse_bound",
@@ -63,6 +66,7 @@ __all__ = [
     "resolve",
     "rollback",
     "set_bounds",
+    "set_policy",
     "show",
 ]
 
@@ -639,13 +643,19 @@ def rollback(
     name: str,
     alias: str = DEFAULT_ALIAS,
     *,
+    expect: int | None = None,
+    reason: str | None = None,
+    by: str | None = None,
     root: Path | None = None,
     tracking: str | None = None,
 ) -> dict[str, Any]:
     """Move ``alias`` back to the version it pointed at before its last promotion.
 
     Repeated rollbacks walk further back. Atomic: registry.json is replaced in one rename, so
-    a server or reader sees the old alias or the new one.
+    a server or reader sees the old alias or the new one. ``expect`` makes the move
+    conditional: when the alias no longer points at that version (someone promoted or rolled
+    back meanwhile), nothing moves and :class:`RegistryError` says so. ``reason`` and ``by``
+    (who decided: ``guard`` for the automatic policy) are kept in the alias history.
     """
     check_alias(alias)
     _read(name, root)  # fail before the lock creates anything
@@ -665,8 +675,15 @@ def rollback(
                 f"points at v{reg['aliases'][alias]}). Promote the version you want instead."
             )
         current, target = stack[-1], stack[-2]
+        if expect is not None and reg["aliases"][alias] != expect:
+            raise RegistryError(
+                f"{name}:{alias} points at v{reg['aliases'][alias]} now, not v{expect}: it moved "
+                "since the decision to roll back, so nothing was changed. Check again."
+            )
+        event = {"action": "rollback", "from": current, "to": target, "at": now_iso()}
+        event.update({k: v for k, v in (("reason", reason), ("by", by)) if v})
         reg["aliases"][alias] = target
-        events.append({"action": "rollback", "from": current, "to": target, "at": now_iso()})
+        events.append(event)
         write_json(folder / "registry.json", reg)
     log_wandb_artifact(
         name,
@@ -677,6 +694,45 @@ def rollback(
         tracking=tracking,
     )
     return {"name": name, "alias": alias, "version": target, "previous": current}
+
+
+# --- rollback policy -------------------------------------------------------------
+
+
+def get_policy(name: str, alias: str = DEFAULT_ALIAS, root: Path | None = None) -> dict[str, Any]:
+    """The rollback policy values set for ``alias`` (:mod:`mlkit.guard` fills in defaults)."""
+    return dict((_read(name, root).get("policy") or {}).get(alias) or {})
+
+
+def set_policy(
+    name: str,
+    alias: str,
+    values: dict[str, Any],
+    *,
+    clear: bool = False,
+    root: Path | None = None,
+) -> dict[str, Any]:
+    """Store rollback policy values for ``alias`` (validated by :mod:`mlkit.guard`)."""
+    check_alias(alias)
+    _read(name, root)
+    with _locked(name, root) as folder:
+        reg = _read(name, root)
+        policies = reg.setdefault("policy", {})
+        current = {} if clear else dict(policies.get(alias) or {})
+        current.update(values)
+        policies[alias] = current
+        write_json(folder / "registry.json", reg)
+    return current
+
+
+def alias_since(name: str, alias: str = DEFAULT_ALIAS, root: Path | None = None) -> str | None:
+    """When ``alias`` last moved to the version it points at now (ISO time), None if never."""
+    reg = _read(name, root)
+    current = reg["aliases"].get(alias)
+    for event in reversed(reg["alias_history"].get(alias) or []):
+        if event.get("to") == current:
+            return event.get("at")
+    return None
 
 
 # --- read -----------------------------------------------------------------------
