@@ -510,6 +510,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_url=args.log,
+        log_sync=args.log_sync,
         max_body_bytes=args.max_body_bytes,
         threads=args.threads,
         shadow=args.shadow,
@@ -877,6 +878,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="prediction log: sqlite:///PATH or postgresql://... (default: SQLite beside "
         "the model)",
+    )
+    p.add_argument(
+        "--log-sync",
+        choices=["normal", "full"],
+        default="normal",
+        help="SQLite log durability: normal (a killed server loses no row) or full (also fsync "
+        "each commit, so a power cut loses none; slower)",
     )
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

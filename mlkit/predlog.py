@@ -1,11 +1,16 @@
 """Prediction log: one append-only row per response of the model server, written before it is sent.
 
-SQLite by default (``experiments/registry/<name>/predictions.sqlite``) in WAL mode with
-``synchronous=FULL``: a row is on disk when ``write`` returns, so a server killed with SIGKILL
-(or a power cut) loses no row of a response a client received. With several server processes
-or machines, ``--log postgresql://...`` writes the same table to PostgreSQL. Append-only is
-enforced by the database too: triggers abort any UPDATE or DELETE (and TRUNCATE on PostgreSQL)
-of either table, whoever sends it.
+SQLite by default (``experiments/registry/<name>/predictions.sqlite``) in WAL mode. A row is in
+the database file when ``write`` returns, so a server killed with SIGKILL loses no row of a
+response a client received. ``sync`` picks what a power cut or an OS crash may cost:
+``normal`` (the default; SQLite's ``synchronous=NORMAL``) may lose the last commits then,
+``full`` fsyncs every commit and loses none, at a price in requests per second (see
+``benchmarks/serve.py``). ``write_many`` commits many rows in one transaction: the server
+gathers the rows of the requests answered in one turn of its event loop into one commit.
+
+With several server processes or machines, ``--log postgresql://...`` writes the same table to
+PostgreSQL. Append-only is enforced by the database too: triggers abort any UPDATE or DELETE
+(and TRUNCATE on PostgreSQL) of either table, whoever sends it.
 
 Labels that arrive later (``mlkit feedback``) go to a second append-only table, ``feedback``, in
 the same database: request id, label (JSON), time, source. A log made before it gets the table
@@ -17,10 +22,11 @@ records is redacted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +68,8 @@ FEEDBACK_COLUMNS = (
 )
 # Columns added after the first release: a log made before them gets them by ALTER TABLE.
 ADDED_COLUMNS = ("variant",)
+_NAMES = tuple(name for name, _, _ in COLUMNS)
+SYNC_MODES = ("normal", "full")
 
 
 _LOCK_KEY = 0x6D6C6B6974_7072  # "mlkit" "pr": the advisory lock for creating the table
@@ -106,9 +114,16 @@ def _redact(url: str) -> str:
 class PredictionLog:
     """An append-only table of responses; thread-safe, one per server process."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, sync: str = "normal") -> None:
         import sqlalchemy as sa
 
+        if sync not in SYNC_MODES:
+            raise LogError(
+                f"The 'sync' parameter of the prediction log must be one of "
+                f"{', '.join(SYNC_MODES)}. Got {sync!r} instead. Pass --log-sync full to fsync "
+                "every commit."
+            )
+        self.sync = sync
         self.url = url
         self.shown_url = _redact(url)
         self.is_sqlite = url.startswith("sqlite")
@@ -129,7 +144,9 @@ class PredictionLog:
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         self.engine = sa.create_engine(url, **kwargs)
         if self.is_sqlite:
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas(sync))
+        self._sqlite_path = url[len("sqlite:///") :] if self.is_sqlite else None
+        self._writer: Any = None  # the raw sqlite3 connection rows are inserted through
         meta = sa.MetaData()
         self.table = sa.Table(
             TABLE,
@@ -188,17 +205,30 @@ class PredictionLog:
             ) from None
 
     def write(self, row: dict[str, Any]) -> None:
-        """Insert one row and commit it durably before returning."""
-        values = dict(row)
-        for key in ("input", "output"):
-            if values.get(key) is not None and not isinstance(values[key], str):
-                values[key] = _dumps(values[key])
+        """Insert one row and commit it before returning."""
+        self.write_many([row])
+
+    def write_many(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert rows in one transaction, committed before returning: all of them or none."""
+        values = [_values(row) for row in rows]
+        if not values:
+            return
         if self._lock is None:
             with self.engine.begin() as conn:
                 conn.execute(self._insert, values)
             return
-        with self._lock, self.engine.begin() as conn:
-            conn.execute(self._insert, values)
+        # SQLite through its own driver: SQLAlchemy's per-statement work would cost more
+        # than the insert itself, and the server writes a row per request.
+        with self._lock:
+            if self._writer is None:
+                import sqlite3
+
+                self._writer = sqlite3.connect(
+                    self._sqlite_path, timeout=30, check_same_thread=False
+                )
+                _sqlite_pragmas(self.sync)(self._writer, None)
+            with self._writer:  # commits, or rolls back on an error
+                self._writer.executemany(_INSERT_SQL, [tuple(v.values()) for v in values])
 
     def rows(self, **where: Any) -> list[dict[str, Any]]:
         """Rows matching column == value, oldest first (for tests, reports and monitors)."""
@@ -275,15 +305,37 @@ class PredictionLog:
         return _redact_text(text, self.url)
 
     def close(self) -> None:
+        if self._writer is not None:
+            with self._lock or contextlib.nullcontext():
+                self._writer.close()
+                self._writer = None
         self.engine.dispose()
 
     def __repr__(self) -> str:
         return f"PredictionLog({self.shown_url!r})"
 
 
+_INSERT_SQL = f"INSERT INTO {TABLE} ({', '.join(_NAMES)}) VALUES ({', '.join('?' * len(_NAMES))})"
+
+
+def _values(row: dict[str, Any]) -> dict[str, Any]:
+    """A row with every column, in COLUMNS order, its JSON columns as text."""
+    unknown = set(row).difference(_NAMES)
+    if unknown:
+        raise LogError(f"Unknown prediction log columns {sorted(unknown)}; known: {_NAMES}.")
+    values = {name: row.get(name) for name in _NAMES}
+    for key in ("input", "output"):
+        if values[key] is not None and not isinstance(values[key], str):
+            values[key] = _dumps(values[key])
+    return values
+
+
 def _dumps(value: Any) -> str:
     """JSON with non-finite floats written as strings, so every database can store it."""
-    return json.dumps(_finite(value), separators=(",", ":"))
+    try:  # the common case, finite numbers only, without walking the value first
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), separators=(",", ":"))
 
 
 def _finite(value: Any) -> Any:
@@ -296,13 +348,20 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit
-    cursor.close()
+def _sqlite_pragmas(sync: str) -> Callable[[Any, Any], None]:
+    """A connect hook: WAL, and ``synchronous`` as asked (FULL fsyncs the WAL at every commit)."""
+
+    def apply(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={sync.upper()}")
+        cursor.close()
+
+    return apply
 
 
-def open_log(name: str, url: str | None = None, root: Path | None = None) -> PredictionLog:
+def open_log(
+    name: str, url: str | None = None, root: Path | None = None, sync: str = "normal"
+) -> PredictionLog:
     """The log of model ``name``: ``url`` if given, else its SQLite file in the registry."""
-    return PredictionLog(url or default_url(name, root))
+    return PredictionLog(url or default_url(name, root), sync=sync)

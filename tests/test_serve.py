@@ -575,6 +575,35 @@ def test_sweep_best_trial_to_served_model(exp_root: Path, tmp_path: Path) -> Non
         assert (row["output"] is None) == (answer.status_code != 200)
 
 
+# No row, no answer: when the log cannot be written the client gets 503 and no prediction, and
+# the server keeps answering once the log works again.
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_log_failure_answers_503_without_prediction(two_versions: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mlkit import serve
+
+    path = tmp_path / "log.sqlite"
+    app = serve.create_app("m", "v1", log_url=f"sqlite:///{path}", root=two_versions)
+    body = {"input": [1.0, 2.0, 3.0, 4.0]}
+    with TestClient(app) as client:
+        assert client.post("/predict", json=body).status_code == 200
+        conn = sqlite3.connect(path)
+        conn.execute("ALTER TABLE predictions RENAME TO predictions_away")
+        conn.commit()
+        refused = client.post("/predict", json=body)
+        assert refused.status_code == 503 and "prediction" not in refused.json()
+        assert "prediction log unavailable" in refused.json()["detail"]
+        assert client.get("/health").status_code == 200
+        conn.execute("ALTER TABLE predictions_away RENAME TO predictions")
+        conn.commit()
+        conn.close()
+        again = client.post("/predict", json=body)
+        assert again.status_code == 200 and "prediction" in again.json()
+    statuses = [r["status"] for r in log_rows(path)]
+    assert statuses == [200, 200], "the refused request has no row, the others one each"
+
+
 # The SQLite log is append-only: the database itself refuses UPDATE and DELETE.
 def test_sqlite_log_is_append_only(tmp_path: Path) -> None:
     from mlkit import predlog
