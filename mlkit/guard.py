@@ -248,11 +248,7 @@ def check(
     task = registry.load_model(name, version, root=root).task
     log = predlog.open_log(name, log_url, root)
     try:
-        rows = [
-            r
-            for r in log.rows(role="primary", model=name, version=version)
-            if (r["time"] or "") >= since
-        ]
+        rows = log.rows(since=since, role="primary", model=name, version=version)
         labels = log.feedback() if task == "classification" else {}
     finally:
         log.close()

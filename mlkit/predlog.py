@@ -230,11 +230,13 @@ class PredictionLog:
             with self._writer:  # commits, or rolls back on an error
                 self._writer.executemany(_INSERT_SQL, [tuple(v.values()) for v in values])
 
-    def rows(self, **where: Any) -> list[dict[str, Any]]:
-        """Rows matching column == value, oldest first (for tests, reports and monitors)."""
+    def rows(self, since: str | None = None, **where: Any) -> list[dict[str, Any]]:
+        """Rows matching column == value (and time >= ``since``), oldest first."""
         import sqlalchemy as sa
 
         query = sa.select(self.table).order_by(self.table.c.id)
+        if since is not None:
+            query = query.where(self.table.c.time >= since)
         for key, value in where.items():
             query = query.where(self.table.c[key] == value)
         with self.engine.connect() as conn:
