@@ -576,15 +576,19 @@ def test_sweep_best_trial_to_served_model(exp_root: Path, tmp_path: Path) -> Non
 
 
 # No row, no answer: when the log cannot be written the client gets 503 and no prediction, and
-# the server keeps answering once the log works again.
+# the server keeps answering once the log works again (commits on the loop, and in a thread).
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
-def test_log_failure_answers_503_without_prediction(two_versions: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sync", ["normal", "full"])
+def test_log_failure_answers_503_without_prediction(
+    two_versions: Path, tmp_path: Path, sync: str
+) -> None:
     from fastapi.testclient import TestClient
 
     from mlkit import serve
 
     path = tmp_path / "log.sqlite"
-    app = serve.create_app("m", "v1", log_url=f"sqlite:///{path}", root=two_versions)
+    app = serve.create_app("m", "v1", log_url=f"sqlite:///{path}", log_sync=sync, root=two_versions)
+    assert app.state.server.log.sync == sync
     body = {"input": [1.0, 2.0, 3.0, 4.0]}
     with TestClient(app) as client:
         assert client.post("/predict", json=body).status_code == 200
