@@ -33,14 +33,15 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import random
+import secrets
 import sys
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -347,6 +348,17 @@ class Server:
             "error": error,
             "variant": variant,
         }
+
+
+def request_ids() -> Callable[[], str]:
+    """A source of request ids: 32 hex digits, unique across servers sharing a log.
+
+    A random 64-bit prefix per app and a counter: as unique as a uuid4 in practice, without
+    a system call per request, and in order within a server (cheaper index inserts).
+    """
+    prefix = secrets.token_hex(8)
+    counter = itertools.count()
+    return lambda: f"{prefix}{next(counter):016x}"
 
 
 class LogBatch:
@@ -657,6 +669,7 @@ def create_app(
     )
     app.state.server = server
     batch = LogBatch(log)
+    next_request_id = request_ids()
     unauthorized = {"WWW-Authenticate": "Bearer"}
 
     def respond(
@@ -697,7 +710,7 @@ def create_app(
         return respond(rid, status, payload, arm, **headers)
 
     async def predict(request: Request) -> JSONResponse:
-        t0, started, rid = time.perf_counter(), now_iso(), uuid.uuid4().hex
+        t0, started, rid = time.perf_counter(), now_iso(), next_request_id()
         row: dict[str, Any] = {"started": started, "t0": t0}
         arm = server.pick(request.headers.get("x-client-id"))
         if not server.authorized(request.headers.get("authorization")):
