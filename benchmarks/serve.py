@@ -17,7 +17,7 @@ benchmark checks that each log holds exactly one row per mlkit request (logging 
 Prints requests/s, p50 and p99 latency per server and the ratio mlkit / baseline of requests/s
 (target: at least 0.8).
 
-    python benchmarks/serve.py [--requests 1500] [--rounds 3] [--concurrency 8]
+    python benchmarks/serve.py [--requests 1500] [--rounds 5] [--concurrency 8]
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def quantile(values: list[float], q: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1500, help="per server per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
 
