@@ -76,7 +76,9 @@ class Dataset:
     ``version`` is a content hash of the raw data and of the split and scaling settings: two
     loads agree on it exactly when they produce the same splits, so records can name their data.
     For regression with ``scale=True`` the targets are standardised on train; recover original
-    units with ``y * target_std + target_mean``.
+    units with ``y * target_std + target_mean``. ``feature_mean`` and ``feature_std`` (per
+    flattened feature, from train; None when the features were not scaled) turn raw features
+    into the model's inputs: ``(x - feature_mean) / feature_std``.
     """
 
     name: str
@@ -92,6 +94,8 @@ class Dataset:
     target_mean: float = 0.0
     target_std: float = 1.0
     settings: dict[str, Any] = field(default_factory=dict)
+    feature_mean: list[float] | None = field(default=None, repr=False)
+    feature_std: list[float] | None = field(default=None, repr=False)
 
     def spec(self) -> dict[str, Any]:
         """A small JSON-able summary for run records, W&B configs and reports."""
@@ -455,12 +459,14 @@ def load(
         settings["bias"] = bias
     tr, va, te = _split_indices(raw.y, raw.task, seed, val_fraction, test_fraction)
     X = raw.X
+    feature_mean = feature_std = None
     if scale and raw.standardize:
         flat = X.reshape(len(X), -1)
         mean = flat[tr].mean(axis=0)
         std = flat[tr].std(axis=0)
         std[std == 0] = 1.0  # constant columns stay constant (0) instead of dividing by zero
         X = ((flat - mean) / std).reshape(X.shape)
+        feature_mean, feature_std = mean.tolist(), std.tolist()
     X = X.astype(np.float32)
     target_mean, target_std = 0.0, 1.0
     if raw.task == "classification":
@@ -488,6 +494,8 @@ def load(
         target_mean=target_mean,
         target_std=target_std,
         settings=settings,
+        feature_mean=feature_mean,
+        feature_std=feature_std,
     )
     if check:
         _run_checks(ds, skip=raw.expected, stacklevel=3)

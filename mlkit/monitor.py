@@ -23,7 +23,7 @@ from its prediction log; ``monitor`` executes ``templates/monitor.ipynb`` as a r
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -250,12 +250,20 @@ def _log_url(log: str | Path) -> str:
     return f"sqlite:///{Path(text).resolve()}"
 
 
-def window_from_log(log: str | Path, name: str, *, last: int = 1000) -> Window:
+def window_from_log(
+    log: str | Path,
+    name: str,
+    *,
+    last: int = 1000,
+    raw_to_inputs: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Window:
     """The ``last`` examples the model ``name`` answered (status 200, role primary).
 
     ``log`` is a ``sqlite:///PATH`` or ``postgresql://`` URL or a path of a SQLite file.
     A request with a batch contributes one example per input; predictions are class indexes
-    (classification) or values (regression).
+    (classification) or values (regression). Requests that sent raw features
+    (``raw_input(s)``) are scaled with ``raw_to_inputs`` (``LoadedModel.raw_to_inputs``), so
+    the window is in the model's input space like its reference; without it they are skipped.
     """
     from mlkit.predlog import PredictionLog
 
@@ -278,7 +286,16 @@ def window_from_log(log: str | Path, name: str, *, last: int = 1000) -> Window:
     for row in reversed(rows):  # newest first, until the window is full
         body = json.loads(row["input"]) if row["input"] else {}
         out = json.loads(row["output"]) if row["output"] else {}
-        xs = [body["input"]] if body.get("input") is not None else body.get("inputs") or []
+        if body.get("input") is not None or body.get("inputs") is not None:
+            xs = [body["input"]] if body.get("input") is not None else body["inputs"]
+        elif raw_to_inputs is not None and (body.get("raw_input") or body.get("raw_inputs")):
+            raw = [body["raw_input"]] if body.get("raw_input") is not None else body["raw_inputs"]
+            try:
+                xs = raw_to_inputs(np.asarray(raw, dtype=np.float32)).tolist()
+            except MlkitError:
+                xs = []  # no recorded scaling: never guess it
+        else:
+            xs = []
         ps = [out["prediction"]] if out.get("prediction") is not None else out.get("predictions")
         ps = ps or []
         if len(xs) != len(ps):

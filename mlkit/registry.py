@@ -207,6 +207,10 @@ def _data_details(lineage: dict[str, Any], params: dict[str, Any]) -> dict[str, 
         feature_names=list(ds.feature_names),
         target_mean=ds.target_mean,
         target_std=ds.target_std,
+        # How raw features become the model's inputs; None: they are used as they are.
+        feature_scaling=None
+        if ds.feature_mean is None
+        else {"mean": ds.feature_mean, "std": ds.feature_std},
         settings=ds.settings,
         verified=True,
     )
@@ -281,7 +285,12 @@ def _card_md(card: dict[str, Any]) -> str:
         "",
         f"- dataset: `{data.get('name')}` ({data.get('task')}), version `{data.get('version')}`",
         f"- sizes: {data.get('sizes')}",
-        f"- inputs: shape {data.get('input_shape')}, scaled as `mlkit.data.load` scales them",
+        f"- inputs: shape {data.get('input_shape')}, scaled as `mlkit.data.load` scales them"
+        + (
+            "; the server also takes raw features (`raw_input`) and scales them the same way"
+            if "feature_scaling" in data
+            else ""
+        ),
         "",
         "## Parameters",
         "",
@@ -824,6 +833,30 @@ class LoadedModel:
     task: str
     classes: list[str] = field(default_factory=list)
 
+    def raw_to_inputs(self, X: Any) -> Any:
+        """Raw features (float32, batch first) as the model's inputs, scaled as in training.
+
+        Raises:
+            RegistryError: the card does not say how the features were scaled (a card made
+                before it kept the scaling, or data that could not be reloaded).
+        """
+        data = self.card.get("data") or {}
+        if "feature_scaling" not in data:
+            raise RegistryError(
+                f"{self.name} v{self.version}'s card does not record how its features were "
+                "scaled, so raw features cannot be converted. Send inputs already scaled "
+                '("input"/"inputs"), or register the run again to record the scaling.'
+            )
+        scaling = data["feature_scaling"]
+        if scaling is None:
+            return X
+        import numpy as np
+
+        mean = np.asarray(scaling["mean"], dtype=np.float32)
+        std = np.asarray(scaling["std"], dtype=np.float32)
+        flat = X.reshape(len(X), -1)
+        return ((flat - mean) / std).astype(np.float32).reshape(X.shape)
+
     def metadata(self) -> dict[str, Any]:
         data = self.card.get("data") or {}
         return {
@@ -836,6 +869,7 @@ class LoadedModel:
             "task": self.task,
             "classes": self.classes,
             "data_version": data.get("version"),
+            "raw_inputs": "feature_scaling" in data,
             "run_id": (self.card.get("run") or {}).get("id"),
             "registered": self.card.get("created"),
         }

@@ -10,7 +10,9 @@ and every response and log row says which version answered. ``NAME:v3`` pins a v
 Endpoints:
     POST /predict   ``{"input": example}`` or ``{"inputs": [example, ...]}``; each example is a
                     nested list of numbers of exactly the model's input shape, in the model's
-                    input space (scaled as ``mlkit.data.load`` scales it).
+                    input space (scaled as ``mlkit.data.load`` scales it). ``raw_input`` /
+                    ``raw_inputs`` take features in the data's own units instead; the server
+                    scales them with the training split's mean and std from the model card.
     GET  /health    liveness, no token needed (it says nothing about inputs).
     GET  /metadata  name, version, content hash, input shape, task, classes (and the A/B
                     variants with their weights under ``--ab``).
@@ -69,6 +71,8 @@ __all__ = [
 
 ENV_TOKEN = "MLKIT_SERVE_TOKEN"
 DEFAULT_REF = "production"
+# /predict body keys: scaled as in training, one or a batch; then raw features, one or a batch.
+BODY_KEYS = ("input", "inputs", "raw_input", "raw_inputs")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -165,9 +169,11 @@ def request_model(input_shape: tuple[int, ...], max_batch: int) -> Any:
     batch = Annotated[list[example], Field(min_length=1, max_length=max_batch)]
 
     def exactly_one(model: Any) -> Any:
-        if (model.input is None) == (model.inputs is None):
+        given = [k for k in BODY_KEYS if getattr(model, k) is not None]
+        if len(given) != 1:
             raise ValueError(
-                'give exactly one of "input" (one example) or "inputs" (a batch of examples)'
+                'give exactly one of "input" (one example) or "inputs" (a batch of examples), '
+                'scaled as in training, or "raw_input" / "raw_inputs" in the data\'s own units'
             )
         return model
 
@@ -177,6 +183,8 @@ def request_model(input_shape: tuple[int, ...], max_batch: int) -> Any:
         __validators__={"exactly_one": model_validator(mode="after")(exactly_one)},
         input=(example | None, None),
         inputs=(batch | None, None),
+        raw_input=(example | None, None),
+        raw_inputs=(batch | None, None),
     )
 
 
@@ -298,12 +306,13 @@ class Server:
             for item in detail:
                 item["loc"] = ["body", *item["loc"]]
             return 422, {"detail": detail}, 0, None, _summary(detail), None
-        single = req.input is not None
-        X = np.asarray([req.input] if single else req.inputs, dtype=np.float32)
+        key = next(k for k in BODY_KEYS if getattr(req, k) is not None)
+        single = not key.endswith("s")
+        value = getattr(req, key)
+        X = np.asarray([value] if single else value, dtype=np.float32)
         finite = np.isfinite(X)
         if not finite.all():  # finite in float64, out of float32's range
             bad = np.argwhere(~finite)
-            key = "input" if single else "inputs"
             pos = [int(i) for i in (bad[0][1:] if single else bad[0])]
             detail = [
                 {
@@ -313,7 +322,16 @@ class Server:
                 }
             ]
             return 422, {"detail": detail}, 0, None, _summary(detail), None
-        preds = score(loaded or self.loaded, X)
+        loaded = loaded or self.loaded
+        if key.startswith("raw"):
+            from mlkit.registry import RegistryError
+
+            try:
+                X = loaded.raw_to_inputs(X)
+            except RegistryError as exc:
+                detail = [{"type": "raw_inputs", "loc": ["body", key], "msg": str(exc)}]
+                return 422, {"detail": detail}, 0, None, _summary(detail), None
+        preds = score(loaded, X)
         payload = {"prediction": preds[0]} if single else {"predictions": preds}
         return 200, payload, len(X), payload, None, X
 

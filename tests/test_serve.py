@@ -575,6 +575,69 @@ def test_sweep_best_trial_to_served_model(exp_root: Path, tmp_path: Path) -> Non
         assert (row["output"] is None) == (answer.status_code != 200)
 
 
+# Raw features in the data's own units are scaled with the training split's statistics from
+# the card: the answer is the one the same example gets when sent scaled, the card says so, and
+# the monitor's window holds raw and scaled requests alike in the model's input space.
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_raw_inputs_are_scaled_like_training(exp_root: Path) -> None:
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from mlkit import data, monitor, serve
+    from tests.test_monitor import _registered_digits_flat
+
+    loaded, ds = _registered_digits_flat(exp_root)  # standardised features
+    raw = data.load("digits_flat", seed=0, scale=False, check=False).test.X[:6]
+    scaled = ds.test.X[:6]
+    assert not np.allclose(raw, scaled)
+    assert loaded.card["data"]["feature_scaling"]["mean"][10] > 0
+    card_md = registry.model_dir("digits", exp_root) / "v1" / "card.md"
+    assert "raw features (`raw_input`)" in card_md.read_text()
+    log = exp_root / "log.sqlite"
+    app = serve.create_app("digits", "production", log_url=f"sqlite:///{log}", root=exp_root)
+    with TestClient(app) as client:
+        one = client.post("/predict", json={"raw_input": raw[0].tolist()})
+        many = client.post("/predict", json={"raw_inputs": raw[1:].tolist()})
+        same = client.post("/predict", json={"inputs": scaled.tolist()})
+        both = client.post(
+            "/predict", json={"input": scaled[0].tolist(), "raw_input": raw[0].tolist()}
+        )
+        meta = client.get("/metadata").json()
+    assert one.status_code == many.status_code == same.status_code == 200
+    expected = same.json()["predictions"]
+    got = [one.json()["prediction"], *many.json()["predictions"]]
+    assert [p["index"] for p in got] == [p["index"] for p in expected]
+    assert np.allclose([p["probabilities"] for p in got], [p["probabilities"] for p in expected])
+    assert both.status_code == 422 and meta["raw_inputs"] is True
+    window = monitor.window_from_log(log, "digits", last=12, raw_to_inputs=loaded.raw_to_inputs)
+    assert np.allclose(window.X, np.concatenate([scaled, scaled]), atol=1e-4)
+    unscaled = monitor.window_from_log(log, "digits", last=12)
+    assert len(unscaled) == 6, "raw rows are skipped when the scaling is not given"
+
+
+# Images are not standardised: their card records no scaling, and raw pixels are the inputs.
+def test_image_model_takes_raw_pixels_as_they_are(served: dict[str, Any]) -> None:
+    import numpy as np
+
+    loaded = served["loaded"]
+    assert loaded.card["data"]["feature_scaling"] is None
+    assert np.array_equal(loaded.raw_to_inputs(served["X"][:3]), served["X"][:3])
+
+
+# A card that does not record the scaling refuses raw features with 422 and the fix.
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_raw_inputs_refused_without_recorded_scaling(two_versions: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mlkit import serve
+
+    app = serve.create_app("m", "v1", root=two_versions)
+    with TestClient(app) as client:
+        answer = client.post("/predict", json={"raw_input": [1.0, 2.0, 3.0, 4.0]})
+    assert answer.status_code == 422
+    assert "register the run again" in answer.json()["detail"][0]["msg"]
+
+
 # No row, no answer: when the log cannot be written the client gets 503 and no prediction, and
 # the server keeps answering once the log works again (commits on the loop, and in a thread).
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
