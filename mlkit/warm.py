@@ -4,7 +4,8 @@ A fresh papermill run pays for a kernel start, ``import torch`` and the first
 optimizer step (which imports ``torch._dynamo``) every time: seconds before the
 first line of a short trial runs. The ``mlkit-warm`` engine keeps kernels alive
 and reuses them, resetting each to a clean state before every run (see
-``mlkit.kernel_state`` for what is restored and what is not).
+``mlkit.kernel_state`` for what is restored and what is not). The clearing starts
+as soon as a run ends, while the driver records it and asks for the next trial.
 
 A kernel is retired after ``MLKIT_WARM_MAX_RUNS`` runs (default 50), after any
 failed run, after a timeout or a death, and whenever the run left something a
@@ -21,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ DEFAULT_IMPORTS = (
     "mlkit.models",
     "mlkit.trial",
     "mlkit.track",
+    "sklearn.datasets",  # mlkit.data's loaders and split: about 1 s, else in the first run
+    "sklearn.model_selection",
     "wandb",
     "matplotlib.pyplot",
 )
@@ -67,6 +71,7 @@ class WarmKernel:
         self.kc = self.km.client()
         self.kc.start_channels()
         self._warm_msg: str | None = None
+        self._scrub_msg: str | None = None
         self._warm_started = time.monotonic()
         self.warm_seconds: float | None = None
 
@@ -100,7 +105,12 @@ class WarmKernel:
 
     # -- life cycle ----------------------------------------------------------------
     def begin_warm(self) -> None:
-        """Ask the kernel to import the heavy modules; do not wait for it."""
+        """Ask the kernel to import the heavy modules; do not wait for the imports.
+
+        It does wait for the kernel to be ready: that is also how jupyter_client makes sure
+        the IOPub subscription is connected, and without it a run's output could be lost
+        (nbclient then times out waiting for it).
+        """
         from jupyter_core.utils import run_sync
 
         run_sync(self.kc.wait_for_ready)(timeout=60)
@@ -124,7 +134,23 @@ class WarmKernel:
         except Exception:
             return False
 
+    def scrub(self) -> None:
+        """Start clearing what the last run left (``kernel_state.scrub``); do not wait.
+
+        It runs while the driver records the run and sets up the next one; ``reset``
+        waits for it.
+        """
+        code = "__import__('mlkit.kernel_state').kernel_state.scrub()"
+        self._scrub_msg = self.kc.execute(code, silent=True, store_history=False)
+
     def reset(self, env: dict[str, str], cwd: str | None) -> None:
+        if self._scrub_msg is not None:
+            msg_id, self._scrub_msg = self._scrub_msg, None
+            content = self._wait_reply(msg_id, 60)
+            if content.get("status") != "ok":
+                raise RuntimeError(
+                    f"clearing the kernel failed: {content.get('ename')}: {content.get('evalue')}"
+                )
         # Binds no name: reset() clears the user namespace it would live in.
         code = f"__import__('mlkit.kernel_state').kernel_state.reset({env!r}, {cwd!r})"
         self.run_code(code, timeout=60)
@@ -165,10 +191,18 @@ class WarmKernel:
 
 
 class KernelPool:
-    """The driver process's warm kernels, by kernel name."""
+    """The driver process's warm kernels, by kernel name and by the thread that made them.
+
+    A kernel's client channels belong to the event loop of the thread that started it (used
+    from another thread's loop, replies never arrive: a hang), so a thread is only ever handed
+    the kernels it started; the main thread, a sweep's worker and the explorer's worker each
+    keep their own. Threads are told apart by the thread object, not its id, which a new
+    thread can reuse. Idle kernels of threads that have ended are shut down.
+    """
 
     def __init__(self) -> None:
-        self.idle: dict[str, list[WarmKernel]] = {}
+        self.idle: dict[tuple[str, threading.Thread], list[WarmKernel]] = {}
+        self._lock = threading.Lock()  # guards the dict; each list is used by one thread
         self.busy: list[WarmKernel] = []
         self.started = 0
         self.retired: list[str] = []
@@ -196,13 +230,24 @@ class KernelPool:
         self.started += 1
         return kernel
 
+    def idle_for(self, kernel_name: str) -> list[WarmKernel]:
+        """This thread's idle kernels of ``kernel_name`` (the list itself)."""
+        with self._lock:
+            orphans = [self.idle.pop(k) for k in list(self.idle) if not k[1].is_alive()]
+            mine = self.idle.setdefault((kernel_name, threading.current_thread()), [])
+        for kernel in (k for kernels in orphans for k in kernels):
+            self.retired.append("its thread ended")
+            kernel.shutdown()
+        return mine
+
     def prewarm(self, kernel_name: str) -> None:
-        """Start a kernel warming now, so it is ready by the first run."""
-        if not self.idle.get(kernel_name):
-            self.idle.setdefault(kernel_name, []).append(self._new(kernel_name))
+        """Start a kernel warming now, so it is ready by this thread's first run."""
+        idle = self.idle_for(kernel_name)
+        if not idle:
+            idle.append(self._new(kernel_name))
 
     def acquire(self, kernel_name: str) -> WarmKernel:
-        idle = self.idle.setdefault(kernel_name, [])
+        idle = self.idle_for(kernel_name)
         while idle:
             kernel = idle.pop()
             if kernel.alive():
@@ -229,15 +274,17 @@ class KernelPool:
         if reasons or not kernel.alive():
             self.retired.append("; ".join(reasons) or "not alive")
             kernel.shutdown()
-            self.idle.setdefault(kernel.kernel_name, []).append(self._new(kernel.kernel_name))
+            self.idle_for(kernel.kernel_name).append(self._new(kernel.kernel_name))
             return
-        self.idle.setdefault(kernel.kernel_name, []).append(kernel)
+        kernel.scrub()
+        self.idle_for(kernel.kernel_name).append(kernel)
 
     def close(self) -> None:
-        for kernels in self.idle.values():
-            for kernel in kernels:
-                kernel.shutdown()
-        self.idle.clear()
+        with self._lock:
+            kernels = [k for idle in self.idle.values() for k in idle]
+            self.idle.clear()
+        for kernel in kernels:
+            kernel.shutdown()
 
 
 _POOL: KernelPool | None = None
@@ -256,11 +303,9 @@ def pool() -> KernelPool:
 
 @functools.cache
 def _engine() -> type:
-    from papermill.engines import NBClientEngine
+    from mlkit.notebook import base_engine, make_client
 
-    from mlkit.notebook import make_client
-
-    class Engine(NBClientEngine):
+    class Engine(base_engine()):  # type: ignore[misc]
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):  # type: ignore[override]
             env = kwargs.pop("kernel_env", None) or dict(os.environ)

@@ -17,7 +17,7 @@ def warm_run(name: str, **params):
 
 
 def idle_kernel() -> warm.WarmKernel:
-    (kernel,) = warm.pool().idle["python3"]
+    (kernel,) = warm.pool().idle_for("python3")
     return kernel
 
 
@@ -72,6 +72,44 @@ def test_failed_run_retires_the_kernel(exp_root: Path) -> None:
     before = idle_kernel()
     assert warm_run("raises")["status"] == "failed"
     assert idle_kernel() is not before
+
+
+# The executed notebook is written on a clock, not at every cell: a cell still running
+# after a second is on disk as running, and the finished run has every cell.
+def test_long_cell_is_on_disk_while_it_runs(exp_root: Path) -> None:
+    import json
+    import threading
+    import time
+
+    done: list[dict] = []
+    runner_thread = threading.Thread(
+        target=lambda: done.append(warm_run("objective", sleep=0.5, epochs=8)), daemon=True
+    )
+    runner_thread.start()
+    seen_running = False
+    deadline = time.monotonic() + 120
+    while runner_thread.is_alive() and time.monotonic() < deadline and not seen_running:
+        for output in exp_root.glob("*/runs/*/output.ipynb"):
+            try:
+                cells = json.loads(output.read_text())["cells"]
+            except ValueError:  # papermill writes in place: caught mid-write
+                continue
+            seen_running = any(
+                c["metadata"].get("papermill", {}).get("status") == "running"
+                and "time.sleep" in "".join(c["source"])
+                for c in cells
+            )
+        time.sleep(0.1)
+    runner_thread.join(timeout=120)
+    assert seen_running, "the sleeping cell was on disk as running before it ended"
+    (info,) = done
+    assert info["status"] == "completed", info.get("reason")
+    cells = json.loads((Path(info["path"]) / "output.ipynb").read_text())["cells"]
+    assert all(
+        c["metadata"]["papermill"]["status"] == "completed"
+        for c in cells
+        if c["cell_type"] == "code"
+    )
 
 
 # The engine is a papermill engine: plain papermill uses it by name.
