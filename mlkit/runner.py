@@ -32,15 +32,37 @@ from mlkit.record import (
 ENGINES = {"papermill": "mlkit", "warm": "mlkit-warm"}
 
 
+_SIGNATURES: dict[tuple[str, str], tuple[tuple[int, int], _params.Signature]] = {}
+
+
+def signature(notebook: str | Path) -> _params.Signature:
+    """``params.read_signature``, kept while the file is unchanged (same mtime and size).
+
+    A sweep reads the same notebook's signature for every trial. Treat it as read-only.
+    """
+    key = (os.path.abspath(notebook), str(notebook))  # messages name the path as given
+    try:
+        stat = os.stat(key[0])
+    except OSError:
+        return _params.read_signature(notebook)  # its error names the missing file
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    cached = _SIGNATURES.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    found = _params.read_signature(notebook)
+    _SIGNATURES[key] = (stamp, found)
+    return found
+
+
 def prepare(
     notebook: str | Path, given: dict[str, Any], *, from_cli: bool = False
 ) -> tuple[_params.Signature, dict[str, Any], dict[str, Any]]:
     """Validate ``given`` against the notebook; return signature, given and full values."""
-    signature = _params.read_signature(notebook)
-    values = _params.validate(given, signature, from_cli=from_cli)
-    full = {p.name: p.default for p in signature.parameters if _is_literal(p.default)}
+    found = signature(notebook)
+    values = _params.validate(given, found, from_cli=from_cli)
+    full = {p.name: p.default for p in found.parameters if _is_literal(p.default)}
     full.update(values)
-    return signature, values, full
+    return found, values, full
 
 
 def _is_literal(value: Any) -> bool:
@@ -89,7 +111,7 @@ def run(
     from mlkit import lineage, track
 
     notebook = Path(notebook)
-    signature, values, full = prepare(notebook, given or {}, from_cli=from_cli)
+    sig, values, full = prepare(notebook, given or {}, from_cli=from_cli)
     mode = track.resolve_mode(tracking)
     experiment = experiment or notebook.stem
     from mlkit.record import check_experiment_name
@@ -147,7 +169,7 @@ def run(
             cwd=Path.cwd(),
             cell_timeout=cell_timeout,
             progress=progress,
-            kernel_name=signature.kernel_name,
+            kernel_name=sig.kernel_name,
             run_dir=run_dir,
             kernel_log=run_dir / "kernel.log",
             engine=ENGINES[engine],

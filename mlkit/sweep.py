@@ -505,6 +505,8 @@ def worker(cfg: SweepConfig, index: int = 0) -> int:
 
     Returns the number of trials this worker ran.
     """
+    if cfg.engine == "warm":
+        _prewarm(cfg.notebook)  # the kernel imports torch while this process imports optuna
     study = _create_or_resume(cfg)
     dims = cfg.dims()
     # Grid and QMC map a shared sequence onto trial slots: every worker needs the same
@@ -514,12 +516,6 @@ def worker(cfg: SweepConfig, index: int = 0) -> int:
     seed = cfg.seed if cfg.sampler in ("grid", "qmc") else cfg.seed + 7919 * index + host
     study.sampler = make_sampler(cfg.sampler, seed, dims, len(cfg.objectives))
     study.pruner = make_pruner(cfg.pruner)
-    if cfg.engine == "warm":
-        from mlkit import warm
-        from mlkit.params import read_signature
-
-        # The kernel imports torch while this process imports papermill.
-        warm.pool().prewarm(read_signature(cfg.notebook).kernel_name)
     ran = 0
     while True:
         if cfg.timeout and time.time() - cfg.started > cfg.timeout:
@@ -537,6 +533,13 @@ def worker(cfg: SweepConfig, index: int = 0) -> int:
     return ran
 
 
+def _prewarm(notebook: str) -> None:
+    """Start warming a kernel for ``notebook`` now, so it is ready by the first trial."""
+    from mlkit import runner, warm
+
+    warm.pool().prewarm(runner.signature(notebook).kernel_name)
+
+
 def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) -> str:
     """Execute one trial's notebook and tell Optuna how it ended. Returns the state name."""
     from optuna.trial import TrialState
@@ -552,9 +555,7 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
         return f"FAIL: could not sample: {exc}"
     seed = trial_seed(cfg.seed, suggested)
     values = {**cfg.fixed, **suggested}
-    from mlkit.params import read_signature
-
-    if "seed" in read_signature(cfg.notebook).names and "seed" not in suggested:
+    if "seed" in runner.signature(cfg.notebook).names and "seed" not in suggested:
         values["seed"] = seed
     spec = {
         "storage": cfg.storage,
@@ -666,30 +667,41 @@ class Summary:
 
 
 def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
-    """Run the sweep with ``cfg.jobs`` worker processes and show progress."""
+    """Run the sweep with ``cfg.jobs`` workers and show progress.
+
+    Worker 0 runs in this process, the others are spawned processes: each worker drives
+    its own kernels (the trials are processes either way), and a spawned worker costs an
+    interpreter start and mlkit's imports, about a second of CPU that the kernels warming
+    at the same time want.
+    """
     import multiprocessing
 
     cfg.started = time.time()
+    if cfg.engine == "warm":
+        _prewarm(cfg.notebook)  # for worker 0, which runs on this thread
     study = _create_or_resume(cfg)  # fail fast on a conflicting study, before workers start
     with ask_lock(cfg.storage, cfg.study):
         reap_stale(study)
     procs = []
-    if cfg.jobs == 1:
-        thread = threading.Thread(target=worker, args=(cfg,), daemon=True)
-        thread.start()
-        alive = thread.is_alive
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        for index in range(cfg.jobs):
-            proc = ctx.Process(target=_worker_main, args=(asdict(cfg), index), daemon=False)
-            proc.start()
-            procs.append(proc)
-
-        def alive() -> bool:
-            return any(p.is_alive() for p in procs)
-
+    ctx = multiprocessing.get_context("spawn")
+    for index in range(1, cfg.jobs):
+        proc = ctx.Process(target=_worker_main, args=(asdict(cfg), index), daemon=False)
+        proc.start()
+        procs.append(proc)
+    # Worker 0 runs here, on the thread whose kernel _prewarm started (a kernel's channels
+    # belong to the thread that made it); the progress display runs beside it.
+    ended = threading.Event()
+    watcher = threading.Thread(
+        target=_watch,
+        args=(cfg, study, lambda: not ended.is_set(), progress, ended.wait),
+        name="mlkit-sweep-progress",
+        daemon=True,
+    )
+    watcher.start()
     try:
-        _watch(cfg, study, alive, progress)
+        worker(cfg, 0)
+        for proc in procs:
+            proc.join()
     except KeyboardInterrupt:
         for proc in procs:
             proc.terminate()
@@ -697,11 +709,17 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
     finally:
         for proc in procs:
             proc.join()
+        ended.set()
+        watcher.join()
     return summarize(cfg.study, cfg.storage, time.time() - cfg.started)
 
 
-def _watch(cfg: SweepConfig, study: Any, alive: Any, progress: bool) -> None:
-    """Poll the storage and draw trials done, pruned, failed, best so far, time left."""
+def _watch(cfg: SweepConfig, study: Any, alive: Any, progress: bool, wait: Any) -> None:
+    """Poll the storage and draw trials done, pruned, failed, best so far, time left.
+
+    ``wait(seconds)`` sleeps between polls and returns early when the workers have ended,
+    so the display shows the last trial and stops at once.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = [
@@ -733,7 +751,7 @@ def _watch(cfg: SweepConfig, study: Any, alive: Any, progress: bool) -> None:
             )
             if not running:
                 break
-            time.sleep(0.5)
+            wait(0.5)
 
 
 def _counts(study: Any) -> dict[str, int]:

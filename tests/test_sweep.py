@@ -427,6 +427,57 @@ def test_sigkilled_worker_then_resume(exp_root: Path, tmp_path: Path) -> None:
     assert len(retry) == 1 and retry[0].params == killed.params
 
 
+# A warm kernel killed from outside mid-trial: that trial is FAIL naming the dead kernel,
+# the pool replaces the kernel and the next trial is COMPLETE.
+def test_warm_kernel_killed_mid_trial(exp_root: Path, tmp_path: Path) -> None:
+    import signal
+    import threading
+    import time
+
+    from mlkit import warm
+
+    space = write_space(tmp_path, {"sleep": [0.0, 1.0]})
+    cfg = sweep.prepare(
+        NOTEBOOK,
+        space,
+        study="kk",
+        n_trials=2,
+        objectives=["loss"],
+        pruner="none",
+        fixed={"epochs": 60},
+        engine="warm",
+    )
+    study = sweep._create_or_resume(cfg)
+    study.enqueue_trial({"sleep": 1.0})  # killed in its loop, a minute before its end
+    study.enqueue_trial({"sleep": 0.0})
+    killed: list[int] = []
+
+    def kill_when_reporting() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            first = sweep.load_study(cfg.storage, "kk").trials[:1]
+            busy = list(warm.pool().busy)
+            if first and first[0].state == TrialState.RUNNING and first[0].intermediate_values:
+                if busy:
+                    pid = busy[0].km.provisioner.process.pid
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_when_reporting, daemon=True)
+    killer.start()
+    summary = sweep.run(cfg, progress=False)
+    killer.join(timeout=5)
+    assert killed, "the first trial's kernel was found running and killed"
+    dead, after = sweep.load_study(cfg.storage, "kk").trials
+    assert dead.state == TrialState.FAIL
+    assert "kernel died" in dead.user_attrs["fail_reason"], dead.user_attrs
+    assert (Path(dead.user_attrs["run_path"]) / "output.ipynb").exists()
+    assert after.state == TrialState.COMPLETE, after.user_attrs.get("fail_reason")
+    assert (summary.n_complete, summary.n_failed) == (1, 1)
+
+
 # A trial whose cell runs past --trial-timeout is FAIL with that reason; the sweep goes on.
 def test_trial_timeout(exp_root: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path, {"sleep": [0.0, 30.0]})
