@@ -24,8 +24,9 @@ The machine is noisy, so the baseline runs twice, bracketing the warm sweeps (th
 baseline, warm 1 job, warm 2 jobs, baseline, papermill), and ratios use the mean of the two.
 Targets: warm 1 job <= 1.10x the baseline, warm 2 jobs <= 0.75x.
 
-Run: python benchmarks/sweep_overhead.py [--trials 20] [--epochs 30]
-(about 5 minutes on 2 cores with the defaults; over half of it is the papermill sweep)
+Run: python benchmarks/sweep_overhead.py [--trials 20] [--epochs 30] [--skip-papermill]
+(about 5 minutes on 2 cores with the defaults; over half of it is the papermill sweep, which
+``--skip-papermill`` leaves out for quick checks of the warm engine)
 """
 
 from __future__ import annotations
@@ -380,7 +381,7 @@ def print_breakdown(ways: dict[str, dict[str, Any]]) -> None:
             f"{name:<22} {len(steady):6d} {trial:6.2f} {fit:6.2f} {figures:8.2f} {other} {outside}"
         )
     print(
-        "fit: fit() in the baseline, the training cell in notebooks; figures: the two cells "
+        "fit: fit() in the baseline, the training cell in notebooks; figures: the cells "
         "that draw, save and log a figure (the baseline draws none); outside cells: record "
         "keeping, kernel reset, papermill and kernel messaging, the W&B epilogue, Optuna. "
         "With 2 jobs, trial times are latencies of overlapping trials."
@@ -391,6 +392,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="trials per way (default 20)")
     parser.add_argument("--epochs", type=int, default=30, help="-p epochs for every trial")
+    parser.add_argument(
+        "--skip-papermill",
+        action="store_true",
+        help="leave out the papermill sweep (a fresh kernel per trial; over half the time)",
+    )
     args = parser.parse_args()
     n = args.trials
     fixed = {"epochs": args.epochs}
@@ -401,13 +407,6 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mlkit-sweep-bench-") as tmp_name:
         tmp = Path(tmp_name)
         env["MLKIT_EXPERIMENTS"] = str(tmp / "experiments")
-        print(
-            f"{n} trials of {NOTEBOOK} over {SPACE}, -p epochs {args.epochs}; notebook sweeps "
-            "use --pruner none (every trial runs to its end, as in the baseline) and the "
-            f"baseline's parameters; {os.cpu_count()} CPUs; order: baseline, warm 1 job, "
-            "warm 2 jobs, baseline, papermill",
-            flush=True,
-        )
         steps = [
             ("baseline (before)", None, 0),
             ("warm, 1 job", "warm", 1),
@@ -415,6 +414,15 @@ def main() -> int:
             ("baseline (after)", None, 0),
             ("papermill, 1 job", "papermill", 1),
         ]
+        if args.skip_papermill:
+            steps = [step for step in steps if step[1] != "papermill"]
+        order = "; ".join(name.split(" (")[0] for name, _, _ in steps)
+        print(
+            f"{n} trials of {NOTEBOOK} over {SPACE}, -p epochs {args.epochs}; notebook sweeps "
+            "use --pruner none (every trial runs to its end, as in the baseline) and the "
+            f"baseline's parameters; {os.cpu_count()} CPUs; order: {order}",
+            flush=True,
+        )
         reference: list[dict[str, Any]] = []
         for index, (name, engine, jobs) in enumerate(steps):
             tag = f"way{index}"
