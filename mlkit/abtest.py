@@ -34,6 +34,7 @@ __all__ = [
     "count",
     "format_table",
     "load_labels",
+    "paired",
     "report",
     "two_proportion_test",
     "wilson_interval",
@@ -143,6 +144,13 @@ def correct(prediction: Any, label: Any) -> bool:
     return str(label) in (str(prediction["class"]), str(prediction.get("index")))
 
 
+def paired(row: dict[str, Any], label: Any) -> tuple[list[Any], list[Any]]:
+    """An answered log row's predictions and its label(s), one list entry per example."""
+    output = json.loads(row["output"])
+    preds = [output["prediction"]] if "prediction" in output else output["predictions"]
+    return preds, label if isinstance(label, list) else [label]
+
+
 def count(rows: Sequence[dict[str, Any]], labels: dict[str, Any]) -> dict[str, list[int]]:
     """variant -> [version, labelled examples, correct] over answered, labelled primary rows."""
     out: dict[str, list[int]] = {}
@@ -152,10 +160,7 @@ def count(rows: Sequence[dict[str, Any]], labels: dict[str, Any]) -> dict[str, l
             continue
         if rid not in labels or not row.get("output"):
             continue
-        output = json.loads(row["output"])
-        preds = [output["prediction"]] if "prediction" in output else output["predictions"]
-        label = labels[rid]
-        truth = label if isinstance(label, list) else [label]
+        preds, truth = paired(row, labels[rid])
         if len(truth) != len(preds):
             raise AbTestError(
                 f"Request {rid} has {len(preds)} predictions but {len(truth)} labels; give a "

@@ -35,7 +35,6 @@ earlier version to go back to), so a scheduler can alert on it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -156,16 +155,13 @@ def _rate_check(
 
 def _labelled(rows: list[dict[str, Any]], labels: dict[str, Any]) -> tuple[int, int]:
     """(wrong, labelled) examples over answered rows that have a label."""
-    from mlkit.abtest import correct
+    from mlkit.abtest import correct, paired
 
     wrong = total = 0
     for row in rows:
         if row["status"] != 200 or row["request_id"] not in labels or not row.get("output"):
             continue
-        output = json.loads(row["output"])
-        preds = [output["prediction"]] if "prediction" in output else output["predictions"]
-        label = labels[row["request_id"]]
-        truth = label if isinstance(label, list) else [label]
+        preds, truth = paired(row, labels[row["request_id"]])
         if len(truth) != len(preds):
             continue  # a malformed label for a batch: not evidence either way
         total += len(preds)
@@ -237,7 +233,7 @@ def check(
     from mlkit import predlog, registry
     from mlkit.record import append_jsonl, now_iso
 
-    if registry._VERSION_RE.match(alias) or alias == "latest":
+    if registry.is_pinned(alias) or alias == "latest":
         raise GuardError(
             f"The guard moves aliases; {name}:{alias} is not one. Pass an alias such as "
             f"{name}:production."
@@ -245,7 +241,7 @@ def check(
     version = registry.resolve(name, alias, root)
     rules = {**policy(name, alias, root), **(overrides or {})}
     since = registry.alias_since(name, alias, root) or ""
-    task = registry.load_model(name, version, root=root).task
+    task = registry.task_of(name, version, root)
     log = predlog.open_log(name, log_url, root)
     try:
         rows = log.rows(since=since, role="primary", model=name, version=version)

@@ -57,6 +57,7 @@ __all__ = [
     "gate",
     "get_bounds",
     "get_policy",
+    "is_pinned",
     "list_models",
     "load_model",
     "parse_bound",
@@ -68,6 +69,7 @@ __all__ = [
     "set_bounds",
     "set_policy",
     "show",
+    "task_of",
 ]
 
 WEIGHTS = "model.safetensors"
@@ -701,6 +703,7 @@ def rollback(
         aliases=(alias,),
         job_type="rollback",
         tracking=tracking,
+        metadata={k: v for k, v in event.items() if k != "action"},
     )
     return {"name": name, "alias": alias, "version": target, "previous": current}
 
@@ -933,6 +936,24 @@ def _torch_reason(exc: BaseException) -> str:
     return next((line for line in lines if line), type(exc).__name__)
 
 
+def _task(card: dict[str, Any], n_outputs: int) -> str:
+    return (card.get("data") or {}).get("task") or (
+        "regression" if n_outputs == 1 else "classification"
+    )
+
+
+def task_of(name: str, ref: str | int | None = None, root: Path | None = None) -> str:
+    """``classification`` or ``regression`` for a version, read from its files without torch."""
+    folder = model_dir(name, root) / f"v{resolve(name, ref, root)}"
+    build = (read_json(folder / BUILD) or {}).get("build") or {}
+    return _task(read_json(folder / "card.json") or {}, int(build.get("n_outputs", 0)))
+
+
+def is_pinned(ref: str | int) -> bool:
+    """Whether ``ref`` names a version (``v3`` or ``3``) rather than an alias or latest."""
+    return bool(_VERSION_RE.match(str(ref)))
+
+
 def load_model(name: str, ref: str | int | None = None, *, root: Path | None = None) -> LoadedModel:
     """Build version ``ref`` (``v3``, an alias, or latest) and load its weights without pickle."""
     from mlkit import models
@@ -961,7 +982,7 @@ def load_model(name: str, ref: str | int | None = None, *, root: Path | None = N
         ) from None
     module.eval()
     data = card.get("data") or {}
-    task = data.get("task") or ("regression" if n_outputs == 1 else "classification")
+    task = _task(card, n_outputs)
     classes = data.get("class_names") or (
         [str(i) for i in range(n_outputs)] if task == "classification" else []
     )

@@ -230,8 +230,8 @@ class Server:
         cache: dict[tuple[str, int], LoadedModel] = {}
 
         def moved(current: LoadedModel, ref: str) -> LoadedModel | None:
-            if registry._VERSION_RE.match(ref):
-                return None  # pinned
+            if registry.is_pinned(ref):
+                return None
             number = registry.resolve(current.name, ref, self.root)
             if number == current.version:
                 return None
