@@ -56,6 +56,27 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return out.stdout
 
 
+@functools.cache
+def _git_place(cwd: Path) -> tuple[str | None, str | None]:
+    """(repository root, origin's URL), asked once per folder: neither changes mid-sweep."""
+    root = _git(["rev-parse", "--show-toplevel"], cwd)
+    if root is None:
+        return None, None
+    remote = _git(["config", "--get", "remote.origin.url"], cwd)
+    return root.strip(), _without_password(remote.strip()) if remote else None
+
+
+def _without_password(url: str) -> str:
+    """``https://user:secret@host/x`` -> ``https://user@host/x``: lineage is never a secret."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}@{host}"))
+
+
 def git_state(cwd: str | Path) -> dict[str, Any]:
     """Commit, dirty flag and diff of tracked files (untracked files are not code state)."""
     cwd = Path(cwd)
@@ -63,8 +84,11 @@ def git_state(cwd: str | Path) -> dict[str, Any]:
     if commit is None:
         return {"commit": None, "dirty": None, "diff": "", "note": "not a git checkout"}
     diff = _git(["diff", "HEAD", "--no-color", "--", ".", ":(exclude)experiments"], cwd) or ""
+    root, remote = _git_place(cwd)
     state = {
         "commit": commit.strip(),
+        "root": root,
+        "remote_url": remote,
         "dirty": bool(diff.strip()),
         "diff_sha256": hashlib.sha256(diff.encode()).hexdigest(),
         "diff": diff[:MAX_DIFF_CHARS],
@@ -120,3 +144,20 @@ def collect(notebook: str | Path | None = None) -> dict[str, Any]:
     except metadata.PackageNotFoundError:
         out["torch"] = None
     return out
+
+
+def wandb_git_settings(git: dict[str, Any] | None) -> dict[str, str]:
+    """W&B's git settings, filled from the lineage: W&B then runs no git of its own.
+
+    Otherwise ``wandb.init`` asks git three times per run (about 10 ms on an idle
+    machine), inside the kernel, before the notebook's first line of training. They go
+    to ``wandb.Settings``, not the environment: W&B reads its environment once per
+    process, and a warm kernel runs many records.
+    """
+    if not git or not git.get("commit") or not git.get("root"):
+        return {}
+    return {
+        "git_root": git["root"],
+        "git_commit": git["commit"],
+        "git_remote_url": git.get("remote_url") or "",
+    }

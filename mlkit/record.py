@@ -280,10 +280,11 @@ class Run:
         self.defer_finish = defer_finish
         self.result: dict[str, Any] | None = None
         self.figures: list[str] = []
-        from mlkit import track
+        from mlkit import lineage, track
         from mlkit.trial import spec_from_env
 
         trial = spec_from_env()
+        known = (read_json(path / "lineage.json", {}) or {}).get("git")
         self.tracker = track.Tracker(
             run_dir=path,
             run_id=run_id,
@@ -291,6 +292,7 @@ class Run:
             config={**self.params, **({"trial": trial} if trial else {})},
             job_type=job_type,
             mode=tracking,
+            git=lineage.wandb_git_settings(known),
         )
         info = read_json(path / "run.json", {}) or {}
         info.update(self.tracker.describe())

@@ -48,6 +48,7 @@ class Tracker:
         job_type: str = "run",
         mode: str | None = None,
         tags: tuple[str, ...] = (),
+        git: dict[str, str] | None = None,
     ) -> None:
         import wandb
 
@@ -72,6 +73,7 @@ class Tracker:
                 # The package list is in lineage.json already; W&B's own scan of every
                 # installed package costs about 50 ms per run.
                 x_save_requirements=False,
+                **(git or {}),  # mlkit.lineage.wandb_git_settings: W&B runs no git itself
             ),
         )
         self.finished = False

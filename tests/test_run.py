@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,36 @@ def test_wandb_key_never_written(exp_root: Path) -> None:
     assert any(p.suffix == ".wandb" for p in files), "the W&B offline run was written"
     for path in files:
         assert canary.encode() not in path.read_bytes(), path
+
+
+# W&B takes the git commit from the run's lineage instead of running git itself, and a
+# password in the remote's URL is never recorded.
+def test_wandb_git_comes_from_lineage(tmp_path: Path) -> None:
+    from mlkit import lineage, record
+
+    commit = "0123456789abcdef0123456789abcdef01234567"  # no real repository has it
+    git = {"commit": commit, "root": str(tmp_path), "remote_url": None}
+    record.write_json(tmp_path / "lineage.json", {"git": git})
+    run = record.Run(tmp_path, "git-check", "checks", {"x": 1}, tracking="offline")
+    run.finish({"x": 1})
+    wandb_file = next(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(wandb_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert next(r["run"] for r in records if r["type"] == "run")["git"]["commit"] == commit
+    url = "https://someone:s3cret@git.example.com/team/repo.git"
+    assert lineage._without_password(url) == "https://someone@git.example.com/team/repo.git"
+    assert lineage.wandb_git_settings({"commit": None, "note": "not a git checkout"}) == {}
+
+
+# The lineage names the repository root next to the commit.
+def test_lineage_names_the_repository(exp_root: Path) -> None:
+    info = runner.run(scenario("echo"), {}, progress=False)
+    git = read_json(Path(info["path"]) / "lineage.json")["git"]
+    if not git["commit"]:
+        pytest.skip("not a git checkout")
+    assert Path(git["root"], ".git").exists()
