@@ -67,7 +67,11 @@ class WarmKernel:
         self._log_offset = 0
         self.km = AsyncKernelManager(kernel_name=kernel_name)
         with open(self.log_path, "ab") as log:
-            run_sync(self.km.start_kernel)(stderr=log)
+            # No SQLite history: runs never read it, a thread writes it every few cells,
+            # and parallel kernels would share one file. ``In`` and ``Out`` still work.
+            run_sync(self.km.start_kernel)(
+                stderr=log, extra_arguments=["--HistoryManager.enabled=False"]
+            )
         self.kc = self.km.client()
         self.kc.start_channels()
         self._warm_msg: str | None = None
