@@ -20,13 +20,17 @@ objectives are compared with the baseline's as a check that the work is the same
 each sweep every trial must be COMPLETE with a full record (executed notebook, result.json,
 run.json completed, a W&B offline run); the benchmark exits 1 otherwise.
 
-The machine is noisy, so the baseline runs twice, bracketing the warm sweeps (the order is
-baseline, warm 1 job, warm 2 jobs, baseline, papermill), and ratios use the mean of the two.
-Targets: warm 1 job <= 1.10x the baseline, warm 2 jobs <= 0.75x.
+The machine is noisy (the same baseline has varied by 10% from one run to the next), so
+baselines bracket the warm sweeps: baseline, warm 1 job, warm 2 jobs, baseline, and each warm
+ratio uses the mean of the two baselines around it. ``--rounds R`` repeats that R times,
+interleaved (baseline, warm, warm, baseline, warm, warm, ..., baseline), and the verdict
+uses the median round. The papermill sweep runs once, last. Targets: warm 1 job <= 1.10x
+the baseline, warm 2 jobs <= 0.75x.
 
-Run: python benchmarks/sweep_overhead.py [--trials 20] [--epochs 30] [--skip-papermill]
+Run: python benchmarks/sweep_overhead.py [--trials 20] [--epochs 30] [--rounds 1]
+    [--skip-papermill] [--json PATH]
 (about 5 minutes on 2 cores with the defaults; over half of it is the papermill sweep, which
-``--skip-papermill`` leaves out for quick checks of the warm engine)
+``--skip-papermill`` leaves out; each extra round adds about 80 s)
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import glob
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +54,7 @@ SPACE = "templates/classify_space.yaml"
 SAMPLER_SEED = 0  # the baseline's TPE seed
 SWEEP_SEED = 0  # mlkit sweep's --seed default: trial seeds come from it and the parameters
 TARGETS = {"warm, 1 job": 1.10, "warm, 2 jobs": 0.75}
+WARM_WAYS = (("warm, 1 job", 1), ("warm, 2 jobs", 2))
 WAY_TIMEOUT_S = 1800
 
 BASELINE_SCRIPT = '''\
@@ -372,7 +378,7 @@ def print_breakdown(ways: dict[str, dict[str, Any]]) -> None:
 
         trial = sum(r["complete"] - r["start"] for r in steady) / len(steady)
         fit = mean("fit_s")
-        if "cells" in steady[0]:
+        if steady and "cells" in steady[0]:
             cells, figures = mean("cells"), mean("figures")
             other, outside = f"{cells - fit - figures:11.2f}", f"{trial - cells:13.2f}"
         else:
@@ -388,35 +394,51 @@ def print_breakdown(ways: dict[str, dict[str, Any]]) -> None:
     )
 
 
+def suffix(r: int, rounds: int) -> str:
+    """A warm way's name carries its round when there are several."""
+    return f" #{r + 1}" if rounds > 1 else ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="trials per way (default 20)")
     parser.add_argument("--epochs", type=int, default=30, help="-p epochs for every trial")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat baseline, warm 1 job, warm 2 jobs this many times, interleaved; the "
+        "verdict uses the median round (default 1)",
+    )
+    parser.add_argument(
         "--skip-papermill",
         action="store_true",
         help="leave out the papermill sweep (a fresh kernel per trial; over half the time)",
     )
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write every way's wall time and trials to PATH"
+    )
     args = parser.parse_args()
-    n = args.trials
+    if args.rounds < 1 or args.trials < 1:
+        parser.error("--rounds and --trials must be at least 1")
+    n, rounds = args.trials, args.rounds
     fixed = {"epochs": args.epochs}
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.pop("MLKIT_TRIAL", None)
 
+    # (name, engine, jobs, round); a warm way of round r sits between baselines r and r+1.
+    steps: list[tuple[str, str | None, int, int]] = []
+    for r in range(rounds):
+        steps.append((f"baseline {r + 1}", None, 0, r))
+        steps += [(f"{way}{suffix(r, rounds)}", "warm", jobs, r) for way, jobs in WARM_WAYS]
+    steps.append((f"baseline {rounds + 1}", None, 0, rounds))
+    if not args.skip_papermill:
+        steps.append(("papermill, 1 job", "papermill", 1, rounds))
     ways: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="mlkit-sweep-bench-") as tmp_name:
         tmp = Path(tmp_name)
         env["MLKIT_EXPERIMENTS"] = str(tmp / "experiments")
-        steps = [
-            ("baseline (before)", None, 0),
-            ("warm, 1 job", "warm", 1),
-            ("warm, 2 jobs", "warm", 2),
-            ("baseline (after)", None, 0),
-            ("papermill, 1 job", "papermill", 1),
-        ]
-        if args.skip_papermill:
-            steps = [step for step in steps if step[1] != "papermill"]
-        order = "; ".join(name.split(" (")[0] for name, _, _ in steps)
+        order = "; ".join(name for name, _, _, _ in steps)
         print(
             f"{n} trials of {NOTEBOOK} over {SPACE}, -p epochs {args.epochs}; notebook sweeps "
             "use --pruner none (every trial runs to its end, as in the baseline) and the "
@@ -424,16 +446,14 @@ def main() -> int:
             flush=True,
         )
         reference: list[dict[str, Any]] = []
-        for index, (name, engine, jobs) in enumerate(steps):
+        for index, (name, engine, jobs, r) in enumerate(steps):
             tag = f"way{index}"
             if engine is None:
                 way = run_baseline(tmp, tag, n, fixed, env)
                 if not reference:
                     reference = way["trials"]
-                way["same"] = same_work(way["trials"], reference)
             else:
                 way = run_sweep(tmp, tag, engine, jobs, args.epochs, reference, env)
-                way["same"] = same_work(way["trials"], reference)
                 verdict = "PASS" if way["ok"] else "FAIL"
                 print(
                     f"check {name}: {verdict}: {len(way['trials'])}/{n} trials COMPLETE with "
@@ -443,24 +463,31 @@ def main() -> int:
                 )
                 for problem in way["problems"][:10]:
                     print(f"  - {problem}")
+            way["same"] = same_work(way["trials"], reference)
+            way["round"] = r
             ways[name] = way
             print(f"  {name}: {way['wall']:.1f} s", flush=True)
 
-    before, after = ways["baseline (before)"]["wall"], ways["baseline (after)"]["wall"]
-    base = (before + after) / 2
+    baselines = [ways[f"baseline {r + 1}"]["wall"] for r in range(rounds + 1)]
+    base = sum(baselines) / len(baselines)
+    for name, way in ways.items():
+        r = way["round"]
+        # Each warm way against the two baselines that bracket it; papermill against all.
+        around = baselines[r : r + 2] if name.startswith("warm") else baselines
+        way["base"] = sum(around) / len(around)
     fit_s = sum(r["fit_s"] for r in reference)
     print(
-        f"\nbaseline: {before:.1f} s before, {after:.1f} s after, mean {base:.1f} s "
-        f"({base / n:.2f} s/trial, of which fit() {fit_s / n:.2f} s)"
+        f"\nbaselines: {', '.join(f'{b:.1f}' for b in baselines)} s, mean {base:.1f} s "
+        f"({base / n:.2f} s/trial, of which fit() {fit_s / n:.2f} s in the first)"
     )
     print(
         f"\n{'way':<22} {'wall s':>7} {'s/trial':>8} {'ratio':>7} {'target':>8} "
         f"{'startup':>8} {'1st trial':>9} {'later/trial':>11} {'exit':>6} {'same work':>9}"
     )
-    rows = [("baseline (mean)", {"wall": base, "trials": []}), *ways.items()]
+    rows = [("baseline (mean)", {"wall": base, "base": base, "trials": []}), *ways.items()]
     for name, way in rows:
-        ratio = way["wall"] / base
-        target = TARGETS.get(name)
+        ratio = way["wall"] / way["base"]
+        target = TARGETS.get(name.split(" #")[0]) if name.startswith("warm") else None
         goal = f"<= {target:.2f}" if target else ""
         startup, first, later, exit_s = phases(way, n)
         split = (
@@ -472,18 +499,30 @@ def main() -> int:
             f"{name:<22} {way['wall']:7.1f} {way['wall'] / n:8.2f} {ratio:7.3f} {goal:>8} {split}"
         )
     print(
-        "\nIn seconds. startup: launch to the first trial's start; 1st trial: its duration "
-        "(for the warm engine it includes warming a kernel); later/trial: from the first "
-        "trial's end to the last trial's end, per remaining trial (jobs overlap); exit: after "
-        "the last trial. same work: trials that ran the baseline's parameters and reached "
-        "exactly its objective."
+        "\nIn seconds. ratio: wall time over the mean of the baselines run just before and "
+        "just after (papermill: over all baselines). startup: launch to the first trial's "
+        "start; 1st trial: its duration (for the warm engine it includes warming a kernel); "
+        "later/trial: from the first trial's end to the last trial's end, per remaining "
+        "trial (jobs overlap); exit: after the last trial. same work: trials that ran the "
+        "baseline's parameters and reached exactly its objective."
     )
     print_breakdown(ways)
+    if args.json:
+        Path(args.json).write_text(json.dumps(ways, indent=1))
     failed = [name for name, way in ways.items() if not way["ok"]]
-    for name, target in TARGETS.items():
-        ratio = ways[name]["wall"] / base
-        verdict = "OK" if ratio <= target else "ABOVE TARGET"
-        print(f"{name}: {ratio:.3f}x the in-process baseline (target <= {target:.2f}x): {verdict}")
+    for way_name, target in TARGETS.items():
+        ratios = sorted(
+            ways[f"{way_name}{suffix(r, rounds)}"]["wall"]
+            / ways[f"{way_name}{suffix(r, rounds)}"]["base"]
+            for r in range(rounds)
+        )
+        median = statistics.median(ratios)
+        verdict = "OK" if median <= target else "ABOVE TARGET"
+        each = f" (rounds: {', '.join(f'{x:.3f}' for x in ratios)})" if rounds > 1 else ""
+        print(
+            f"{way_name}: {median:.3f}x the in-process baseline{each} "
+            f"(target <= {target:.2f}x): {verdict}"
+        )
     if failed:
         print(f"record checks FAILED for: {', '.join(failed)}")
         return 1
