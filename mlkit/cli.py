@@ -420,19 +420,36 @@ def cmd_model_guard(args: argparse.Namespace) -> int:
     import time
 
     from mlkit import guard, serve
+    from mlkit.errors import MlkitError, ParameterError
 
     name, alias = serve.parse_target(args.target)
     overrides = guard.parse_settings(args.set or [])
-    while True:
-        report = guard.check(
-            name,
-            alias,
-            overrides=overrides,
-            dry_run=args.dry_run,
-            run_monitor=args.monitor,
-            log_url=args.log,
-            tracking=args.tracking,
+    if args.every is not None and not args.every > 0:
+        raise ParameterError(
+            f"--every must be a number of seconds > 0, got {args.every}. "
+            "Leave it out to check once."
         )
+    checked = 0
+    while True:
+        try:
+            report = guard.check(
+                name,
+                alias,
+                overrides=overrides,
+                dry_run=args.dry_run,
+                run_monitor=args.monitor,
+                log_url=args.log,
+                tracking=args.tracking,
+            )
+        except Exception as exc:
+            # A watcher outlives a log database that blinks: after one good check, a failed
+            # one is reported and retried. Bad input fails the first check and exits.
+            if not args.every or not checked or isinstance(exc, MlkitError):
+                raise
+            print(f"check failed ({type(exc).__name__}: {exc}); again in {args.every} s")
+            time.sleep(args.every)
+            continue
+        checked += 1
         if args.json:
             import json
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,7 @@ import pytest
 
 from mlkit import guard, predlog, registry
 from mlkit.record import now_iso
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 from tests.test_registry import fake_run
 from tests.test_serve import versions_answering
 
@@ -44,9 +48,9 @@ def label(answers: list[dict[str, Any]], wrong: int) -> dict[str, int]:
     }
 
 
-def write_rows(root: Path, version: int, statuses: list[int]) -> None:
+def write_rows(root: Path, version: int, statuses: list[int], first: int = 0) -> None:
     log = predlog.open_log("m", root=root)
-    for i, status in enumerate(statuses):
+    for i, status in enumerate(statuses, start=first):
         row = {"request_id": f"r{version}-{i}", "time": now_iso(), "role": "primary"}
         log.write({**row, "model": "m", "version": version, "status": status, "n": 1})
     log.close()
@@ -181,3 +185,42 @@ def test_monitor_drift_rolls_back(exp_root: Path) -> None:
     assert drift["crossed"] and "pixel_3_4" in drift["note"]
     assert report["action"] == "rolled back" and report["to"] == 1
     assert registry.resolve("digits", "production", exp_root) == 1
+
+
+# --every keeps watching: healthy answers hold, the first check after a bound is crossed rolls
+# back, every check is appended to guard.jsonl, and Ctrl-C ends the watch with exit 130.
+def test_guard_every_keeps_watching(live: Path) -> None:
+    import os
+
+    write_rows(live, 2, [200] * 40)
+    env = {**os.environ, "MLKIT_EXPERIMENTS": str(live), "WANDB_MODE": "disabled"}
+    bad = run_cli("model", "guard", "m", "--every", "0", env=env)
+    assert bad.returncode == 2 and "--every must be a number of seconds > 0" in bad.stderr
+    checks = live / "registry" / "m" / "guard.jsonl"
+
+    def rows() -> list[dict[str, Any]]:
+        text = checks.read_text() if checks.exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
+    def wait_for(condition: Any, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    cmd = [sys.executable, "-m", "mlkit", "model", "guard", "m", "--every", "0.2"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: len(rows()) >= 2, "two checks")
+        assert registry.resolve("m", "production", live) == 2
+        assert all(r["action"] == "none" for r in rows())
+        write_rows(live, 2, [500] * 40, first=40)
+        wait_for(lambda: registry.resolve("m", "production", live) == 1, "the rollback")
+        wait_for(lambda: rows()[-1]["version"] == 1, "a check of v1")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "rolled back: m:production -> v1" in out.decode()
+    actions = [r["action"] for r in rows()]
+    assert actions.count("rolled back") == 1 and actions[-1] == "none"
