@@ -420,7 +420,7 @@ def cmd_model_guard(args: argparse.Namespace) -> int:
     import time
 
     from mlkit import guard, serve
-    from mlkit.errors import MlkitError, ParameterError
+    from mlkit.errors import ParameterError
 
     name, alias = serve.parse_target(args.target)
     overrides = guard.parse_settings(args.set or [])
@@ -444,7 +444,7 @@ def cmd_model_guard(args: argparse.Namespace) -> int:
         except Exception as exc:
             # A watcher outlives a log database that blinks: after one good check, a failed
             # one is reported and retried. Bad input fails the first check and exits.
-            if not args.every or not checked or isinstance(exc, MlkitError):
+            if not args.every or not checked:
                 raise
             print(f"check failed ({type(exc).__name__}: {exc}); again in {args.every} s")
             time.sleep(args.every)

@@ -187,8 +187,9 @@ def test_monitor_drift_rolls_back(exp_root: Path) -> None:
     assert registry.resolve("digits", "production", exp_root) == 1
 
 
-# --every keeps watching: healthy answers hold, the first check after a bound is crossed rolls
-# back, every check is appended to guard.jsonl, and Ctrl-C ends the watch with exit 130.
+# --every keeps watching: healthy answers hold, a check that fails (the log is unreadable for
+# a while) is reported and retried, the first check after a bound is crossed rolls back,
+# every check is appended to guard.jsonl, and Ctrl-C ends the watch with exit 130.
 def test_guard_every_keeps_watching(live: Path) -> None:
     import os
 
@@ -209,18 +210,26 @@ def test_guard_every_keeps_watching(live: Path) -> None:
             time.sleep(0.05)
 
     cmd = [sys.executable, "-m", "mlkit", "model", "guard", "m", "--every", "0.2"]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: len(rows()) >= 2, "two checks")
-        assert registry.resolve("m", "production", live) == 2
-        assert all(r["action"] == "none" for r in rows())
-        write_rows(live, 2, [500] * 40, first=40)
-        wait_for(lambda: registry.resolve("m", "production", live) == 1, "the rollback")
-        wait_for(lambda: rows()[-1]["version"] == 1, "a check of v1")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
-    assert "rolled back: m:production -> v1" in out.decode()
+    out_path, err_path = live / "guard.out", live / "guard.err"
+    db = live / "registry" / "m" / "predictions.sqlite"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=err)
+        try:
+            wait_for(lambda: len(rows()) >= 2, "two checks")
+            assert registry.resolve("m", "production", live) == 2
+            assert all(r["action"] == "none" for r in rows())
+            db.rename(db.with_suffix(".away"))
+            db.mkdir()  # SQLite cannot open a directory: the next checks fail
+            wait_for(lambda: "check failed" in out_path.read_text(), "a failed check")
+            db.rmdir()
+            db.with_suffix(".away").rename(db)
+            write_rows(live, 2, [500] * 40, first=40)
+            wait_for(lambda: registry.resolve("m", "production", live) == 1, "the rollback")
+            wait_for(lambda: rows()[-1]["version"] == 1, "a check of v1")
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, err_path.read_text()
+    assert "rolled back: m:production -> v1" in out_path.read_text()
     actions = [r["action"] for r in rows()]
     assert actions.count("rolled back") == 1 and actions[-1] == "none"
