@@ -1,6 +1,6 @@
 """What does a notebook sweep cost over the same trials run in one Python process?
 
-Four ways to run the same N trials of ``templates/classify.ipynb`` (search space
+Five ways to run the same N trials of ``templates/classify.ipynb`` (search space
 ``templates/classify_space.yaml``, ``-p epochs E``), each a subprocess timed whole, so
 interpreter start, ``import torch`` and kernel start count wherever they are paid:
 
@@ -9,6 +9,8 @@ interpreter start, ``import torch`` and kernel start count wherever they are pai
   offline run, and calls the training code the template calls (``data.load``,
   ``seed_everything``, ``models.build``, ``fit`` with the template's arguments and
   ``log=run.log``, ``evaluate`` on test), then tells Optuna the val accuracy;
+- the template's own code cells exec'd in one process per trial (record, W&B run, figure,
+  model and Optuna reports included: all the notebook's work without kernel or papermill);
 - ``mlkit sweep --engine papermill --jobs 1`` (a fresh kernel per trial);
 - ``mlkit sweep --engine warm --jobs 1`` and ``--jobs 2`` (reused warm kernels).
 
@@ -21,16 +23,17 @@ each sweep every trial must be COMPLETE with a full record (executed notebook, r
 run.json completed, a W&B offline run); the benchmark exits 1 otherwise.
 
 The machine is noisy (the same baseline has varied by 10% from one run to the next), so
-baselines bracket the warm sweeps: baseline, warm 1 job, warm 2 jobs, baseline, and each warm
-ratio uses the mean of the two baselines around it. ``--rounds R`` repeats that R times,
-interleaved (baseline, warm, warm, baseline, warm, warm, ..., baseline), and the verdict
-uses the median round. The papermill sweep runs once, last. Targets: warm 1 job <= 1.10x
-the baseline, warm 2 jobs <= 0.75x.
+baselines bracket the other ways: baseline, cells in-process, warm 1 job, warm 2 jobs,
+baseline, and each ratio uses the mean of the two baselines around it. ``--rounds R`` repeats
+that R times, interleaved, and the verdict uses the median round. The ratio of warm 1 job to
+the cells in-process (same round) is what running as a notebook costs by itself. The
+papermill sweep runs once, last. Targets: warm 1 job <= 1.10x the baseline, warm 2 jobs
+<= 0.75x.
 
 Run: python benchmarks/sweep_overhead.py [--trials 20] [--epochs 30] [--rounds 1]
     [--skip-papermill] [--json PATH]
 (about 5 minutes on 2 cores with the defaults; over half of it is the papermill sweep, which
-``--skip-papermill`` leaves out; each extra round adds about 80 s)
+``--skip-papermill`` leaves out; each extra round adds about 110 s)
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ SAMPLER_SEED = 0  # the baseline's TPE seed
 SWEEP_SEED = 0  # mlkit sweep's --seed default: trial seeds come from it and the parameters
 TARGETS = {"warm, 1 job": 1.10, "warm, 2 jobs": 0.75}
 WARM_WAYS = (("warm, 1 job", 1), ("warm, 2 jobs", 2))
+CELLS = "cells, in-process"
 WAY_TIMEOUT_S = 1800
 
 BASELINE_SCRIPT = '''\
@@ -157,6 +161,76 @@ with open(sys.argv[2], "w") as fh:
 '''
 
 
+CELLS_SCRIPT = '''\
+"""The template's own code cells, exec'd in-process per trial (written by sweep_overhead.py).
+
+Everything the notebook does happens here too: record, W&B run, figure, model, Optuna
+reports through the journal storage. Only the kernel, papermill and the executed notebook
+are missing, so the warm engine's ratio to this way is what running as a notebook costs.
+"""
+
+import json
+import os
+import sys
+import time
+
+cfg = json.loads(open(sys.argv[1]).read())
+os.environ["MPLBACKEND"] = "agg"
+
+import optuna
+import torch
+
+from mlkit import space, sweep
+
+torch.set_num_threads(1)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+nb = json.loads(open(cfg["notebook"]).read())
+cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
+is_params = ["parameters" in (c["metadata"].get("tags") or []) for c in cells]
+defaults = compile("".join(cells[is_params.index(True)]["source"]), "<parameters>", "exec")
+code = [
+    compile("".join(c["source"]), f"<cell {i}>", "exec")
+    for i, c in enumerate(cells)
+    if not is_params[i]
+]
+dims = space.load(cfg["space"])
+study = sweep.load_study(cfg["storage"], cfg["study"], pruner=sweep.make_pruner("none"))
+trials = []
+for _ in range(cfg["trials"]):
+    start = time.time()
+    trial = study.ask()
+    suggested = space.suggest(trial, dims)
+    values = {**cfg["fixed"], **suggested, "seed": sweep.trial_seed(cfg["sweep_seed"], suggested)}
+    os.environ["MLKIT_TRIAL"] = json.dumps(
+        {
+            "storage": cfg["storage"],
+            "study": cfg["study"],
+            "number": trial.number,
+            "metric": "val/accuracy",
+            "pruner": "none",
+        }
+    )
+    namespace = {"__name__": "__main__"}
+    exec(defaults, namespace)
+    namespace.update(values)
+    for cell in code:
+        exec(cell, namespace)
+    result = namespace["run"].result
+    study.tell(trial, result["val/accuracy"])
+    trials.append(
+        {
+            "params": suggested,
+            "value": result["val/accuracy"],
+            "start": start,
+            "complete": time.time(),
+            "fit_s": namespace["fitted"].seconds,
+        }
+    )
+with open(sys.argv[2], "w") as fh:
+    json.dump(trials, fh)
+'''
+
+
 def template_defaults() -> dict[str, Any]:
     from mlkit import params
 
@@ -197,6 +271,39 @@ def run_baseline(
     launch, wall, rc = timed([sys.executable, str(script), str(cfg_path), str(out_path)], env, log)
     if rc != 0:
         print(f"{tag}: the baseline script failed (exit {rc}):\n{tail(log)}")
+        sys.exit(1)
+    rows = json.loads(out_path.read_text())
+    return {"wall": wall, "launch": launch, "trials": rows, "ok": True}
+
+
+def run_cells(
+    tmp: Path, tag: str, epochs: int, reference: list[dict[str, Any]], env: dict[str, str]
+) -> dict[str, Any]:
+    """The template's code cells in one process, on the baseline's parameters."""
+    from mlkit import sweep
+
+    root = tmp / tag
+    study_name = f"bench-{tag}-{os.getpid()}"
+    enqueue(root, study_name, reference)
+    script = tmp / "cells.py"
+    script.write_text(CELLS_SCRIPT)
+    cfg = {
+        "notebook": str(ROOT / NOTEBOOK),
+        "space": SPACE,
+        "storage": sweep.default_storage(study_name, root),
+        "study": study_name,
+        "trials": len(reference),
+        "sweep_seed": SWEEP_SEED,
+        "fixed": {"epochs": epochs},
+    }
+    cfg_path, out_path, log = tmp / f"{tag}-cfg.json", tmp / f"{tag}.json", tmp / f"{tag}.log"
+    cfg_path.write_text(json.dumps(cfg))
+    run_env = {**env, "MLKIT_EXPERIMENTS": str(root)}
+    launch, wall, rc = timed(
+        [sys.executable, str(script), str(cfg_path), str(out_path)], run_env, log
+    )
+    if rc != 0:
+        print(f"{tag}: the in-process cells script failed (exit {rc}):\n{tail(log)}")
         sys.exit(1)
     rows = json.loads(out_path.read_text())
     return {"wall": wall, "launch": launch, "trials": rows, "ok": True}
@@ -379,16 +486,16 @@ def print_breakdown(ways: dict[str, dict[str, Any]]) -> None:
         trial = sum(r["complete"] - r["start"] for r in steady) / len(steady)
         fit = mean("fit_s")
         if steady and "cells" in steady[0]:
-            cells, figures = mean("cells"), mean("figures")
-            other, outside = f"{cells - fit - figures:11.2f}", f"{trial - cells:13.2f}"
+            cells, drawn = mean("cells"), mean("figures")
+            figures, other = f"{drawn:8.2f}", f"{cells - fit - drawn:11.2f}"
+            outside = f"{trial - cells:13.2f}"
         else:
-            figures, other, outside = 0.0, f"{'-':>11}", f"{'-':>13}"
-        print(
-            f"{name:<22} {len(steady):6d} {trial:6.2f} {fit:6.2f} {figures:8.2f} {other} {outside}"
-        )
+            figures, other, outside = f"{'-':>8}", f"{'-':>11}", f"{'-':>13}"
+        print(f"{name:<22} {len(steady):6d} {trial:6.2f} {fit:6.2f} {figures} {other} {outside}")
     print(
-        "fit: fit() in the baseline, the training cell in notebooks; figures: the cells "
-        "that draw, save and log a figure (the baseline draws none); outside cells: record "
+        "fit: fit() in the baseline and the cells in-process, the training cell in notebooks; "
+        "figures: the cells that draw, save and log a figure (the baseline draws none; the "
+        "in-process cells are not timed one by one); outside cells: record "
         "keeping, kernel reset, papermill and kernel messaging, the W&B epilogue, Optuna. "
         "With 2 jobs, trial times are latencies of overlapping trials."
     )
@@ -430,6 +537,7 @@ def main() -> int:
     steps: list[tuple[str, str | None, int, int]] = []
     for r in range(rounds):
         steps.append((f"baseline {r + 1}", None, 0, r))
+        steps.append((f"{CELLS}{suffix(r, rounds)}", "cells", 1, r))
         steps += [(f"{way}{suffix(r, rounds)}", "warm", jobs, r) for way, jobs in WARM_WAYS]
     steps.append((f"baseline {rounds + 1}", None, 0, rounds))
     if not args.skip_papermill:
@@ -452,6 +560,8 @@ def main() -> int:
                 way = run_baseline(tmp, tag, n, fixed, env)
                 if not reference:
                     reference = way["trials"]
+            elif engine == "cells":
+                way = run_cells(tmp, tag, args.epochs, reference, env)
             else:
                 way = run_sweep(tmp, tag, engine, jobs, args.epochs, reference, env)
                 verdict = "PASS" if way["ok"] else "FAIL"
@@ -472,8 +582,9 @@ def main() -> int:
     base = sum(baselines) / len(baselines)
     for name, way in ways.items():
         r = way["round"]
-        # Each warm way against the two baselines that bracket it; papermill against all.
-        around = baselines[r : r + 2] if name.startswith("warm") else baselines
+        # Each way of a round against the two baselines that bracket it; papermill against all.
+        bracketed = not name.startswith(("baseline", "papermill"))
+        around = baselines[r : r + 2] if bracketed else baselines
         way["base"] = sum(around) / len(around)
     fit_s = sum(r["fit_s"] for r in reference)
     print(
@@ -510,6 +621,15 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(ways, indent=1))
     failed = [name for name, way in ways.items() if not way["ok"]]
+    own = sorted(
+        ways["warm, 1 job" + suffix(r, rounds)]["wall"] / ways[CELLS + suffix(r, rounds)]["wall"]
+        for r in range(rounds)
+    )
+    print(
+        f"warm, 1 job over the template's cells run in-process (what running as a notebook "
+        f"costs): {statistics.median(own):.3f}x"
+        + (f" (rounds: {', '.join(f'{x:.3f}' for x in own)})" if rounds > 1 else "")
+    )
     for way_name, target in TARGETS.items():
         ratios = sorted(
             ways[f"{way_name}{suffix(r, rounds)}"]["wall"]
