@@ -20,7 +20,6 @@ that matters.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import os
@@ -52,7 +51,6 @@ def warm(imports: list[str]) -> dict[str, Any]:
     timings = {}
     import time
 
-    service = None
     for name in imports:
         start = time.perf_counter()
         try:
@@ -60,8 +58,6 @@ def warm(imports: list[str]) -> dict[str, Any]:
         except ImportError:
             continue  # an optional module of the default list; warm what exists
         timings[name] = round(time.perf_counter() - start, 3)
-        if name == "wandb":
-            service = _start_wandb_service()
     if "torch" in sys.modules:
         import torch
 
@@ -70,8 +66,6 @@ def warm(imports: list[str]) -> dict[str, Any]:
         opt = torch.optim.AdamW([p], lr=0.1)
         p.sum().backward()
         opt.step()
-    if service is not None:
-        service.join(timeout=60)
     _quiet_kernel_log()
     _BASE.clear()
     _BASE.update(_snapshot())
@@ -80,24 +74,6 @@ def warm(imports: list[str]) -> dict[str, Any]:
     # full collection here cost 0.2 s of every kernel's warm-up.
     gc.freeze()
     return timings
-
-
-def _start_wandb_service() -> threading.Thread:
-    """Bring up W&B's service process while the kernel goes on importing.
-
-    ``wandb.setup()`` spends about 0.2 s waiting for the service to listen and almost no
-    CPU; the first run's ``wandb.init`` would wait the same, in the first trial. W&B
-    takes its settings from the environment now, not at the first run: the kernel's
-    environment is the driver's, and mlkit passes the per-run ones to ``wandb.init``.
-    """
-
-    def setup() -> None:
-        with contextlib.suppress(Exception):  # the run's own wandb.init reports a problem
-            sys.modules["wandb"].setup()
-
-    thread = threading.Thread(target=setup, name="mlkit-wandb-setup", daemon=True)
-    thread.start()
-    return thread
 
 
 def _quiet_kernel_log() -> None:
@@ -258,7 +234,11 @@ def leftovers() -> list[str]:
 
 
 def _is_library_thread(thread: threading.Thread) -> bool:
-    """Threads W&B, ZMQ and IPython keep for themselves are not the run's doing."""
+    """Threads W&B, ZMQ and IPython keep for themselves are not the run's doing.
+
+    W&B's telemetry (OpenTelemetry exporters) starts its threads at a run's first
+    ``run.log`` when W&B is not offline, and keeps them for the process.
+    """
     target = getattr(thread, "_target", None)
     module = getattr(target, "__module__", "") or type(thread).__module__ or ""
     return thread.daemon and module.split(".")[0] in {
@@ -270,6 +250,7 @@ def _is_library_thread(thread: threading.Thread) -> bool:
         "asyncio",
         "concurrent",
         "jupyter_client",
+        "opentelemetry",
         "tqdm",
         "threading",
     }

@@ -137,3 +137,22 @@ def test_papermill_cli_uses_the_warm_engine(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert '"value": 5' in out.read_text()
+
+
+# With W&B offline by default (no WANDB_MODE set), warm runs of the template keep reusing
+# one kernel, and W&B starts no telemetry exporters in it: offline sends nothing.
+def test_offline_default_reuses_the_kernel(exp_root: Path, monkeypatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    tiny = {"epochs": 2, "hidden": "32", "batch_size": 256}
+    template = ROOT / "templates" / "classify.ipynb"
+    kernels = []
+    for _ in range(3):
+        info = runner.run(template, tiny, progress=False, engine="warm")
+        assert info["status"] == "completed", info.get("reason")
+        assert (info.get("wandb") or {}).get("mode") == "offline"
+        kernels.append(idle_kernel())
+    assert kernels[0] is kernels[1] is kernels[2], warm.pool().retired
+    names = kernels[0].run_code("", names="[t.name for t in __import__('threading').enumerate()]")[
+        "names"
+    ]["data"]["text/plain"]
+    assert "Otel" not in names, names
