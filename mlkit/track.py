@@ -54,6 +54,10 @@ class Tracker:
 
         self.mode = resolve_mode(mode)
         self._wandb = wandb
+        # W&B's process-wide settings come from the environment, and without WANDB_MODE
+        # they say online even for an offline run: its telemetry then starts exporter
+        # threads that try to reach the server. The run's mode is made the global one.
+        wandb.setup(settings=wandb.Settings(mode=self.mode))
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT),
             dir=str(run_dir),

@@ -11,7 +11,7 @@ import pytest
 
 from mlkit import runner
 from mlkit.record import read_json
-from tests.conftest import SCENARIOS, all_files, run_cli
+from tests.conftest import ROOT, SCENARIOS, all_files, run_cli
 
 
 def scenario(name: str) -> str:
@@ -178,3 +178,26 @@ def test_lineage_names_the_repository(exp_root: Path) -> None:
     if not git["commit"]:
         pytest.skip("not a git checkout")
     assert Path(git["root"], ".git").exists()
+
+
+# An offline run started by hand (no WANDB_MODE anywhere, as in JupyterLab) starts none of
+# W&B's telemetry exporters: offline sends nothing.
+def test_offline_run_starts_no_telemetry(tmp_path: Path) -> None:
+    import os
+
+    code = (
+        "import threading, time\n"
+        "from mlkit import record\n"
+        "run = record.start_run({'x': 1}, experiment='quiet', tracking='offline')\n"
+        "run.log({'epoch': 1, 'val/loss': 0.5}, step=1)\n"
+        "time.sleep(0.3)\n"
+        "print([t.name for t in threading.enumerate()])\n"
+        "run.finish({'x': 1})\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["MLKIT_EXPERIMENTS"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "MainThread" in proc.stdout and "Otel" not in proc.stdout, proc.stdout
