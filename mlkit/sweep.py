@@ -29,6 +29,7 @@ import json
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -429,8 +430,8 @@ def trial_seed(base: int, params: dict[str, Any]) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % (2**31 - 1)
 
 
-def _worker_tag() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+def _worker_tag(index: int = 0) -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "index": index}
 
 
 def reap_stale(study: Any, now: float | None = None) -> list[int]:
@@ -500,8 +501,8 @@ class _Heartbeat:
         self.thread.join(timeout=5)
 
 
-def worker(cfg: SweepConfig, index: int = 0) -> int:
-    """Ask, run, tell, until the study has ``n_trials`` trials or time is up.
+def worker(cfg: SweepConfig, index: int = 0, stop: threading.Event | None = None) -> int:
+    """Ask, run, tell, until the study has ``n_trials`` trials, time is up or ``stop`` is set.
 
     Returns the number of trials this worker ran.
     """
@@ -520,13 +521,15 @@ def worker(cfg: SweepConfig, index: int = 0) -> int:
     while True:
         if cfg.timeout and time.time() - cfg.started > cfg.timeout:
             break
+        if stop is not None and stop.is_set():
+            break
         with ask_lock(cfg.storage, cfg.study):
             reap_stale(study)
             counted, waiting = _budget_used(study)
             if counted >= cfg.n_trials and not waiting:
                 break
             trial = study.ask()
-            study._storage.set_trial_user_attr(trial._trial_id, "worker", _worker_tag())
+            study._storage.set_trial_user_attr(trial._trial_id, "worker", _worker_tag(index))
             study._storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
         run_trial(cfg, study, trial, dims)
         ran += 1
@@ -669,10 +672,11 @@ class Summary:
 def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
     """Run the sweep with ``cfg.jobs`` workers and show progress.
 
-    Worker 0 runs in this process, the others are spawned processes: each worker drives
-    its own kernels (the trials are processes either way), and a spawned worker costs an
-    interpreter start and mlkit's imports, about a second of CPU that the kernels warming
-    at the same time want.
+    Worker 0 runs on this thread. With the warm engine the other workers are threads of
+    this process too: each drives its own kernels, so the trials are still processes, and
+    a thread costs nothing to start where a spawned worker costs an interpreter and
+    mlkit's imports, about a second of CPU that the kernels warming at the same time
+    want. With the papermill engine they are spawned processes.
     """
     import multiprocessing
 
@@ -682,12 +686,24 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
     study = _create_or_resume(cfg)  # fail fast on a conflicting study, before workers start
     with ask_lock(cfg.storage, cfg.study):
         reap_stale(study)
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
     procs = []
     ctx = multiprocessing.get_context("spawn")
     for index in range(1, cfg.jobs):
-        proc = ctx.Process(target=_worker_main, args=(asdict(cfg), index), daemon=False)
-        proc.start()
-        procs.append(proc)
+        if cfg.engine == "warm":
+            thread = threading.Thread(
+                target=_worker_thread,
+                args=(cfg, index, stop),
+                name=f"mlkit-sweep-worker-{index}",
+                daemon=True,
+            )
+            thread.start()
+            threads.append(thread)
+        else:
+            proc = ctx.Process(target=_worker_main, args=(asdict(cfg), index), daemon=False)
+            proc.start()
+            procs.append(proc)
     # Worker 0 runs here, on the thread whose kernel _prewarm started (a kernel's channels
     # belong to the thread that made it); the progress display runs beside it.
     ended = threading.Event()
@@ -698,20 +714,42 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
         daemon=True,
     )
     watcher.start()
+    interrupted = False
     try:
-        worker(cfg, 0)
+        worker(cfg, 0, stop)
+        for thread in threads:
+            thread.join()
         for proc in procs:
             proc.join()
     except KeyboardInterrupt:
+        # Ctrl-C ends the whole sweep: no worker asks for another trial, and the trials
+        # running on other threads are interrupted, so they fail and say so. One still
+        # waiting for its kernel stays RUNNING, like this thread's, until a resume reaps it.
+        interrupted = True
+        stop.set()
+        from mlkit import warm
+
+        warm.pool().interrupt()
         for proc in procs:
             proc.terminate()
         raise
     finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10 if interrupted else None)
         for proc in procs:
             proc.join()
         ended.set()
         watcher.join()
     return summarize(cfg.study, cfg.storage, time.time() - cfg.started)
+
+
+def _worker_thread(cfg: SweepConfig, index: int, stop: threading.Event) -> None:
+    """A worker on a thread of the driver; an unexpected error is reported, not lost."""
+    try:
+        worker(cfg, index, stop)
+    except Exception as exc:
+        print(f"mlkit sweep: worker {index} stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _watch(cfg: SweepConfig, study: Any, alive: Any, progress: bool, wait: Any) -> None:

@@ -292,16 +292,18 @@ class KernelPool:
 
 
 _POOL: KernelPool | None = None
+_POOL_LOCK = threading.Lock()  # a sweep's worker threads may ask for it at the same time
 
 
 def pool() -> KernelPool:
     """The process-wide pool (created on first use, closed at exit)."""
     global _POOL
-    if _POOL is None:
-        import atexit
+    with _POOL_LOCK:
+        if _POOL is None:
+            import atexit
 
-        _POOL = KernelPool()
-        atexit.register(_POOL.close)
+            _POOL = KernelPool()
+            atexit.register(_POOL.close)
     return _POOL
 
 

@@ -60,8 +60,14 @@ def test_parallel_sweep_links_trials_and_records(exp_root: Path, tmp_path: Path)
     trials = study.get_trials()
     assert len(trials) == 6
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
-    workers = {t.user_attrs["worker"]["pid"] for t in trials}
-    assert len(workers) == 2, "two worker processes shared the trials"
+    workers = {t.user_attrs["worker"]["index"] for t in trials}
+    assert workers == {0, 1}, "both workers took trials"
+    spans = [
+        (t.user_attrs["worker"]["index"], t.datetime_start, t.datetime_complete) for t in trials
+    ]
+    assert any(a[0] != b[0] and a[1] < b[2] and b[1] < a[2] for a in spans for b in spans), (
+        "trials of the two workers ran at the same time"
+    )
     for t in trials:
         record = read_json(Path(t.user_attrs["run_path"]) / "run.json")
         assert record["study"] == "bowl" and record["trial"] == t.number
@@ -535,3 +541,52 @@ def test_study_opens_in_optuna_dashboard(exp_root: Path, tmp_path: Path) -> None
     body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
     assert status == ["200 OK"]
     assert len(json.loads(body)["trials"]) == 2
+
+
+# Ctrl-C ends a two-job sweep at once: the trial running on the other worker's thread is
+# interrupted and recorded FAIL, the command exits 130, and no kernel outlives it.
+def test_ctrl_c_stops_every_worker(exp_root: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import psutil
+
+    space = write_space(tmp_path, {"x": {"type": "float", "low": -4, "high": 4}})
+    args = ["sweep", NOTEBOOK, "--space", space, "--trials", "6", "--jobs", "2"]
+    args += ["--objective", "loss", "--study", "cc", "-q", "-p", "sleep", "1", "-p", "epochs", "30"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlkit", *args],
+        cwd=Path(NOTEBOOK).parents[2],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    journal = exp_root / "cc" / "study.journal"
+
+    def running_on_both() -> bool:
+        if not journal.exists():
+            return False
+        trials = sweep.load_study(str(journal), "cc").trials
+        started = {t.user_attrs["worker"]["index"] for t in trials if "heartbeat" in t.user_attrs}
+        return started == {0, 1}
+
+    deadline = time.monotonic() + 120
+    while not running_on_both():
+        assert time.monotonic() < deadline and proc.poll() is None, "both workers started"
+        time.sleep(0.2)
+    time.sleep(4)  # both trials are inside their cells (the kernels are warm by now)
+    kernels = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    stopped = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - stopped < 20, "the sweep stopped without waiting for trials"
+    trials = sweep.load_study(str(journal), "cc").trials
+    other = [t for t in trials if t.user_attrs["worker"]["index"] == 1]
+    assert other[-1].state == TrialState.FAIL
+    assert "KeyboardInterrupt" in other[-1].user_attrs["fail_reason"]
+    assert len(trials) < 6, "no trial started after Ctrl-C"
+    deadline = time.monotonic() + 30
+    while any(psutil.pid_exists(pid) for pid in kernels):
+        assert time.monotonic() < deadline, "a kernel outlived the sweep"
+        time.sleep(0.2)
