@@ -20,7 +20,7 @@ import functools
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,19 +221,22 @@ def _manager_class() -> type:
         pending = False
         _deferring = False
 
-        def cell_start(self, cell: Any, cell_index: Any = None, **kwargs: Any) -> None:
+        @contextlib.contextmanager
+        def _at_cell_boundary(self) -> Iterator[None]:
+            """papermill's saves in here wait for the clock (see ``save``)."""
             self._deferring = True
             try:
-                super().cell_start(cell, cell_index, **kwargs)
+                yield
             finally:
                 self._deferring = False
 
+        def cell_start(self, cell: Any, cell_index: Any = None, **kwargs: Any) -> None:
+            with self._at_cell_boundary():
+                super().cell_start(cell, cell_index, **kwargs)
+
         def cell_complete(self, cell: Any, cell_index: Any = None, **kwargs: Any) -> None:
-            self._deferring = True
-            try:
+            with self._at_cell_boundary():
                 super().cell_complete(cell, cell_index, **kwargs)
-            finally:
-                self._deferring = False
 
         def save(self, **kwargs: Any) -> None:
             if self._deferring and self.output_path:

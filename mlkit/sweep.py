@@ -709,7 +709,7 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
     ended = threading.Event()
     watcher = threading.Thread(
         target=_watch,
-        args=(cfg, study, lambda: not ended.is_set(), progress, ended.wait),
+        args=(cfg, study, progress, ended),
         name="mlkit-sweep-progress",
         daemon=True,
     )
@@ -752,11 +752,11 @@ def _worker_thread(cfg: SweepConfig, index: int, stop: threading.Event) -> None:
         print(f"mlkit sweep: worker {index} stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
-def _watch(cfg: SweepConfig, study: Any, alive: Any, progress: bool, wait: Any) -> None:
+def _watch(cfg: SweepConfig, study: Any, progress: bool, ended: threading.Event) -> None:
     """Poll the storage and draw trials done, pruned, failed, best so far, time left.
 
-    ``wait(seconds)`` sleeps between polls and returns early when the workers have ended,
-    so the display shows the last trial and stops at once.
+    It waits on ``ended`` between polls, so when the workers end the display shows the
+    last trial and stops at once.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -771,7 +771,7 @@ def _watch(cfg: SweepConfig, study: Any, alive: Any, progress: bool, wait: Any) 
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("sweep", total=cfg.n_trials, study=cfg.study, status="", eta="?")
         while True:
-            running = alive()
+            running = not ended.is_set()
             counts = _counts(study)
             done = counts["complete"] + counts["pruned"] + counts["fail"]
             elapsed = time.time() - cfg.started
@@ -789,7 +789,7 @@ def _watch(cfg: SweepConfig, study: Any, alive: Any, progress: bool, wait: Any) 
             )
             if not running:
                 break
-            wait(0.5)
+            ended.wait(0.5)
 
 
 def _counts(study: Any) -> dict[str, int]:

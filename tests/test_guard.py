@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -191,8 +192,6 @@ def test_monitor_drift_rolls_back(exp_root: Path) -> None:
 # a while) is reported and retried, the first check after a bound is crossed rolls back,
 # every check is appended to guard.jsonl, and Ctrl-C ends the watch with exit 130.
 def test_guard_every_keeps_watching(live: Path) -> None:
-    import os
-
     write_rows(live, 2, [200] * 40)
     env = {**os.environ, "MLKIT_EXPERIMENTS": str(live), "WANDB_MODE": "disabled"}
     bad = run_cli("model", "guard", "m", "--every", "0", env=env)
