@@ -329,11 +329,7 @@ class Run:
         The figure is rendered once: the same PNG is written, logged and displayed
         (``plt.show()`` after ``savefig`` would draw it a second time), then closed.
         """
-        import io
-
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-        png = buffer.getvalue()
+        png = render_png(figure)
         target = self.path / f"{name}.png"
         with open(target, "wb") as fh:
             fh.write(png)
@@ -394,6 +390,60 @@ class Run:
 
 def _nan_reason(bad: list[str]) -> str:
     return f"non-finite result: {', '.join(bad)}" if bad else ""
+
+
+def render_png(figure: Any, dpi: int = 100) -> bytes:
+    """The figure as PNG, cropped to what is drawn, as ``savefig(bbox_inches="tight")``.
+
+    savefig draws a figure twice for that crop: once to measure it, once to save. When
+    everything drawn lies inside the canvas, one drawing cropped to the same box gives
+    the same picture in about two thirds of the time (a tenth of a short sweep trial).
+    A figure that draws past its edges, or a non-default savefig style, is saved by
+    savefig, so nothing is ever clipped (past the edges, the drawing done to measure
+    makes it about 15% slower than savefig alone: give figures room for their labels).
+    """
+    import io
+
+    import matplotlib
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    rc = matplotlib.rcParams
+    pad = rc["savefig.pad_inches"]
+    box: Any = "tight"
+    plain = (
+        isinstance(pad, (int, float))
+        and not rc["savefig.transparent"]
+        and rc["savefig.facecolor"] == "auto"
+        and rc["savefig.edgecolor"] == "auto"
+    )
+    if plain:
+        old_canvas, old_dpi = figure.canvas, figure.dpi
+        try:
+            figure.dpi = dpi
+            canvas = FigureCanvasAgg(figure)
+            canvas.draw()
+            box = figure.get_tightbbox(canvas.get_renderer()).padded(pad)
+            width, height = figure.get_size_inches()
+            if box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height:
+                rgba = np.asarray(canvas.buffer_rgba())
+                rows, cols = rgba.shape[:2]
+                # savefig's size for the same box: whole pixels, rounded down.
+                w, h = int(box.width * dpi), int(box.height * dpi)
+                left = min(math.floor(box.x0 * dpi), cols - w)
+                top = min(math.floor(rows - box.y1 * dpi), rows - h)
+                buffer = io.BytesIO()
+                Image.fromarray(rgba[top : top + h, left : left + w]).save(buffer, format="png")
+                return buffer.getvalue()
+        finally:
+            figure.dpi = old_dpi
+            figure.set_canvas(old_canvas)
+    # Drawn past its edges: savefig grows the canvas to the box measured above (one
+    # drawing, not the two of "tight").
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches=box)
+    return buffer.getvalue()
 
 
 def _display_png(png: bytes) -> None:

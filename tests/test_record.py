@@ -1,0 +1,89 @@
+"""Figures in run records: one drawing, cropped like savefig's tight box, never clipped."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from PIL import Image
+
+from mlkit.record import render_png
+
+
+def curves(bottom: float | None) -> Figure:
+    fig = Figure(figsize=(10, 3.5))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    if bottom is not None:
+        fig.subplots_adjust(bottom=bottom)
+    epochs = list(range(1, 31))
+    ax_loss.plot(epochs, [1 / e for e in epochs], label="train")
+    ax_loss.set(xlabel="epoch", ylabel="loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [1 - 1 / (e + 1) for e in epochs], color="tab:green")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy")
+    return fig
+
+
+def tight(fig: Figure) -> np.ndarray:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return np.asarray(Image.open(buffer), dtype=float)
+
+
+def decoded(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)), dtype=float)
+
+
+def ink(image: np.ndarray) -> np.ndarray:
+    """First and last row and column that are not white."""
+    rows = np.flatnonzero((image[..., :3] < 250).any(axis=(1, 2)))
+    cols = np.flatnonzero((image[..., :3] < 250).any(axis=(0, 2)))
+    return np.array([rows[0], rows[-1], cols[0], cols[-1]])
+
+
+def count_savefig(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    calls: list[object] = []
+    original = Figure.savefig
+
+    def counting(self: Figure, *args: object, **kwargs: object) -> None:
+        calls.append(kwargs.get("bbox_inches"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", counting)
+    return calls
+
+
+def test_figure_with_room_is_drawn_once_and_cropped_like_tight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    expected = tight(curves(bottom=0.17))
+    calls = count_savefig(monkeypatch)
+    fig = curves(bottom=0.17)
+    canvas = fig.canvas
+    got = decoded(render_png(fig))
+    assert calls == []  # cropped from one drawing, not saved by savefig
+    assert got.shape == expected.shape
+    # The same picture up to sub-pixel placement (savefig's crop shifts the drawing by a
+    # fraction of a pixel): what is drawn sits at the same place, to the pixel.
+    assert np.abs(ink(got) - ink(expected)).max() <= 1
+    assert np.abs(got - expected).mean() < 10
+    # Whitespace around it is cropped as savefig does: the canvas is 1000 x 350.
+    assert got.shape[1] < 1000 * 0.9
+    # The figure is left as it was: same canvas, same dpi, and it still saves.
+    assert fig.canvas is canvas and fig.dpi == 100
+    monkeypatch.undo()
+    assert tight(fig).shape == expected.shape
+
+
+def test_figure_drawn_past_its_edges_is_not_clipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 3.5-inch-high figure with the default margins puts its x labels below the canvas.
+    fig = curves(bottom=None)
+    fig.canvas.draw()
+    assert fig.get_tightbbox().y0 < 0
+    expected = tight(curves(bottom=None))
+    calls = count_savefig(monkeypatch)
+    got = decoded(render_png(curves(bottom=None)))
+    assert len(calls) == 1 and calls[0] != "tight"  # the box measured once, reused
+    assert np.array_equal(got, expected)  # savefig's own picture, labels included
