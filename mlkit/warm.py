@@ -76,6 +76,8 @@ class WarmKernel:
         self.kc.start_channels()
         self._warm_msg: str | None = None
         self._scrub_msg: str | None = None
+        # Replies to the warm-up and the scrub that another wait read first.
+        self._early: dict[str, dict[str, Any]] = {}
         self._warm_started = time.monotonic()
         self.warm_seconds: float | None = None
 
@@ -83,6 +85,8 @@ class WarmKernel:
     def _wait_reply(self, msg_id: str, timeout: float) -> dict[str, Any]:
         from jupyter_core.utils import run_sync
 
+        if msg_id in self._early:
+            return self._early.pop(msg_id)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -94,8 +98,11 @@ class WarmKernel:
                 msg = run_sync(self.kc.get_shell_msg)(timeout=min(left, 1.0))
             except Exception:  # queue.Empty: poll again, checking the process is alive
                 continue
-            if msg["parent_header"].get("msg_id") == msg_id:
+            parent = msg["parent_header"].get("msg_id")
+            if parent == msg_id:
                 return msg["content"]
+            if parent is not None and parent in (self._warm_msg, self._scrub_msg):
+                self._early[parent] = msg["content"]  # its own waiter comes later
 
     def run_code(self, code: str, timeout: float = 60, **expressions: str) -> dict[str, Any]:
         """Execute hidden code (not in any notebook); raise when it fails."""

@@ -57,6 +57,19 @@ def test_kernel_killed_while_idle(exp_root: Path) -> None:
     assert "died while idle" in warm.pool().retired
 
 
+# Code run in an idle kernel while its clearing is still under way (a look inside it,
+# as the tests do) does not lose the clearing's reply: the next run starts at once.
+def test_code_between_runs_keeps_the_kernel_usable(exp_root: Path) -> None:
+    assert warm_run("echo")["status"] == "completed"
+    kernel = idle_kernel()
+    runs = kernel.runs
+    assert kernel._scrub_msg is not None, "the clearing was sent when the run ended"
+    assert kernel.run_code("", one="1")["one"]["data"]["text/plain"] == "1"
+    info = warm_run("echo", value=2.0)
+    assert info["status"] == "completed", info.get("reason")
+    assert kernel.runs == runs + 1 and idle_kernel() is kernel
+
+
 # A kernel killed mid-run: that run fails with the reason, the pool recovers.
 def test_kernel_killed_mid_run(exp_root: Path) -> None:
     dead = warm_run("kernel_dies")
@@ -156,3 +169,4 @@ def test_offline_default_reuses_the_kernel(exp_root: Path, monkeypatch) -> None:
         "names"
     ]["data"]["text/plain"]
     assert "Otel" not in names, names
+
