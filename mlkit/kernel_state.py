@@ -9,7 +9,8 @@ imported from outside the Python installation is dropped from ``sys.modules``, s
 module-level values start fresh), torch's default dtype, thread count and grad
 mode, every RNG (random, numpy, torch), warnings filters, root logger handlers and
 level, scikit-learn's global config, matplotlib figures and rcParams, and the last
-traceback (which can hold a large tensor alive).
+traceback (which can hold a large tensor alive). W&B, which reads its ``WANDB_*``
+environment once per process, is set up again when a run's differs.
 
 What it cannot restore, and so reports for the kernel to be retired: a thread the
 run started that is still running, and an unfinished ``wandb.run``. State kept
@@ -186,6 +187,7 @@ def reset(env: dict[str, str], cwd: str | None, seed: int = 0) -> None:
     _SCRUBBED = False  # the run starts: the next reset scrubs unless the pool did
     os.environ.clear()
     os.environ.update(env)
+    _renew_wandb_if_its_env_changed()
     if cwd:
         os.chdir(cwd)
     random.seed(seed)
@@ -195,6 +197,23 @@ def reset(env: dict[str, str], cwd: str | None, seed: int = 0) -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.manual_seed(seed)
+
+
+def _renew_wandb_if_its_env_changed() -> None:
+    """Tear W&B down when this run's ``WANDB_*`` variables differ from the ones it read.
+
+    W&B reads its environment once per process, when it is first set up, and then
+    ignores changes (it says so and keeps the old entity, notes, tags, mode...). The
+    next ``wandb.init`` sets it up again from this run's environment. Runs of one
+    sweep share their environment, so this costs nothing there.
+    """
+    setup = sys.modules.get("wandb.sdk.wandb_setup")
+    singleton = getattr(setup, "_singleton", None)
+    changed = getattr(singleton, "did_environment_change", None)
+    if changed is not None and changed():
+        import wandb
+
+        wandb.teardown()
 
 
 def _drop_user_modules() -> bool:

@@ -170,3 +170,19 @@ def test_offline_default_reuses_the_kernel(exp_root: Path, monkeypatch) -> None:
     ]["data"]["text/plain"]
     assert "Otel" not in names, names
 
+
+# W&B reads its WANDB_* environment once per process and ignores later changes: a run
+# whose WANDB_* variables differ from the last run's gets W&B set up again, in the same
+# kernel, and sees its own.
+def test_wandb_sees_each_runs_environment(exp_root: Path, monkeypatch) -> None:
+    notes = []
+    for value in ("first", "second"):
+        monkeypatch.setenv("WANDB_NOTES", value)
+        info = warm_run("wandb_env")
+        assert info["status"] == "completed", info.get("reason")
+        notes.append(info["result"]["notes"])
+        if value == "first":
+            kernel = idle_kernel()
+            runs = kernel.runs
+    assert kernel.runs == runs + 1, "both runs used the same kernel"
+    assert notes == ["first", "second"]
