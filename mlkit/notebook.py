@@ -29,6 +29,7 @@ from mlkit.record import RESULT_MIME, read_json
 
 EPILOGUE_TIMEOUT_S = 120
 SAVE_EVERY_S = 1.0  # while cells run, the executed notebook on disk is at most this old
+INTERRUPT_GRACE_S = 5.0  # after Ctrl-C, how long an interrupted cell has to answer
 
 
 def skip_unused_schema_parsers() -> None:
@@ -161,10 +162,37 @@ def _client_class() -> type:
             (it shows the cell running) as papermill's save at every cell start did."""
             from jupyter_core.utils import run_sync
 
-            run_sync(self._async_execute_cell_saving)(cell, index)
+            try:
+                run_sync(self._async_execute_cell_saving)(cell, index)
+            except KeyboardInterrupt:
+                run_sync(self._settle_interrupted_cell)()
+                raise
+
+        async def _settle_interrupted_cell(self) -> None:
+            """Ctrl-C stopped this thread's event loop in the middle of a cell: stop the cell
+            in the kernel too and take its reply. Left pending, the cell's task would go on
+            the next time the loop runs, find the kernel shut down, and print "Kernel died
+            while waiting for execute reply" and an unretrieved exception."""
+            import asyncio
+
+            from jupyter_core.utils import ensure_async
+
+            task = getattr(self, "_cell_task", None)
+            if task is None or task.done():
+                return
+            with contextlib.suppress(Exception):
+                await ensure_async(self.km.interrupt_kernel())
+            await asyncio.wait([task], timeout=INTERRUPT_GRACE_S)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=1)
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: the cell's KeyboardInterrupt is in its outputs
 
         async def _async_execute_cell_saving(self, cell: Any, index: int) -> None:
             import asyncio
+
+            self._cell_task = asyncio.current_task()
 
             async def save_later() -> None:
                 await asyncio.sleep(SAVE_EVERY_S)

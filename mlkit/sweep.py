@@ -592,6 +592,12 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
             storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"driver error: {exc}")
             _tell(study, trial, state=TrialState.FAIL)
             return "FAIL"
+        except KeyboardInterrupt:  # Ctrl-C: the sweep ends, and says why this trial did
+            storage.set_trial_user_attr(
+                trial._trial_id, "fail_reason", "KeyboardInterrupt: interrupted by the user"
+            )
+            _tell(study, trial, state=TrialState.FAIL)
+            raise
     storage.set_trial_user_attr(trial._trial_id, "run_id", info["id"])
     storage.set_trial_user_attr(trial._trial_id, "run_path", info["path"])
     if (info.get("wandb") or {}).get("id"):
@@ -723,8 +729,8 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
             proc.join()
     except KeyboardInterrupt:
         # Ctrl-C ends the whole sweep: no worker asks for another trial, and the trials
-        # running on other threads are interrupted, so they fail and say so. One still
-        # waiting for its kernel stays RUNNING, like this thread's, until a resume reaps it.
+        # running on other threads are interrupted, so they fail and say so, like this
+        # thread's. One still waiting for its kernel stays RUNNING until a resume reaps it.
         interrupted = True
         stop.set()
         from mlkit import warm
