@@ -429,10 +429,11 @@ def render_png(figure: Any, dpi: int = 100) -> bytes:
             if box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height:
                 rgba = np.asarray(canvas.buffer_rgba())
                 rows, cols = rgba.shape[:2]
-                # savefig's size for the same box: whole pixels, rounded down.
+                # savefig's size for the same box (whole pixels, rounded down), anchored
+                # where savefig anchors it: the box's lower left corner.
                 w, h = int(box.width * dpi), int(box.height * dpi)
-                left = min(math.floor(box.x0 * dpi), cols - w)
-                top = min(math.floor(rows - box.y1 * dpi), rows - h)
+                left = min(round(box.x0 * dpi), cols - w)
+                top = max(rows - round(box.y0 * dpi) - h, 0)
                 buffer = io.BytesIO()
                 Image.fromarray(rgba[top : top + h, left : left + w]).save(buffer, format="png")
                 return buffer.getvalue()
