@@ -19,6 +19,7 @@ the driver process, so reuse happens across the runs one process makes
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
@@ -50,6 +51,20 @@ def _imports() -> list[str]:
     return [m.strip() for m in raw.split(",") if m.strip()] if raw else list(DEFAULT_IMPORTS)
 
 
+def _kernel_env() -> dict[str, str]:
+    """The driver's environment, with the W&B mode runs get by default (``mlkit.runner``).
+
+    A warming kernel sets W&B up, and W&B reads its variables only then: the same mode
+    as the runs' means no second set-up in the first run.
+    """
+    from mlkit.track import resolve_mode
+
+    env = dict(os.environ)
+    with contextlib.suppress(Exception):  # an unknown WANDB_MODE: the run reports it
+        env["WANDB_MODE"] = resolve_mode(None)
+    return env
+
+
 def _max_runs() -> int:
     return int(os.environ.get("MLKIT_WARM_MAX_RUNS", "50"))
 
@@ -70,7 +85,7 @@ class WarmKernel:
             # No SQLite history: runs never read it, a thread writes it every few cells,
             # and parallel kernels would share one file. ``In`` and ``Out`` still work.
             run_sync(self.km.start_kernel)(
-                stderr=log, extra_arguments=["--HistoryManager.enabled=False"]
+                stderr=log, env=_kernel_env(), extra_arguments=["--HistoryManager.enabled=False"]
             )
         self.kc = self.km.client()
         self.kc.start_channels()

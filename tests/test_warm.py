@@ -186,3 +186,29 @@ def test_wandb_sees_each_runs_environment(exp_root: Path, monkeypatch) -> None:
             runs = kernel.runs
     assert kernel.runs == runs + 1, "both runs used the same kernel"
     assert notes == ["first", "second"]
+
+
+# W&B's service starts while a kernel warms, beside the imports, with the W&B mode runs
+# get by default: the first run uses it as it is, not set up a second time.
+def test_wandb_service_starts_while_warming(exp_root: Path, monkeypatch) -> None:
+    import psutil
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline by default
+    the_pool = warm.pool()
+    the_pool.close()  # a kernel started under this environment, not an earlier test's
+    the_pool.prewarm("python3")
+    kernel = idle_kernel()
+    kernel.ensure_warm()
+
+    def services() -> list[int]:
+        process = psutil.Process(kernel.km.provisioner.process.pid)
+        return [c.pid for c in process.children(recursive=True) if "wandb-core" in c.name()]
+
+    started = services()
+    assert len(started) == 1, "the warm-up started W&B's service"
+    tiny = {"epochs": 2, "hidden": "32", "batch_size": 256}
+    info = runner.run(ROOT / "templates" / "classify.ipynb", tiny, progress=False, engine="warm")
+    assert info["status"] == "completed", info.get("reason")
+    assert (info.get("wandb") or {}).get("mode") == "offline"
+    assert idle_kernel() is kernel
+    assert services() == started, "the run used the service the warm-up started"
