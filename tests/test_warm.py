@@ -194,6 +194,9 @@ def test_wandb_service_starts_while_warming(exp_root: Path, monkeypatch) -> None
     import psutil
 
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline by default
+    # A W&B service this process started (registry tests log offline) is named by
+    # WANDB_SERVICE, and a kernel inheriting it would share it instead of starting one.
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
     the_pool = warm.pool()
     the_pool.close()  # a kernel started under this environment, not an earlier test's
     the_pool.prewarm("python3")
