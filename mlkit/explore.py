@@ -683,6 +683,10 @@ class Explorer:
         cfg = dataclasses.replace(self.cfg, fixed=fixed)
         try:
             state = _sweep.run_trial(cfg, _CancelAwareStudy(self.study, job), trial, self.dims)
+        except KeyboardInterrupt:
+            if not job.cancelled:
+                raise
+            state = "FAIL"  # cancelled before its first cell; run_trial told the study
         finally:
             job.trial_done.set()
             follower.join(timeout=5)

@@ -517,22 +517,30 @@ def worker(cfg: SweepConfig, index: int = 0, stop: threading.Event | None = None
     seed = cfg.seed if cfg.sampler in ("grid", "qmc") else cfg.seed + 7919 * index + host
     study.sampler = make_sampler(cfg.sampler, seed, dims, len(cfg.objectives))
     study.pruner = make_pruner(cfg.pruner)
+    # After Ctrl-C (stop set) a trial not yet in its first cell is cancelled, not run.
+    cancellable: Any = contextlib.nullcontext()
+    if cfg.engine == "warm" and stop is not None:
+        from mlkit import warm
+
+        cancellable = warm.cancel_when(stop.is_set)
     ran = 0
-    while True:
-        if cfg.timeout and time.time() - cfg.started > cfg.timeout:
-            break
-        if stop is not None and stop.is_set():
-            break
-        with ask_lock(cfg.storage, cfg.study):
-            reap_stale(study)
-            counted, waiting = _budget_used(study)
-            if counted >= cfg.n_trials and not waiting:
+    with cancellable:
+        while True:
+            if cfg.timeout and time.time() - cfg.started > cfg.timeout:
                 break
-            trial = study.ask()
-            study._storage.set_trial_user_attr(trial._trial_id, "worker", _worker_tag(index))
-            study._storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
-        run_trial(cfg, study, trial, dims)
-        ran += 1
+            if stop is not None and stop.is_set():
+                break
+            with ask_lock(cfg.storage, cfg.study):
+                reap_stale(study)
+                counted, waiting = _budget_used(study)
+                if counted >= cfg.n_trials and not waiting:
+                    break
+                trial = study.ask()
+                storage = study._storage
+                storage.set_trial_user_attr(trial._trial_id, "worker", _worker_tag(index))
+                storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+            run_trial(cfg, study, trial, dims)
+            ran += 1
     return ran
 
 
@@ -569,6 +577,11 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
     }
     storage = study._storage
     storage.set_trial_user_attr(trial._trial_id, "seed", values.get("seed", seed))
+
+    def started(record: dict[str, Any]) -> None:  # named while it runs, and if interrupted
+        storage.set_trial_user_attr(trial._trial_id, "run_id", record["id"])
+        storage.set_trial_user_attr(trial._trial_id, "run_path", record["path"])
+
     with _Heartbeat(study, trial._trial_id):
         try:
             info = runner.run(
@@ -587,6 +600,7 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
                 env={ENV_TRIAL: json.dumps(spec)},
                 root=Path(cfg.root) if cfg.root else None,
                 engine=cfg.engine,
+                on_start=started,
             )
         except Exception as exc:  # the driver itself failed: the trial must not stay RUNNING
             storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"driver error: {exc}")
@@ -598,8 +612,6 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
             )
             _tell(study, trial, state=TrialState.FAIL)
             raise
-    storage.set_trial_user_attr(trial._trial_id, "run_id", info["id"])
-    storage.set_trial_user_attr(trial._trial_id, "run_path", info["path"])
     if (info.get("wandb") or {}).get("id"):
         storage.set_trial_user_attr(trial._trial_id, "wandb_id", info["wandb"]["id"])
     result = info.get("result") or {}
@@ -729,8 +741,8 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
             proc.join()
     except KeyboardInterrupt:
         # Ctrl-C ends the whole sweep: no worker asks for another trial, and the trials
-        # running on other threads are interrupted, so they fail and say so, like this
-        # thread's. One still waiting for its kernel stays RUNNING until a resume reaps it.
+        # running on other threads are interrupted (or, still waiting for their kernel,
+        # cancelled), so they fail and say so, like this thread's.
         interrupted = True
         stop.set()
         from mlkit import warm
@@ -754,6 +766,8 @@ def _worker_thread(cfg: SweepConfig, index: int, stop: threading.Event) -> None:
     """A worker on a thread of the driver; an unexpected error is reported, not lost."""
     try:
         worker(cfg, index, stop)
+    except KeyboardInterrupt:
+        pass  # the sweep was interrupted; the trial this worker ran said so
     except Exception as exc:
         print(f"mlkit sweep: worker {index} stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
 

@@ -25,6 +25,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,9 @@ class WarmKernel:
         self.warm_seconds: float | None = None
 
     # -- messaging -------------------------------------------------------------
-    def _wait_reply(self, msg_id: str, timeout: float) -> dict[str, Any]:
+    def _wait_reply(
+        self, msg_id: str, timeout: float, cancelled: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
         from jupyter_core.utils import run_sync
 
         if msg_id in self._early:
@@ -107,6 +110,8 @@ class WarmKernel:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("the kernel did not answer in time")
+            if cancelled is not None and cancelled():
+                raise KeyboardInterrupt("cancelled while waiting for the kernel")
             if not self.alive():
                 raise RuntimeError("the kernel died")
             try:
@@ -143,10 +148,10 @@ class WarmKernel:
         code = f"import mlkit.kernel_state as _ks\n_ks.warm({_imports()!r})\ndel _ks"
         self._warm_msg = self.kc.execute(code, silent=True, store_history=False)
 
-    def ensure_warm(self) -> None:
+    def ensure_warm(self, cancelled: Callable[[], bool] | None = None) -> None:
         if self._warm_msg is None:
             return
-        content = self._wait_reply(self._warm_msg, WARM_TIMEOUT_S)
+        content = self._wait_reply(self._warm_msg, WARM_TIMEOUT_S, cancelled)
         self._warm_msg = None
         self.warm_seconds = time.monotonic() - self._warm_started
         if content.get("status") != "ok":
@@ -232,15 +237,18 @@ class KernelPool:
         self.busy: list[WarmKernel] = []
         self.started = 0
         self.retired: list[str] = []
+        self.interrupts = 0  # how many times interrupt() was called
 
     def interrupt(self) -> int:
         """Interrupt every run this process has in flight (a Cancel button); returns how many.
 
         The interrupted cell raises KeyboardInterrupt, so the run fails and its kernel
-        is retired like after any failure.
+        is retired like after any failure. A run still waiting for its kernel to warm up
+        raises KeyboardInterrupt before its first cell; the kernel goes on warming.
         """
         from jupyter_core.utils import run_sync
 
+        self.interrupts += 1
         count = 0
         for kernel in list(self.busy):
             try:
@@ -273,21 +281,36 @@ class KernelPool:
             idle.append(self._new(kernel_name))
 
     def acquire(self, kernel_name: str) -> WarmKernel:
+        interrupts = self.interrupts
+        stopping = getattr(_CANCEL, "predicate", None)
+
+        def cancelled() -> bool:
+            return self.interrupts != interrupts or (stopping is not None and stopping())
+
+        if cancelled():
+            raise KeyboardInterrupt("cancelled before the run started")
         idle = self.idle_for(kernel_name)
         while idle:
             kernel = idle.pop()
             if kernel.alive():
                 try:
-                    kernel.ensure_warm()
+                    kernel.ensure_warm(cancelled)
                     self.busy.append(kernel)
                     return kernel
+                except KeyboardInterrupt:
+                    idle.append(kernel)  # still warming, for the next run
+                    raise
                 except Exception as exc:
                     self.retired.append(f"warm-up failed: {exc}")
             else:
                 self.retired.append("died while idle")
             kernel.shutdown()
         kernel = self._new(kernel_name)
-        kernel.ensure_warm()
+        try:
+            kernel.ensure_warm(cancelled)
+        except KeyboardInterrupt:
+            idle.append(kernel)
+            raise
         self.busy.append(kernel)
         return kernel
 
@@ -311,6 +334,25 @@ class KernelPool:
             self.idle.clear()
         for kernel in kernels:
             kernel.shutdown()
+
+
+_CANCEL = threading.local()
+
+
+@contextlib.contextmanager
+def cancel_when(predicate: Callable[[], bool]) -> Iterator[None]:
+    """Runs this thread starts in the block are cancelled once ``predicate()`` is true.
+
+    A sweep's workers pass their stop flag: after Ctrl-C, a run that has not reached
+    its first cell (still waiting for a kernel to warm, or not yet there) raises
+    KeyboardInterrupt instead of running the whole trial.
+    """
+    previous = getattr(_CANCEL, "predicate", None)
+    _CANCEL.predicate = predicate
+    try:
+        yield
+    finally:
+        _CANCEL.predicate = previous
 
 
 _POOL: KernelPool | None = None

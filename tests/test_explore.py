@@ -148,6 +148,31 @@ def test_cancel_fails_the_trial_as_cancelled(env: Path, tmp_path: Path) -> None:
     assert after["state"] == "COMPLETE", after["fail_reason"]
 
 
+# Cancel while the run still waits for its kernel to warm up: the run stops there, before
+# its first cell, and the trial fails as cancelled all the same.
+def test_cancel_while_the_kernel_warms(env: Path, tmp_path: Path) -> None:
+    from mlkit import warm
+
+    warm.pool().close()  # the next run waits for a kernel to warm: seconds
+    space = tmp_path / "hangs_space.yaml"
+    space.write_text("value: {type: float, low: 0.0, high: 2.0}\n")
+    ex = explore.Explorer(SCENARIOS / "hangs.ipynb", space, objective="value")
+    future = ex.run()
+    runs = env / "hangs-explore" / "runs"
+    wait_for(lambda: runs.exists() and any(runs.iterdir()), "the run record")
+    ex.cancel_button.click()
+    row = future.result(timeout=WAIT_S)
+    (trial,) = ex.study.get_trials()
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == explore.CANCEL_REASON
+    info = json.loads((Path(row["run_path"]) / "run.json").read_text())
+    assert info["status"] == "failed" and "cancelled" in info["reason"]
+    executed = json.loads((Path(row["run_path"]) / "output.ipynb").read_text())
+    counts = [c.get("execution_count") for c in executed["cells"] if c["cell_type"] == "code"]
+    assert counts == [None] * len(counts), "no cell ran"
+    assert "cancelled" in ex.status.value
+
+
 # Sweep N more adds N sampled trials to the same study, and the plots and table follow.
 def test_sweep_more_adds_sampled_trials(env: Path, tmp_path: Path) -> None:
     ex = objective_explorer(tmp_path)

@@ -415,8 +415,8 @@ def test_sigkilled_worker_then_resume(exp_root: Path, tmp_path: Path) -> None:
                 t
                 for t in trials
                 if t.state == TrialState.RUNNING
-                and "run_id" not in t.user_attrs
-                and list((exp_root / "kill" / "runs").glob("*/output.ipynb"))
+                and "run_path" in t.user_attrs
+                and (Path(t.user_attrs["run_path"]) / "output.ipynb").exists()
             ]
     assert running, "a trial started"
     proc.send_signal(signal.SIGKILL)
@@ -595,3 +595,43 @@ def test_ctrl_c_stops_every_worker(exp_root: Path, tmp_path: Path) -> None:
     while any(psutil.pid_exists(pid) for pid in kernels):
         assert time.monotonic() < deadline, "a kernel outlived the sweep"
         time.sleep(0.2)
+
+
+# Ctrl-C before the kernels have warmed up: the trials waiting for them are cancelled and
+# told FAIL at once; none is left RUNNING for a resume to reap.
+def test_ctrl_c_while_kernels_warm(exp_root: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    space = write_space(tmp_path, {"x": {"type": "float", "low": -4, "high": 4}})
+    args = ["sweep", NOTEBOOK, "--space", space, "--trials", "6", "--jobs", "2"]
+    args += ["--objective", "loss", "--study", "cw", "-q", "-p", "sleep", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlkit", *args],
+        cwd=Path(NOTEBOOK).parents[2],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    journal = exp_root / "cw" / "study.journal"
+
+    def asked_on_both() -> bool:
+        if not journal.exists():
+            return False
+        trials = sweep.load_study(str(journal), "cw").trials
+        return {t.user_attrs.get("worker", {}).get("index") for t in trials} == {0, 1}
+
+    deadline = time.monotonic() + 60
+    while not asked_on_both():
+        assert time.monotonic() < deadline and proc.poll() is None, "both workers asked"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # warming a kernel takes seconds: both still wait
+    _, err = proc.communicate(timeout=60)
+    said = err.decode(errors="replace")
+    assert proc.returncode == 130, said
+    trials = sweep.load_study(str(journal), "cw").trials
+    assert len(trials) == 2, "no trial started after Ctrl-C"
+    for trial in trials:
+        assert trial.state == TrialState.FAIL, (trial.number, trial.state)
+        assert "KeyboardInterrupt" in trial.user_attrs["fail_reason"]
+    assert "Traceback" not in said, said
