@@ -440,8 +440,8 @@ def render_png(figure: Any, dpi: int = 100) -> bytes:
         finally:
             figure.dpi = old_dpi
             figure.set_canvas(old_canvas)
-    # Drawn past its edges: savefig grows the canvas to the box measured above (one
-    # drawing, not the two of "tight").
+    # Drawn past its edges: savefig grows the canvas to the box measured above (one more
+    # drawing, not the two of "tight"). A non-default savefig style: savefig's "tight".
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches=box)
     return buffer.getvalue()

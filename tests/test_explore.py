@@ -127,8 +127,9 @@ def test_manual_run_is_a_manual_trial(env: Path, tmp_path: Path) -> None:
     assert "manual" in ex.table.value
 
 
-# Cancel interrupts the run: trial FAIL "cancelled by the user", run.json says so; runs go on.
-def test_cancel_fails_the_trial_as_cancelled(env: Path, tmp_path: Path) -> None:
+def cancel_a_hanging_run(env: Path, tmp_path: Path) -> dict:
+    """Run a notebook that hangs, click Cancel once its record exists; check the trial
+    FAILed as cancelled, and say so in run.json and the status line. Returns the row."""
     space = tmp_path / "hangs_space.yaml"
     space.write_text("value: {type: float, low: 0.0, high: 2.0}\n")
     ex = explore.Explorer(SCENARIOS / "hangs.ipynb", space, objective="value")
@@ -143,7 +144,12 @@ def test_cancel_fails_the_trial_as_cancelled(env: Path, tmp_path: Path) -> None:
     info = json.loads((Path(row["run_path"]) / "run.json").read_text())
     assert info["status"] == "failed" and "cancelled" in info["reason"]
     assert "cancelled" in ex.status.value
+    return row
 
+
+# Cancel interrupts the run: trial FAIL "cancelled by the user", run.json says so; runs go on.
+def test_cancel_fails_the_trial_as_cancelled(env: Path, tmp_path: Path) -> None:
+    cancel_a_hanging_run(env, tmp_path)
     after = objective_explorer(tmp_path).run().result(timeout=WAIT_S)
     assert after["state"] == "COMPLETE", after["fail_reason"]
 
@@ -154,23 +160,10 @@ def test_cancel_while_the_kernel_warms(env: Path, tmp_path: Path) -> None:
     from mlkit import warm
 
     warm.pool().close()  # the next run waits for a kernel to warm: seconds
-    space = tmp_path / "hangs_space.yaml"
-    space.write_text("value: {type: float, low: 0.0, high: 2.0}\n")
-    ex = explore.Explorer(SCENARIOS / "hangs.ipynb", space, objective="value")
-    future = ex.run()
-    runs = env / "hangs-explore" / "runs"
-    wait_for(lambda: runs.exists() and any(runs.iterdir()), "the run record")
-    ex.cancel_button.click()
-    row = future.result(timeout=WAIT_S)
-    (trial,) = ex.study.get_trials()
-    assert trial.state == TrialState.FAIL
-    assert trial.user_attrs["fail_reason"] == explore.CANCEL_REASON
-    info = json.loads((Path(row["run_path"]) / "run.json").read_text())
-    assert info["status"] == "failed" and "cancelled" in info["reason"]
+    row = cancel_a_hanging_run(env, tmp_path)
     executed = json.loads((Path(row["run_path"]) / "output.ipynb").read_text())
     counts = [c.get("execution_count") for c in executed["cells"] if c["cell_type"] == "code"]
     assert counts == [None] * len(counts), "no cell ran"
-    assert "cancelled" in ex.status.value
 
 
 # Sweep N more adds N sampled trials to the same study, and the plots and table follow.

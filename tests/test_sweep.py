@@ -543,6 +543,20 @@ def test_study_opens_in_optuna_dashboard(exp_root: Path, tmp_path: Path) -> None
     assert len(json.loads(body)["trials"]) == 2
 
 
+def start_two_job_sweep(tmp_path: Path, study: str, *extra: str) -> subprocess.Popen:
+    """``mlkit sweep`` of 6 trials on 2 jobs, one second an epoch, in the background."""
+    space = write_space(tmp_path, {"x": {"type": "float", "low": -4, "high": 4}})
+    args = ["sweep", NOTEBOOK, "--space", space, "--trials", "6", "--jobs", "2"]
+    args += ["--objective", "loss", "--study", study, "-q", "-p", "sleep", "1", *extra]
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlkit", *args],
+        cwd=Path(NOTEBOOK).parents[2],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
 # Ctrl-C ends a two-job sweep at once: the trial running on the other worker's thread is
 # interrupted and recorded FAIL, the command exits 130, and no kernel outlives it.
 def test_ctrl_c_stops_every_worker(exp_root: Path, tmp_path: Path) -> None:
@@ -551,16 +565,7 @@ def test_ctrl_c_stops_every_worker(exp_root: Path, tmp_path: Path) -> None:
 
     import psutil
 
-    space = write_space(tmp_path, {"x": {"type": "float", "low": -4, "high": 4}})
-    args = ["sweep", NOTEBOOK, "--space", space, "--trials", "6", "--jobs", "2"]
-    args += ["--objective", "loss", "--study", "cc", "-q", "-p", "sleep", "1", "-p", "epochs", "30"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlkit", *args],
-        cwd=Path(NOTEBOOK).parents[2],
-        env=dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_two_job_sweep(tmp_path, "cc", "-p", "epochs", "30")
     journal = exp_root / "cc" / "study.journal"
 
     def running_on_both() -> bool:
@@ -603,16 +608,7 @@ def test_ctrl_c_while_kernels_warm(exp_root: Path, tmp_path: Path) -> None:
     import signal
     import time
 
-    space = write_space(tmp_path, {"x": {"type": "float", "low": -4, "high": 4}})
-    args = ["sweep", NOTEBOOK, "--space", space, "--trials", "6", "--jobs", "2"]
-    args += ["--objective", "loss", "--study", "cw", "-q", "-p", "sleep", "1"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlkit", *args],
-        cwd=Path(NOTEBOOK).parents[2],
-        env=dict(os.environ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_two_job_sweep(tmp_path, "cw")
     journal = exp_root / "cw" / "study.journal"
 
     def asked_on_both() -> bool:
