@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -162,8 +163,13 @@ def repair_journal_tail(path: Path) -> int:
         return len(torn)
 
 
-def open_storage(url: str) -> Any:
-    """An Optuna storage from a URL or a journal file path."""
+def open_storage(url: str, *, sync: bool = True) -> Any:
+    """An Optuna storage from a URL or a journal file path.
+
+    ``sync=False`` opens a journal whose appends are flushed to the OS (every process
+    reads them at once) but not fsynced: for a trial's per-epoch reports (see
+    ``_trial_storage``), never for what the driver tells.
+    """
     import optuna
 
     journal = _journal_path(url)
@@ -172,7 +178,8 @@ def open_storage(url: str) -> Any:
 
         journal.parent.mkdir(parents=True, exist_ok=True)
         repair_journal_tail(journal)
-        return JournalStorage(JournalFileBackend(str(journal)))
+        backend = JournalFileBackend if sync else _unsynced_journal_backend()
+        return JournalStorage(backend(str(journal)))
     if url.startswith(("sqlite:", "postgresql", "mysql")):
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite:"):
@@ -271,13 +278,15 @@ def make_sampler(name: str, seed: int, dims: list[_space.Dim], n_objectives: int
     raise SweepError(f"Unknown sampler {name!r}. Valid: {', '.join(SAMPLERS)}.")
 
 
-def load_study(url: str, name: str, *, sampler: Any = None, pruner: Any = None) -> Any:
+def load_study(
+    url: str, name: str, *, sampler: Any = None, pruner: Any = None, storage: Any = None
+) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return optuna.load_study(
-            study_name=name, storage=open_storage(url), sampler=sampler, pruner=pruner
+            study_name=name, storage=storage or open_storage(url), sampler=sampler, pruner=pruner
         )
     except KeyError:
         raise SweepError(
@@ -286,14 +295,54 @@ def load_study(url: str, name: str, *, sampler: Any = None, pruner: Any = None) 
         ) from None
 
 
-def attach_trial(url: str, study_name: str, number: int, pruner: str | None) -> Any:
+def attach_trial(
+    url: str, study_name: str, number: int, pruner: str | None, session: Any = None
+) -> Any:
     """A live ``optuna.Trial`` for a trial another process asked for (the notebook side)."""
     import optuna
 
-    study = load_study(url, study_name, pruner=make_pruner(pruner or "none"))
-    storage = study._storage
+    storage = _trial_storage(url, session)
+    study = load_study(url, study_name, pruner=make_pruner(pruner or "none"), storage=storage)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
     return optuna.trial.Trial(study, trial_id)
+
+
+_TRIAL_STORAGE: dict[tuple[str, Any], Any] = {}
+
+
+def _trial_storage(url: str, session: Any) -> Any:
+    """The storage a notebook's trial reports through, kept for the rest of its sweep.
+
+    Opening a journal replays it from its first line, so a kernel that reopened it for
+    every trial would pay 20 ms a trial after 100 trials and 0.2 s after 1000; kept, it
+    reads only what was appended since. It is kept per sweep ``session`` (each start or
+    resume of a sweep has its own), so a journal replaced between two sweeps is never read
+    from stale offsets. Reports are not fsynced: 30 fsyncs were 1% of a one-second
+    trial, and a report lost to a machine crash belongs to a trial a resume reaps anyway.
+    """
+    if session is None:
+        return open_storage(url, sync=False)
+    key = (url, session)
+    if key not in _TRIAL_STORAGE:
+        _TRIAL_STORAGE.clear()  # one sweep at a time per kernel
+        _TRIAL_STORAGE[key] = open_storage(url, sync=False)
+    return _TRIAL_STORAGE[key]
+
+
+@functools.cache
+def _unsynced_journal_backend() -> type:
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal._file import get_lock_file
+
+    class UnsyncedJournalFileBackend(JournalFileBackend):
+        """Optuna's journal file, appended under its lock and flushed, without fsync."""
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+            with get_lock_file(self._lock), open(self._file_path, "ab") as fh:
+                fh.write(text.encode("utf-8"))
+
+    return UnsyncedJournalFileBackend
 
 
 # --- checking and starting -----------------------------------------------------
@@ -574,6 +623,7 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
         "number": trial.number,
         "metric": cfg.objectives[0] if len(cfg.objectives) == 1 else None,
         "pruner": cfg.pruner,
+        "session": cfg.started,  # the notebook keeps its storage open for this sweep
     }
     storage = study._storage
     storage.set_trial_user_attr(trial._trial_id, "seed", values.get("seed", seed))

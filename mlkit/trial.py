@@ -62,7 +62,7 @@ class TrialHandle(NullTrial):
         self.study_name = spec["study"]
         self.metric = spec.get("metric")
         self._trial = sweep.attach_trial(
-            spec["storage"], spec["study"], self.number, spec.get("pruner")
+            spec["storage"], spec["study"], self.number, spec.get("pruner"), spec.get("session")
         )
         self.pruned = False
         self.pruned_step = None

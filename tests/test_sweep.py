@@ -227,6 +227,36 @@ def test_torn_journal_tail_is_repaired(exp_root: Path, tmp_path: Path) -> None:
     assert list(journal.parent.glob("study.journal.torn-*"))
 
 
+# A notebook reports through one storage per sweep: not fsynced, read by every process, and
+# never reused for another sweep (whose journal may be a new file at the same path).
+def test_trial_storage_is_kept_per_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = str(tmp_path / "study.journal")
+
+    def new_sweep(values: list[float]) -> int:
+        study = optuna.create_study(storage=sweep.open_storage(url), study_name="s")
+        for value in values:
+            study.enqueue_trial({"x": value})
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(-9, 9)})
+        return trial.number
+
+    number = new_sweep([1.0])
+    first = sweep.attach_trial(url, "s", number, "none", session=1.0)
+    assert sweep.attach_trial(url, "s", number, "none", session=1.0).storage is first.storage
+    monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("a report was fsynced"))
+    for step in range(3):
+        first.report(0.5 - step / 10, step)
+    monkeypatch.undo()
+    stock = optuna.load_study(study_name="s", storage=sweep.open_storage(url))
+    assert stock.trials[number].intermediate_values == {0: 0.5, 1: 0.4, 2: 0.3}
+
+    # The same path, a new sweep: a new storage reading the new file from its start.
+    Path(url).unlink()
+    number = new_sweep([-2.0, 3.0])
+    second = sweep.attach_trial(url, "s", number, "none", session=2.0)
+    assert second.storage is not first.storage
+    assert second.params == {"x": -2.0} and second.number == 0
+
+
 # The grid sampler with two jobs runs every grid point exactly once.
 def test_grid_with_two_jobs_has_no_duplicates(exp_root: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path, {"y": {"type": "int", "low": 0, "high": 3}})
