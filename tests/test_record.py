@@ -1,14 +1,17 @@
-"""Figures in run records: one drawing, cropped like savefig's tight box, never clipped."""
+"""Run records: epoch rows on disk by the end, figures drawn once and never clipped."""
 
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
+from mlkit import record
 from mlkit.record import render_png
 
 
@@ -87,3 +90,31 @@ def test_figure_drawn_past_its_edges_is_not_clipped(monkeypatch: pytest.MonkeyPa
     got = decoded(render_png(curves(bottom=None)))
     assert len(calls) == 1 and calls[0] != "tight"  # the box measured once, reused
     assert np.array_equal(got, expected)  # savefig's own picture, labels included
+
+
+# Epoch rows are appended without an fsync each, and forced to disk before result.json says
+# the run is done (or when a run that never finished is closed).
+@pytest.mark.parametrize("finished", [True, False])
+def test_epoch_rows_reach_disk_by_the_end(
+    exp_root: Path, monkeypatch: pytest.MonkeyPatch, finished: bool
+) -> None:
+    run = record.start_run({"x": 1}, experiment="sync")
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(record.os, "fsync", spy)
+    for epoch in range(3):
+        run.log({"epoch": epoch, "val/loss": 1.0 / (epoch + 1)}, step=epoch)
+    rows = run.path / "metrics.jsonl"
+    assert len(rows.read_text().splitlines()) == 3  # every row readable at once
+    assert rows.stat().st_ino not in synced
+    if finished:
+        run.finish({"val/loss": 0.33})
+        result = (run.path / "result.json").stat().st_ino
+        assert synced.index(rows.stat().st_ino) < synced.index(result)
+    record.close_active(None, failed=not finished)
+    assert rows.stat().st_ino in synced
