@@ -102,8 +102,7 @@ class Tracker:
         self.run.config.update(values, allow_val_change=True)
 
     def summary(self, values: dict[str, Any]) -> None:
-        for key, value in values.items():
-            self.run.summary[key] = value
+        self.run.summary.update(values)  # one message to W&B's service, not one a key
 
     def log_image(self, name: str, path: Path) -> None:
         self.run.log({name: self._wandb.Image(str(path))})
