@@ -122,6 +122,10 @@ def _client_class() -> type:
         kernel_env = Dict(default_value=None, allow_none=True).tag(config=True)
         kernel_cwd = Unicode(default_value=None, allow_none=True).tag(config=True)
         kernel_log = Unicode(default_value=None, allow_none=True).tag(config=True)
+        # Expressions the kernel evaluates right after the epilogue, in the same request
+        # (the warm engine's check for what a run left behind), and what they gave.
+        epilogue_expressions = Dict(default_value={})
+        epilogue_values: dict[str, Any] | None = None
 
         def execute(self, **kwargs: Any) -> Any:
             if self.kernel_env is not None:
@@ -218,13 +222,20 @@ def _client_class() -> type:
                 "del _s, _r"
             )
             with contextlib.suppress(Exception):
-                msg_id = self.kc.execute(code, silent=True, store_history=False)
+                msg_id = self.kc.execute(
+                    code,
+                    silent=True,
+                    store_history=False,
+                    user_expressions=self.epilogue_expressions,
+                )
                 deadline = self.timeout
                 self.timeout = EPILOGUE_TIMEOUT_S
                 try:
-                    self.wait_for_reply(msg_id)
+                    reply = self.wait_for_reply(msg_id)
                 finally:
                     self.timeout = deadline
+                if reply is not None:
+                    self.epilogue_values = reply["content"].get("user_expressions")
 
     return MlkitNotebookClient
 

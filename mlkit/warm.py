@@ -45,6 +45,7 @@ DEFAULT_IMPORTS = (
     "matplotlib.pyplot",
 )
 WARM_TIMEOUT_S = 180
+LEFTOVERS = "__import__('mlkit.kernel_state').kernel_state.leftovers()"
 
 
 def _imports() -> list[str]:
@@ -186,11 +187,12 @@ class WarmKernel:
         code = f"__import__('mlkit.kernel_state').kernel_state.reset({env!r}, {cwd!r})"
         self.run_code(code, timeout=60)
 
-    def leftovers(self) -> list[str]:
-        out = self.run_code(
-            "", timeout=30, r="__import__('mlkit.kernel_state').kernel_state.leftovers()"
-        )
-        value = out.get("r", {})
+    def leftovers(self, evaluated: dict[str, Any] | None = None) -> list[str]:
+        """Why the kernel cannot be reused, from ``LEFTOVERS`` as the epilogue evaluated it
+        (``evaluated``: one request less a run), else asked for now."""
+        value = (evaluated or {}).get("leftovers")
+        if value is None:
+            value = self.run_code("", timeout=30, leftovers=LEFTOVERS)["leftovers"]
         if value.get("status") != "ok":
             return ["could not inspect the kernel"]
         import ast
@@ -388,11 +390,12 @@ def _engine() -> type:
                 kernel.reset(env, cwd)
                 client = make_client(nb_man, kernel_name, kwargs, km=kernel.km)
                 client.kc = kernel.kc
+                client.epilogue_expressions = {"leftovers": LEFTOVERS}
                 result = client.execute()
                 if _has_error(nb_man.nb):
                     reasons.append("the run failed")
                 else:
-                    reasons.extend(kernel.leftovers())
+                    reasons.extend(kernel.leftovers(client.epilogue_values))
                 return result
             except BaseException as exc:
                 reasons.append(f"{type(exc).__name__}")

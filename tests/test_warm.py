@@ -87,6 +87,24 @@ def test_failed_run_retires_the_kernel(exp_root: Path) -> None:
     assert idle_kernel() is not before
 
 
+# A run that leaves a thread running retires its kernel (the thread would go on into the
+# next run). The check rides on the epilogue's request: no request of its own.
+def test_thread_left_running_retires_the_kernel(exp_root: Path, monkeypatch) -> None:
+    asked: list[str] = []
+    run_code = warm.WarmKernel.run_code
+
+    def spy(self, code: str, timeout: float = 60, **expressions: str):
+        asked.extend(expressions.values())
+        return run_code(self, code, timeout, **expressions)
+
+    monkeypatch.setattr(warm.WarmKernel, "run_code", spy)
+    info = warm_run("leaves_thread")
+    assert info["status"] == "completed", info.get("reason")
+    assert warm.pool().retired[-1] == "threads still running: left-behind"
+    assert not [e for e in asked if "leftovers()" in e], "asked in a request of its own"
+    assert warm_run("echo")["status"] == "completed"
+
+
 # The executed notebook is written on a clock, not at every cell: a cell still running
 # after a second is on disk as running, and the finished run has every cell.
 def test_long_cell_is_on_disk_while_it_runs(exp_root: Path) -> None:
