@@ -139,15 +139,43 @@ class WarmKernel:
     def begin_warm(self) -> None:
         """Ask the kernel to import the heavy modules; do not wait for the imports.
 
-        It does wait for the kernel to be ready: that is also how jupyter_client makes sure
-        the IOPub subscription is connected, and without it a run's output could be lost
-        (nbclient then times out waiting for it).
+        It does wait for the kernel to be ready: that is also how it makes sure the IOPub
+        subscription is connected, and without it a run's output could be lost (nbclient
+        then times out waiting for it).
+        """
+        self._wait_until_ready(60)
+        code = f"import mlkit.kernel_state as _ks\n_ks.warm({_imports()!r})\ndel _ks"
+        self._warm_msg = self.kc.execute(code, silent=True, store_history=False)
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        """jupyter_client's ``wait_for_ready`` without its last step.
+
+        As there, a kernel_info reply proves the kernel answers, and then any IOPub message
+        proves the IOPub subscription is connected. jupyter_client then waits until IOPub
+        has been quiet for 0.2 s: 0.2 s of every kernel start, on the first run's path.
+        Messages still queued there belong to no cell, and nbclient skips them.
         """
         from jupyter_core.utils import run_sync
 
-        run_sync(self.kc.wait_for_ready)(timeout=60)
-        code = f"import mlkit.kernel_state as _ks\n_ks.warm({_imports()!r})\ndel _ks"
-        self._warm_msg = self.kc.execute(code, silent=True, store_history=False)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.kc.kernel_info()
+            try:
+                reply = run_sync(self.kc.get_shell_msg)(timeout=1)
+            except Exception:  # queue.Empty: ask again
+                reply = None
+            if reply is not None and reply["msg_type"] == "kernel_info_reply":
+                try:
+                    run_sync(self.kc.get_iopub_msg)(timeout=0.2)
+                except Exception:  # queue.Empty: not subscribed yet, ask again
+                    pass
+                else:
+                    self.kc._handle_kernel_info_reply(reply)
+                    return
+            if not self.alive():
+                raise RuntimeError("the kernel died before it was ready")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the kernel did not start in time")
 
     def ensure_warm(self, cancelled: Callable[[], bool] | None = None) -> None:
         if self._warm_msg is None:
