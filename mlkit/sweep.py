@@ -556,7 +556,7 @@ def worker(cfg: SweepConfig, index: int = 0, stop: threading.Event | None = None
     Returns the number of trials this worker ran.
     """
     if cfg.engine == "warm":
-        _prewarm(cfg.notebook)  # the kernel imports torch while this process imports optuna
+        _prewarm(cfg)  # the kernel imports torch while this process imports optuna
     study = _create_or_resume(cfg)
     dims = cfg.dims()
     # Grid and QMC map a shared sequence onto trial slots: every worker needs the same
@@ -593,11 +593,12 @@ def worker(cfg: SweepConfig, index: int = 0, stop: threading.Event | None = None
     return ran
 
 
-def _prewarm(notebook: str) -> None:
-    """Start warming a kernel for ``notebook`` now, so it is ready by the first trial."""
-    from mlkit import runner, warm
+def _prewarm(cfg: SweepConfig) -> None:
+    """Start warming a kernel for the trials now, so it is ready by the first one."""
+    from mlkit import runner, track, warm
 
-    warm.pool().prewarm(runner.signature(notebook).kernel_name)
+    mode = track.resolve_mode(cfg.tracking)
+    warm.pool().prewarm(runner.signature(cfg.notebook).kernel_name, mode)
 
 
 def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) -> str:
@@ -750,7 +751,7 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
 
     cfg.started = time.time()
     if cfg.engine == "warm":
-        _prewarm(cfg.notebook)  # for worker 0, which runs on this thread
+        _prewarm(cfg)  # for worker 0, which runs on this thread
     study = _create_or_resume(cfg)  # fail fast on a conflicting study, before workers start
     with ask_lock(cfg.storage, cfg.study):
         reap_stale(study)

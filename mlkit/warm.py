@@ -11,6 +11,8 @@ A kernel is retired after ``MLKIT_WARM_MAX_RUNS`` runs (default 50), after any
 failed run, after a timeout or a death, and whenever the run left something a
 reset cannot undo (a running thread, an unfinished ``wandb.run``). Its
 replacement starts warming at once, while the driver records the run that ended.
+A kernel serves runs of the W&B mode it was warmed for; a run in another mode
+retires it.
 
 It is a papermill engine (``papermill --engine mlkit-warm``); the pool lives in
 the driver process, so reuse happens across the runs one process makes
@@ -53,18 +55,25 @@ def _imports() -> list[str]:
     return [m.strip() for m in raw.split(",") if m.strip()] if raw else list(DEFAULT_IMPORTS)
 
 
-def _kernel_env() -> dict[str, str]:
-    """The driver's environment, with the W&B mode runs get by default (``mlkit.runner``).
+def _kernel_env(wandb_mode: str | None = None) -> dict[str, str]:
+    """The driver's environment, with the W&B mode of the runs the kernel is for.
 
     A warming kernel sets W&B up, and W&B reads its variables only then: the same mode
-    as the runs' means no second set-up in the first run.
+    as the runs' means no second set-up in the first run. By default, the mode runs get
+    by default (``mlkit.runner``).
     """
+    env = dict(os.environ)
+    env["WANDB_MODE"] = wandb_mode or _default_wandb_mode()
+    return env
+
+
+def _default_wandb_mode() -> str:
     from mlkit.track import resolve_mode
 
-    env = dict(os.environ)
-    with contextlib.suppress(Exception):  # an unknown WANDB_MODE: the run reports it
-        env["WANDB_MODE"] = resolve_mode(None)
-    return env
+    try:
+        return resolve_mode(None)
+    except Exception:  # an unknown WANDB_MODE: the run reports it
+        return os.environ.get("WANDB_MODE", "")
 
 
 def _max_runs() -> int:
@@ -74,11 +83,15 @@ def _max_runs() -> int:
 class WarmKernel:
     """One kernel process, its single client, and what it has been through."""
 
-    def __init__(self, kernel_name: str) -> None:
+    def __init__(self, kernel_name: str, wandb_mode: str | None = None) -> None:
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
         self.kernel_name = kernel_name
+        env = _kernel_env(wandb_mode)
+        # The only W&B mode its runs have: W&B keeps state across a mode change that no
+        # reset undoes (a run after a "disabled" one starts telemetry exporters).
+        self.wandb_mode = env["WANDB_MODE"]
         self.runs = 0
         self.log_path = Path(tempfile.mkstemp(prefix="mlkit-kernel-", suffix=".log")[1])
         self._log_offset = 0
@@ -87,7 +100,7 @@ class WarmKernel:
             # No SQLite history: runs never read it, a thread writes it every few cells,
             # and parallel kernels would share one file. ``In`` and ``Out`` still work.
             run_sync(self.km.start_kernel)(
-                stderr=log, env=_kernel_env(), extra_arguments=["--HistoryManager.enabled=False"]
+                stderr=log, env=env, extra_arguments=["--HistoryManager.enabled=False"]
             )
         self.kc = self.km.client()
         self.kc.start_channels()
@@ -288,8 +301,8 @@ class KernelPool:
                 pass
         return count
 
-    def _new(self, kernel_name: str) -> WarmKernel:
-        kernel = WarmKernel(kernel_name)
+    def _new(self, kernel_name: str, wandb_mode: str | None = None) -> WarmKernel:
+        kernel = WarmKernel(kernel_name, wandb_mode)
         kernel.begin_warm()
         self.started += 1
         return kernel
@@ -304,13 +317,15 @@ class KernelPool:
             kernel.shutdown()
         return mine
 
-    def prewarm(self, kernel_name: str) -> None:
+    def prewarm(self, kernel_name: str, wandb_mode: str | None = None) -> None:
         """Start a kernel warming now, so it is ready by this thread's first run."""
         idle = self.idle_for(kernel_name)
         if not idle:
-            idle.append(self._new(kernel_name))
+            idle.append(self._new(kernel_name, wandb_mode))
 
-    def acquire(self, kernel_name: str) -> WarmKernel:
+    def acquire(self, kernel_name: str, wandb_mode: str | None = None) -> WarmKernel:
+        """A warm kernel for a run in ``wandb_mode`` (default: the default mode)."""
+        wandb_mode = wandb_mode or _default_wandb_mode()
         interrupts = self.interrupts
         stopping = getattr(_CANCEL, "predicate", None)
 
@@ -322,7 +337,9 @@ class KernelPool:
         idle = self.idle_for(kernel_name)
         while idle:
             kernel = idle.pop()
-            if kernel.alive():
+            if kernel.wandb_mode != wandb_mode:
+                self.retired.append(f"W&B mode {kernel.wandb_mode}, the run's {wandb_mode}")
+            elif kernel.alive():
                 try:
                     kernel.ensure_warm(cancelled)
                     self.busy.append(kernel)
@@ -335,7 +352,7 @@ class KernelPool:
             else:
                 self.retired.append("died while idle")
             kernel.shutdown()
-        kernel = self._new(kernel_name)
+        kernel = self._new(kernel_name, wandb_mode)
         try:
             kernel.ensure_warm(cancelled)
         except KeyboardInterrupt:
@@ -353,7 +370,8 @@ class KernelPool:
         if reasons or not kernel.alive():
             self.retired.append("; ".join(reasons) or "not alive")
             kernel.shutdown()
-            self.idle_for(kernel.kernel_name).append(self._new(kernel.kernel_name))
+            replacement = self._new(kernel.kernel_name, kernel.wandb_mode)
+            self.idle_for(kernel.kernel_name).append(replacement)
             return
         kernel.scrub()
         self.idle_for(kernel.kernel_name).append(kernel)
@@ -412,7 +430,7 @@ def _engine() -> type:
             cwd = kwargs.pop("kernel_cwd", None) or os.getcwd()
             log = kwargs.pop("kernel_log", None)
             the_pool = pool()
-            kernel = the_pool.acquire(kernel_name)
+            kernel = the_pool.acquire(kernel_name, env.get("WANDB_MODE"))
             reasons: list[str] = []
             try:
                 kernel.reset(env, cwd)

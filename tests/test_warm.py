@@ -171,8 +171,12 @@ def test_papermill_cli_uses_the_warm_engine(tmp_path: Path) -> None:
 
 
 # With W&B offline by default (no WANDB_MODE set), warm runs of the template keep reusing
-# one kernel, and W&B starts no telemetry exporters in it: offline sends nothing.
+# one kernel, and W&B starts no telemetry exporters in it: offline sends nothing. A kernel
+# that ran W&B in another mode is not reused: after a "disabled" run, W&B starts its
+# exporters at the next run's first log, whatever the mode.
 def test_offline_default_reuses_the_kernel(exp_root: Path, monkeypatch) -> None:
+    assert warm_run("echo")["status"] == "completed"  # WANDB_MODE=disabled (exp_root)
+    disabled = idle_kernel()
     monkeypatch.delenv("WANDB_MODE", raising=False)
     tiny = {"epochs": 2, "hidden": "32", "batch_size": 256}
     template = ROOT / "templates" / "classify.ipynb"
@@ -183,6 +187,8 @@ def test_offline_default_reuses_the_kernel(exp_root: Path, monkeypatch) -> None:
         assert (info.get("wandb") or {}).get("mode") == "offline"
         kernels.append(idle_kernel())
     assert kernels[0] is kernels[1] is kernels[2], warm.pool().retired
+    assert kernels[0] is not disabled and not disabled.alive()
+    assert "W&B mode disabled, the run's offline" in warm.pool().retired
     names = kernels[0].run_code("", names="[t.name for t in __import__('threading').enumerate()]")[
         "names"
     ]["data"]["text/plain"]
