@@ -36,7 +36,7 @@ def tight(fig: Figure) -> np.ndarray:
 
 
 def decoded(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)), dtype=float)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"), dtype=float)
 
 
 def ink(image: np.ndarray) -> np.ndarray:
@@ -72,12 +72,21 @@ def test_figure_with_room_is_drawn_once_and_cropped_like_tight(
     # fraction of a pixel): what is drawn sits at the same place, to the pixel.
     assert np.abs(ink(got) - ink(expected)).max() <= 1
     assert np.abs(got - expected).mean() < 10
+    assert Image.open(io.BytesIO(render_png(curves(bottom=0.17)))).mode == "RGB"  # opaque
     # Whitespace around it is cropped as savefig does: the canvas is 1000 x 350.
     assert got.shape[1] < 1000 * 0.9
     # The figure is left as it was: same canvas, same dpi, and it still saves.
     assert fig.canvas is canvas and fig.dpi == 100
     monkeypatch.undo()
     assert tight(fig).shape == expected.shape
+
+
+# A see-through figure keeps its alpha channel; an opaque one is stored without it.
+def test_figure_transparency_is_kept() -> None:
+    fig = curves(bottom=0.17)
+    fig.patch.set_alpha(0.0)
+    image = Image.open(io.BytesIO(render_png(fig)))
+    assert image.mode == "RGBA" and np.asarray(image)[..., 3].min() == 0
 
 
 def test_figure_drawn_past_its_edges_is_not_clipped(monkeypatch: pytest.MonkeyPatch) -> None:
