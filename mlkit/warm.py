@@ -47,6 +47,7 @@ DEFAULT_IMPORTS = (
     "matplotlib.pyplot",
 )
 WARM_TIMEOUT_S = 180
+KILL_AFTER_S = 5.0  # after an interrupt, how long a run has to end before its kernel is killed
 LEFTOVERS = "__import__('mlkit.kernel_state').kernel_state.leftovers()"
 
 
@@ -110,6 +111,7 @@ class WarmKernel:
         self._early: dict[str, dict[str, Any]] = {}
         self._warm_started = time.monotonic()
         self.warm_seconds: float | None = None
+        self.kill_timer_for: int | None = None  # the run an interrupt's kill timer watches
 
     # -- messaging -------------------------------------------------------------
     def _wait_reply(
@@ -253,6 +255,11 @@ class WarmKernel:
             with open(target, "ab") as out:
                 out.write(chunk)
 
+    def kill(self) -> None:
+        """SIGKILL the kernel process (safe from any thread): its run sees a dead kernel."""
+        with contextlib.suppress(Exception):
+            self.km.provisioner.process.kill()
+
     def shutdown(self) -> None:
         from jupyter_core.utils import run_sync
 
@@ -288,6 +295,11 @@ class KernelPool:
         The interrupted cell raises KeyboardInterrupt, so the run fails and its kernel
         is retired like after any failure. A run still waiting for its kernel to warm up
         raises KeyboardInterrupt before its first cell; the kernel goes on warming.
+
+        An interrupt that lands in ipykernel's own code, as a cell starts, can leave the
+        kernel idle without ever answering the cell: a run still going ``KILL_AFTER_S``
+        after its interrupt has its kernel killed, so it fails as a dead kernel's does
+        instead of hanging.
         """
         from jupyter_core.utils import run_sync
 
@@ -299,7 +311,22 @@ class KernelPool:
                 count += 1
             except Exception:
                 pass
+            self._kill_if_still_running(kernel)
         return count
+
+    def _kill_if_still_running(self, kernel: WarmKernel) -> None:
+        run = kernel.runs  # counts runs ended: the same value later means the same run
+        if kernel.kill_timer_for == run:
+            return
+
+        def kill() -> None:
+            if kernel in self.busy and kernel.runs == run:
+                kernel.kill()
+
+        kernel.kill_timer_for = run
+        timer = threading.Timer(KILL_AFTER_S, kill)
+        timer.daemon = True
+        timer.start()
 
     def _new(self, kernel_name: str, wandb_mode: str | None = None) -> WarmKernel:
         kernel = WarmKernel(kernel_name, wandb_mode)

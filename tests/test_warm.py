@@ -79,6 +79,40 @@ def test_kernel_killed_mid_run(exp_root: Path) -> None:
     assert info["result"]["value"] == 3.0
 
 
+# An interrupt the kernel never answers (lost in ipykernel's own code, or ignored) does not
+# hang the run: KILL_AFTER_S later its kernel is killed, the run fails, the next succeeds.
+def test_run_that_outlives_its_interrupt_is_killed(exp_root: Path) -> None:
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(warm_run, "ignores_interrupt")
+    try:
+        wait_until = time.monotonic() + 120
+        while not (warm.pool().busy and _in_cell(exp_root)):
+            assert time.monotonic() < wait_until, "the run never reached its hanging cell"
+            time.sleep(0.1)
+        interrupted = time.monotonic()
+        assert warm.pool().interrupt() == 1
+        info = future.result(timeout=60)
+        took = time.monotonic() - interrupted
+        assert info["status"] == "failed" and "kernel died" in info["reason"], info["reason"]
+        assert warm.KILL_AFTER_S <= took < warm.KILL_AFTER_S + 10
+        assert pool.submit(warm_run, "echo").result(timeout=120)["status"] == "completed"
+    finally:
+        for kernel in list(warm.pool().busy):  # failed: do not leave a 600 s cell behind
+            kernel.kill()
+        pool.shutdown()
+
+
+def _in_cell(root: Path) -> bool:
+    """The run's executed notebook shows its sleeping cell running."""
+    for out in root.glob("*/runs/*/output.ipynb"):
+        if '"status": "running"' in out.read_text() and "SIG_IGN" in out.read_text():
+            return True
+    return False
+
+
 # A failed run retires its kernel: the next run gets a fresh one.
 def test_failed_run_retires_the_kernel(exp_root: Path) -> None:
     warm_run("echo")
