@@ -17,6 +17,7 @@ run by hand in JupyterLab or by plain papermill.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -104,16 +105,8 @@ def _umask() -> int:
 
 
 def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder
+        fsync_file(path)
 
 
 def _jsonable(value: Any) -> Any:
