@@ -106,10 +106,18 @@ def test_run_that_outlives_its_interrupt_is_killed(exp_root: Path) -> None:
 
 
 def _in_cell(root: Path) -> bool:
-    """The run's executed notebook shows its sleeping cell running."""
+    """The run's executed notebook shows the cell that ignores interrupts running."""
+    import json
+
     for out in root.glob("*/runs/*/output.ipynb"):
-        if '"status": "running"' in out.read_text() and "SIG_IGN" in out.read_text():
-            return True
+        try:
+            cells = json.loads(out.read_text())["cells"]
+        except ValueError:  # caught mid-write
+            continue
+        for cell in cells:
+            status = cell["metadata"].get("papermill", {}).get("status")
+            if "SIG_IGN" in "".join(cell["source"]) and status == "running":
+                return True
     return False
 
 
