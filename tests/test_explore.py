@@ -127,15 +127,18 @@ def test_manual_run_is_a_manual_trial(env: Path, tmp_path: Path) -> None:
     assert "manual" in ex.table.value
 
 
-def cancel_a_hanging_run(env: Path, tmp_path: Path) -> dict:
-    """Run a notebook that hangs, click Cancel once its record exists; check the trial
-    FAILed as cancelled, and say so in run.json and the status line. Returns the row."""
+def cancel_a_hanging_run(env: Path, tmp_path: Path, cancel_once: Path | None = None) -> dict:
+    """Run a notebook that hangs, click Cancel once its record (and ``cancel_once``) exists;
+    check the trial FAILed as cancelled, and say so in run.json and the status line.
+    Returns the row."""
     space = tmp_path / "hangs_space.yaml"
     space.write_text("value: {type: float, low: 0.0, high: 2.0}\n")
     ex = explore.Explorer(SCENARIOS / "hangs.ipynb", space, objective="value")
     future = ex.run()
     runs = env / "hangs-explore" / "runs"
     wait_for(lambda: runs.exists() and any(runs.iterdir()), "the run record")
+    if cancel_once is not None:
+        wait_for(cancel_once.exists, str(cancel_once))
     ex.cancel_button.click()
     row = future.result(timeout=WAIT_S)
     (trial,) = ex.study.get_trials()
@@ -156,11 +159,25 @@ def test_cancel_fails_the_trial_as_cancelled(env: Path, tmp_path: Path) -> None:
 
 # Cancel while the run still waits for its kernel to warm up: the run stops there, before
 # its first cell, and the trial fails as cancelled all the same.
-def test_cancel_while_the_kernel_warms(env: Path, tmp_path: Path) -> None:
+def test_cancel_while_the_kernel_warms(
+    env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlkit import warm
 
-    warm.pool().close()  # the next run waits for a kernel to warm: seconds
-    row = cancel_a_hanging_run(env, tmp_path)
+    # A warm-up that takes a minute: Cancel lands in it however fast the machine is.
+    began = tmp_path / "warm-up-began"
+    (tmp_path / "slow_to_import.py").write_text(
+        f"import pathlib, time\n\npathlib.Path({str(began)!r}).touch()\ntime.sleep(60)\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("MLKIT_WARM_IMPORTS", "mlkit,slow_to_import")
+    warm.pool().close()  # the next run starts a kernel, with the slow warm-up
+    started = time.monotonic()
+    try:
+        row = cancel_a_hanging_run(env, tmp_path, cancel_once=began)
+    finally:
+        warm.pool().close()  # the still-warming kernel is no use to later tests
+    assert time.monotonic() - started < 45, "Cancel did not wait for the warm-up"
     executed = json.loads((Path(row["run_path"]) / "output.ipynb").read_text())
     counts = [c.get("execution_count") for c in executed["cells"] if c["cell_type"] == "code"]
     assert counts == [None] * len(counts), "no cell ran"
