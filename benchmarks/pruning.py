@@ -55,9 +55,9 @@ def sweep(root: Path, study: str, pruner: str, trials: int, jobs: int) -> float:
 def summary(root: Path, study: str) -> dict:
     from optuna.trial import TrialState
 
-    from mlkit import sweep as mlkit_sweep
+    from mlkit import storage as storages
 
-    st = mlkit_sweep.load_study(str(root / study / "study.journal"), study)
+    st = storages.load_study(str(root / study / "study.journal"), study)
     best = st.best_trial
     states = [t.state for t in st.trials]
     return {

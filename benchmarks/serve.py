@@ -81,21 +81,24 @@ def register_model(root: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from mlkit import data, models, record, registry
+    from mlkit import data, models, record_store
+    from mlkit._contract import BUILD, WEIGHTS
+    from mlkit._io import write_json
+    from mlkit.registry import aliases, store
 
     ds = data.load("digits_flat", seed=0, check=False)
-    run_id, path = record.create_run_dir("bench", root)
-    record.write_json(path / "run.json", {"id": run_id, "status": "completed"})
-    record.write_json(path / "params.json", {"notebook": "bench", "parameters": {}})
-    record.write_json(path / "result.json", {"test/accuracy": 0.0})
-    record.write_json(path / "lineage.json", {"data": ds.spec()})
+    run_id, path = record_store.create_run_dir("bench", root)
+    write_json(path / "run.json", {"id": run_id, "status": "completed"})
+    write_json(path / "params.json", {"notebook": "bench", "parameters": {}})
+    write_json(path / "result.json", {"test/accuracy": 0.0})
+    write_json(path / "lineage.json", {"data": ds.spec()})
     torch.manual_seed(0)
     build = {"input_shape": [64], "n_outputs": 10, "hidden": [128, 64]}
     net = models.build("mlp", **build)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path / registry.WEIGHTS)
-    record.write_json(path / registry.BUILD, {"name": "mlp", "build": build})
-    registry.register(path, MODEL, root=root, tracking="disabled")
-    registry.promote(MODEL, "v1", root=root, tracking="disabled")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path / WEIGHTS)
+    write_json(path / BUILD, {"name": "mlp", "build": build})
+    store.register(path, MODEL, root=root, tracking="disabled")
+    aliases.promote(MODEL, "v1", root=root, tracking="disabled")
 
 
 def free_port() -> int:
@@ -168,7 +171,8 @@ def main() -> int:
 
     import numpy as np
 
-    from mlkit import data, predlog
+    from mlkit import data
+    from mlkit.serve import predlog
 
     tmp = Path(tempfile.mkdtemp(prefix="mlkit-bench-serve-"))
     root = tmp / "experiments"

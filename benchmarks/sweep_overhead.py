@@ -5,7 +5,7 @@ Five ways to run the same N trials of ``templates/classify.ipynb`` (search space
 interpreter start, ``import torch`` and kernel start count wherever they are paid:
 
 - the baseline, an in-process Optuna loop in a generated script: per trial it samples the
-  space (``mlkit.space.suggest``, mlkit's TPE sampler with a fixed seed), opens a W&B
+  space (``mlkit.sweep.space.suggest``, mlkit's TPE sampler with a fixed seed), opens a W&B
   offline run, and calls the training code the template calls (``data.load``,
   ``seed_everything``, ``models.build``, ``fit`` with the template's arguments and
   ``log=run.log``, ``evaluate`` on test), then tells Optuna the val accuracy;
@@ -75,14 +75,15 @@ import optuna
 import torch
 import wandb
 
-from mlkit import data as mdata, models, space, sweep, train
+from mlkit import data as mdata, models, train
+from mlkit.sweep import config, driver, space
 
 torch.set_num_threads(1)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 dims = space.load(cfg["space"])
 study = optuna.create_study(
     direction="maximize",
-    sampler=sweep.make_sampler("tpe", cfg["sampler_seed"], dims, 1),
+    sampler=config.make_sampler("tpe", cfg["sampler_seed"], dims, 1),
     pruner=optuna.pruners.NopPruner(),
 )
 trials = []
@@ -92,7 +93,7 @@ with tempfile.TemporaryDirectory() as tmp:
         trial = study.ask()
         suggested = space.suggest(trial, dims)
         p = {**cfg["defaults"], **cfg["fixed"], **suggested}
-        p["seed"] = sweep.trial_seed(cfg["sweep_seed"], suggested)
+        p["seed"] = driver.trial_seed(cfg["sweep_seed"], suggested)
         run = wandb.init(
             project="mlkit-bench",
             dir=tmp,
@@ -180,7 +181,8 @@ os.environ["MPLBACKEND"] = "agg"
 import optuna
 import torch
 
-from mlkit import space, sweep
+from mlkit import storage as storages
+from mlkit.sweep import driver, space
 
 torch.set_num_threads(1)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -194,13 +196,13 @@ code = [
     if not is_params[i]
 ]
 dims = space.load(cfg["space"])
-study = sweep.load_study(cfg["storage"], cfg["study"], pruner=sweep.make_pruner("none"))
+study = storages.load_study(cfg["storage"], cfg["study"], pruner=storages.make_pruner("none"))
 trials = []
 for _ in range(cfg["trials"]):
     start = time.time()
     trial = study.ask()
     suggested = space.suggest(trial, dims)
-    values = {**cfg["fixed"], **suggested, "seed": sweep.trial_seed(cfg["sweep_seed"], suggested)}
+    values = {**cfg["fixed"], **suggested, "seed": driver.trial_seed(cfg["sweep_seed"], suggested)}
     os.environ["MLKIT_TRIAL"] = json.dumps(
         {
             "storage": cfg["storage"],
@@ -232,7 +234,7 @@ with open(sys.argv[2], "w") as fh:
 
 
 def template_defaults() -> dict[str, Any]:
-    from mlkit import params
+    from mlkit.run import params
 
     return {p.name: p.default for p in params.read_signature(ROOT / NOTEBOOK).parameters}
 
@@ -280,7 +282,7 @@ def run_cells(
     tmp: Path, tag: str, epochs: int, reference: list[dict[str, Any]], env: dict[str, str]
 ) -> dict[str, Any]:
     """The template's code cells in one process, on the baseline's parameters."""
-    from mlkit import sweep
+    from mlkit import storage as storages
 
     root = tmp / tag
     study_name = f"bench-{tag}-{os.getpid()}"
@@ -290,7 +292,7 @@ def run_cells(
     cfg = {
         "notebook": str(ROOT / NOTEBOOK),
         "space": SPACE,
-        "storage": sweep.default_storage(study_name, root),
+        "storage": storages.default_storage(study_name, root),
         "study": study_name,
         "trials": len(reference),
         "sweep_seed": SWEEP_SEED,
@@ -313,9 +315,9 @@ def enqueue(root: Path, study_name: str, reference: list[dict[str, Any]]) -> Non
     """Create the study with the baseline's parameters waiting, in the baseline's order."""
     import optuna
 
-    from mlkit import sweep
+    from mlkit import storage as storages
 
-    storage = sweep.open_storage(sweep.default_storage(study_name, root))
+    storage = storages.open_storage(storages.default_storage(study_name, root))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
     for row in reference:
@@ -372,12 +374,12 @@ def check(
     """Every trial COMPLETE, with an executed notebook, result, completed run and W&B run."""
     from optuna.trial import TrialState
 
-    from mlkit import sweep
+    from mlkit import storage as storages
 
-    journal = Path(sweep.default_storage(study_name, root))
+    journal = Path(storages.default_storage(study_name, root))
     if not journal.exists():
         return [], [f"no study journal at {journal}"]
-    study = sweep.load_study(str(journal), study_name)
+    study = storages.load_study(str(journal), study_name)
     trials = study.get_trials(deepcopy=False)
     problems = []
     if len(trials) != len(reference):

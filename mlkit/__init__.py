@@ -45,24 +45,44 @@ __all__ = [
     "trial",
 ]
 
+# Submodules by the names templates, notebooks and users import (``from mlkit import
+# runner``, ``mlkit.runner.run``), loaded on first use so ``import mlkit`` stays light.
 _SUBMODULES = {
-    "data",
-    "metrics",
-    "models",
-    "notebook",
-    "record",
-    "runner",
-    "space",
-    "sweep",
-    "track",
-    "train",
-    "trial",
+    "data": "mlkit.data",
+    "evaluate": "mlkit.evaluate",
+    "explore": "mlkit.explore",
+    "lineage": "mlkit.lineage",
+    "metrics": "mlkit.metrics",
+    "models": "mlkit.models",
+    "record": "mlkit.record",
+    "record_store": "mlkit.record_store",
+    "storage": "mlkit.storage",
+    "track": "mlkit.track",
+    "train": "mlkit.train",
+    "trial": "mlkit.trial",
+    "registry": "mlkit.registry",
+    "serve": "mlkit.serve",
+    "sweep": "mlkit.sweep",
+    "run": "mlkit.run",
+    "ops": "mlkit.ops",
+    # Modules that moved into a subpackage, under their earlier names.
+    "kernel_state": "mlkit.run.kernel_state",
+    "notebook": "mlkit.run.notebook",
+    "params": "mlkit.run.params",
+    "runner": "mlkit.run.runner",
+    "warm": "mlkit.run.warm",
+    "report": "mlkit.sweep.report",
+    "space": "mlkit.sweep.space",
+    "predlog": "mlkit.serve.predlog",
+    "abtest": "mlkit.ops.abtest",
+    "guard": "mlkit.ops.guard",
+    "monitor": "mlkit.ops.monitor",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
-        return importlib.import_module(f"mlkit.{name}")
+        return importlib.import_module(_SUBMODULES[name])
     if name in {"start_run", "parameters"}:
         return getattr(importlib.import_module("mlkit.record"), name)
     raise AttributeError(f"module 'mlkit' has no attribute {name!r}")

@@ -37,7 +37,7 @@ def _load_params_file(path: str) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mlkit import runner
+    from mlkit.run import runner
 
     given: dict[str, Any] = {}
     for path in args.file or []:
@@ -84,7 +84,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from mlkit.params import read_signature
+    from mlkit.run.params import read_signature
 
     signature = read_signature(args.notebook)
     if args.json:
@@ -116,7 +116,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from mlkit.record import list_runs
+    from mlkit.record_store import list_runs
 
     rows = list_runs(args.experiment)
     if args.json:
@@ -161,7 +161,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from mlkit.record import find_run, load_run
+    from mlkit.record_store import find_run, load_run
 
     info = load_run(find_run(args.run))
     if args.json:
@@ -195,7 +195,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from mlkit import runner
+    from mlkit.run import runner
 
     out = runner.reproduce(args.run, progress=not args.quiet, tracking=args.tracking)
     console = Console(highlight=False)
@@ -221,9 +221,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from mlkit import evaluate
+    from mlkit.registry import evaluation
 
-    info = evaluate.evaluate_run(
+    info = evaluation.evaluate_run(
         args.run,
         sensitive=args.sensitive,
         tracking=args.tracking,
@@ -256,10 +256,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from mlkit import sweep
+    from mlkit.sweep import config, driver
 
     fixed = {name: value for name, value in args.param or []}
-    cfg = sweep.prepare(
+    cfg = config.prepare(
         args.notebook,
         args.space,
         study=args.study,
@@ -277,7 +277,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         tracking=args.tracking,
         engine=args.engine,
     )
-    summary = sweep.run(cfg, progress=not args.quiet)
+    summary = driver.run(cfg, progress=not args.quiet)
     console = Console(highlight=False, soft_wrap=True)
     console.print(
         f"study {summary.study}: {summary.n_complete} complete, {summary.n_pruned} pruned, "
@@ -302,15 +302,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_sweep_best(args: argparse.Namespace) -> int:
     import yaml
 
-    from mlkit import sweep
+    from mlkit import storage as storages
+    from mlkit.sweep import results
 
-    url = sweep.find_storage(args.study, storage=args.storage)
-    print(yaml.safe_dump(sweep.best_params(args.study, url), sort_keys=False), end="")
+    url = storages.find_storage(args.study, storage=args.storage)
+    print(yaml.safe_dump(results.best_params(args.study, url), sort_keys=False), end="")
     return EXIT_OK
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> int:
-    from mlkit import report
+    from mlkit.sweep import report
 
     out = report.sweep_report(args.study, storage=args.storage, progress=not args.quiet)
     print(f"report notebook: {out['notebook']}")
@@ -319,7 +320,7 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
 
 
 def cmd_model_register(args: argparse.Namespace) -> int:
-    from mlkit import registry
+    from mlkit.registry import store
 
     if bool(args.run) == bool(args.study):
         from mlkit.errors import ParameterError
@@ -329,11 +330,11 @@ def cmd_model_register(args: argparse.Namespace) -> int:
             f"mlkit model register RUN --name {args.name}, or --study STUDY for its best trial."
         )
     if args.study:
-        entry = registry.register_best(
+        entry = store.register_best(
             args.study, args.name, storage=args.storage, tracking=args.tracking
         )
     else:
-        entry = registry.register(args.run, args.name, tracking=args.tracking)
+        entry = store.register(args.run, args.name, tracking=args.tracking)
     print(f"registered {args.name} v{entry['version']} from run {entry['run_id']}")
     print(f"  sha256: {entry['sha256']}")
     for key, value in entry["metrics"].items():
@@ -344,9 +345,9 @@ def cmd_model_register(args: argparse.Namespace) -> int:
 
 
 def cmd_model_promote(args: argparse.Namespace) -> int:
-    from mlkit import registry
+    from mlkit.registry import aliases
 
-    out = registry.promote(
+    out = aliases.promote(
         args.name,
         args.version,
         args.alias,
@@ -364,12 +365,12 @@ def cmd_model_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_model_bounds(args: argparse.Namespace) -> int:
-    from mlkit import registry
+    from mlkit.registry import promotion
 
     if args.set or args.clear:
-        bounds = registry.set_bounds(args.name, args.set or [], clear=args.clear)
+        bounds = promotion.set_bounds(args.name, args.set or [], clear=args.clear)
     else:
-        bounds = registry.get_bounds(args.name)
+        bounds = promotion.get_bounds(args.name)
     if args.json:
         import json
 
@@ -383,20 +384,20 @@ def cmd_model_bounds(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{args.name} promotion bounds (checked against mlkit evaluate's newest result):")
     for metric, bound in bounds.items():
-        print(f"  {metric} {registry.format_bound(bound)}")
+        print(f"  {metric} {promotion.format_bound(bound)}")
     return EXIT_OK
 
 
 def cmd_model_rollback(args: argparse.Namespace) -> int:
-    from mlkit import registry
+    from mlkit.registry import aliases
 
-    out = registry.rollback(args.name, args.alias, tracking=args.tracking)
+    out = aliases.rollback(args.name, args.alias, tracking=args.tracking)
     print(f"{args.name}:{out['alias']} -> v{out['version']} (rolled back from v{out['previous']})")
     return EXIT_OK
 
 
 def cmd_model_policy(args: argparse.Namespace) -> int:
-    from mlkit import guard
+    from mlkit.ops import guard
 
     if args.set or args.clear:
         rules = guard.set_policy(args.name, args.alias, args.set or [], clear=args.clear)
@@ -408,9 +409,9 @@ def cmd_model_policy(args: argparse.Namespace) -> int:
         print(json.dumps(rules, indent=2))
         return EXIT_OK
     print(f"{args.name}:{args.alias} rollback policy (mlkit model guard; * = set, else default):")
-    from mlkit import registry
+    from mlkit.registry import aliases
 
-    stored = registry.get_policy(args.name, args.alias)
+    stored = aliases.get_policy(args.name, args.alias)
     for key, value in rules.items():
         print(f"  {'*' if key in stored else ' '} {key} = {value}")
     return EXIT_OK
@@ -419,10 +420,11 @@ def cmd_model_policy(args: argparse.Namespace) -> int:
 def cmd_model_guard(args: argparse.Namespace) -> int:
     import time
 
-    from mlkit import guard, serve
     from mlkit.errors import ParameterError
+    from mlkit.ops import guard
+    from mlkit.registry.store import parse_target
 
-    name, alias = serve.parse_target(args.target)
+    name, alias = parse_target(args.target)
     overrides = guard.parse_settings(args.set or [])
     if args.every is not None and not args.every > 0:
         raise ParameterError(
@@ -462,9 +464,9 @@ def cmd_model_guard(args: argparse.Namespace) -> int:
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
-    from mlkit import registry
+    from mlkit.registry import store
 
-    rows = registry.list_models()
+    rows = store.list_models()
     if args.json:
         import json
 
@@ -487,9 +489,9 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_model_show(args: argparse.Namespace) -> int:
-    from mlkit import registry
+    from mlkit.registry import promotion, store
 
-    reg = registry.show(args.name)
+    reg = store.show(args.name)
     if args.json:
         import json
 
@@ -508,7 +510,7 @@ def cmd_model_show(args: argparse.Namespace) -> int:
             how = f"  (rolled back from v{last['from']}{who} at {last['at']}{why})"
         console.print(f"  {alias} -> v{version}{how}", markup=False)
     for metric, bound in (reg.get("bounds") or {}).items():
-        console.print(f"  bound: {metric} {registry.format_bound(bound)}")
+        console.print(f"  bound: {metric} {promotion.format_bound(bound)}")
     for entry in reg["versions"]:
         metrics = "  ".join(f"{k}={_fmt(v)}" for k, v in entry["metrics"].items())
         console.print(
@@ -520,9 +522,9 @@ def cmd_model_show(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mlkit import serve
+    from mlkit.serve import app
 
-    serve.serve(
+    app.serve(
         args.model,
         host=args.host,
         port=args.port,
@@ -540,7 +542,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_abtest_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mlkit import abtest
+    from mlkit.ops import abtest
 
     stats = abtest.report(
         args.name,
@@ -557,8 +559,9 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from mlkit import abtest, predlog
     from mlkit.errors import ParameterError
+    from mlkit.ops import abtest
+    from mlkit.serve import predlog
 
     single = args.request_id is not None
     if single == bool(args.labels) or (single and args.label is None):
@@ -584,7 +587,8 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from mlkit import monitor
+    from mlkit.ops import monitor
+    from mlkit.registry.store import parse_target
 
     if bool(args.model) == bool(args.demo):
         from mlkit.errors import ParameterError
@@ -593,7 +597,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             "mlkit monitor needs exactly one of NAME[:ALIAS] or --demo. Pass mlkit monitor "
             "digits:production, or mlkit monitor --demo -p shift 1.0 for the built-in demo."
         )
-    name, alias = monitor.parse_target(args.model or "")
+    name, alias = parse_target(args.model or "")
     info = monitor.monitor(
         name,
         alias,

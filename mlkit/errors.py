@@ -30,3 +30,31 @@ class UnknownNameError(MlkitError, KeyError):
 
 class RunNotFoundError(MlkitError, FileNotFoundError):
     """No run record matches the given id or path."""
+
+
+class SweepError(MlkitError, ValueError):
+    """A sweep cannot start as asked."""
+
+
+class RegistryError(MlkitError, ValueError):
+    """A registry request cannot be done as asked (bad name, unknown alias, ...)."""
+
+
+class ModelNotFoundError(MlkitError, FileNotFoundError):
+    """No registered model, version or weights file matches."""
+
+
+class UnsafeModelError(MlkitError, ValueError):
+    """A checkpoint would need pickle (arbitrary code) to load, or the environment allows it."""
+
+
+class PromotionBlockedError(RegistryError):
+    """The version's evaluation breaks the model's bounds; ``violations`` lists how."""
+
+    def __init__(self, message: str, violations: list[str]) -> None:
+        super().__init__(message)
+        self.violations = violations
+
+
+class ServeError(MlkitError, ValueError):
+    """The server cannot start as asked."""

@@ -27,13 +27,11 @@ if TYPE_CHECKING:
     from mlkit.data import Dataset
 
 __all__ = [
-    "EXPERIMENT",
     "SUGGESTED_BOUNDS",
     "curve_area",
+    "data_options",
     "deletion_curve",
-    "evaluate_run",
     "expected_calibration_error",
-    "find_evaluation",
     "flatten",
     "group_metrics",
     "integrated_gradients",
@@ -41,11 +39,8 @@ __all__ = [
     "promotion_gate",
     "reliability_curve",
     "slice_errors",
-    "template_path",
 ]
 
-EXPERIMENT = "evaluate"
-TEMPLATE = "evaluate.ipynb"
 
 # A starting point for per-model bounds, not a standard: a 0.1 gap in selection rate is the
 # common "four-fifths"-style alarm level at base rates near 0.5, and 0.05 ECE means confidences
@@ -357,6 +352,106 @@ def curve_area(curve: Sequence[float]) -> float:
 # --- the promotion gate ------------------------------------------------------
 
 
+# --- runs --------------------------------------------------------------------
+
+_DATA_OPTIONS = ("n_samples", "n_features", "noise", "bias")
+
+
+def data_options(dataset: str, /, **values: Any) -> dict[str, Any]:
+    """The synthetic-data options of ``values`` that ``mlkit.data.load`` accepts for ``dataset``.
+
+    Bundled datasets take none of them, and only ``synthetic_fairness`` takes ``bias``; a run's
+    parameters may carry them anyway (templates declare them for every dataset).
+    """
+    if not dataset.startswith("synthetic_"):
+        return {}
+    keep = {k: v for k, v in values.items() if k in _DATA_OPTIONS and v is not None}
+    if dataset != "synthetic_fairness":
+        keep.pop("bias", None)
+    return keep
+
+
+def load_run_model(run_ref: str | Path, root: Path | None = None) -> tuple[nn.Module, Dataset]:
+    """Rebuild a recorded run's model from its weights and reload the exact data it used.
+
+    The data comes from the run's parameters (``dataset``, ``data_seed`` and any synthetic
+    options), so the test split is the one the run never trained on.
+    """
+    from safetensors.torch import load_file
+
+    from mlkit import models
+    from mlkit._io import read_json
+    from mlkit.record_store import find_run
+
+    run_dir = find_run(run_ref, root)
+    spec = read_json(run_dir / "model.json")
+    weights = run_dir / "model.safetensors"
+    if not spec or not weights.exists():
+        raise MlkitError(
+            f"Run {run_dir.name} saved no model (model.json and model.safetensors), so there "
+            "is nothing to evaluate. Evaluate a run of templates/classify.ipynb, or pass no "
+            "run to train a small model in the evaluation itself."
+        )
+    dataset = _run_dataset(run_dir)
+    build = dict(spec["build"])
+    net = models.build(
+        spec["name"],
+        input_shape=tuple(build.pop("input_shape")),
+        n_outputs=build.pop("n_outputs"),
+        **build,
+    )
+    net.load_state_dict(load_file(str(weights)))
+    net.eval()
+    return net, dataset
+
+
+def _run_dataset(run_dir: Path, *, check: bool = True) -> Dataset:
+    """The dataset a run trained on, rebuilt from its recorded parameters."""
+    from mlkit import data as mdata
+    from mlkit._io import read_json
+
+    params = (read_json(run_dir / "params.json", {}) or {}).get("parameters", {})
+    name = params.get("dataset")
+    if not name:
+        raise MlkitError(
+            f"Run {run_dir.name} records no 'dataset' parameter, so its test split cannot be "
+            "rebuilt. Evaluate a run of a template that takes -p dataset."
+        )
+    options = data_options(name, **params)
+    dataset = mdata.load(name, seed=int(params.get("data_seed", 0)), check=check, **options)
+    if dataset.task != "classification":
+        raise MlkitError(
+            f"Run {run_dir.name} is {dataset.task} on '{name}'; evaluation covers classifiers "
+            "(group rates, calibration). Evaluate a run of templates/classify.ipynb."
+        )
+    return dataset
+
+
+def tables(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The report's tables as rows, for W&B: every mapping of name to a dict of values.
+
+    ``{"fairness": {"groups": {"0": {...}, "1": {...}}}}`` becomes
+    ``{"fairness/groups": [{"name": "0", ...}, {"name": "1", ...}]}``; lists of dicts
+    are kept as they are.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            out[prefix] = list(value)
+        elif isinstance(value, dict) and value:
+            if all(isinstance(v, dict) for v in value.values()) and all(
+                not isinstance(x, dict | list) for v in value.values() for x in v.values()
+            ):
+                out[prefix] = [{"name": str(k), **v} for k, v in value.items()]
+            else:
+                for key, sub in value.items():
+                    visit(f"{prefix}/{key}" if prefix else str(key), sub)
+
+    visit("", report)
+    return out
+
+
 def promotion_gate(result: Mapping[str, Any], bounds: Mapping[str, Any]) -> list[str]:
     """Check an evaluation's result against a model's bounds; return the violations.
 
@@ -416,186 +511,3 @@ def _bound_text(low: float | None, high: float | None) -> str:
     if high is not None:
         parts.append(f"at most {high:.4g}")
     return "bound: " + " and ".join(parts)
-
-
-# --- runs --------------------------------------------------------------------
-
-_DATA_OPTIONS = ("n_samples", "n_features", "noise", "bias")
-
-
-def data_options(dataset: str, /, **values: Any) -> dict[str, Any]:
-    """The synthetic-data options of ``values`` that ``mlkit.data.load`` accepts for ``dataset``.
-
-    Bundled datasets take none of them, and only ``synthetic_fairness`` takes ``bias``; a run's
-    parameters may carry them anyway (templates declare them for every dataset).
-    """
-    if not dataset.startswith("synthetic_"):
-        return {}
-    keep = {k: v for k, v in values.items() if k in _DATA_OPTIONS and v is not None}
-    if dataset != "synthetic_fairness":
-        keep.pop("bias", None)
-    return keep
-
-
-def load_run_model(run_ref: str | Path, root: Path | None = None) -> tuple[nn.Module, Dataset]:
-    """Rebuild a recorded run's model from its weights and reload the exact data it used.
-
-    The data comes from the run's parameters (``dataset``, ``data_seed`` and any synthetic
-    options), so the test split is the one the run never trained on.
-    """
-    from safetensors.torch import load_file
-
-    from mlkit import models
-    from mlkit.record import find_run, read_json
-
-    run_dir = find_run(run_ref, root)
-    spec = read_json(run_dir / "model.json")
-    weights = run_dir / "model.safetensors"
-    if not spec or not weights.exists():
-        raise MlkitError(
-            f"Run {run_dir.name} saved no model (model.json and model.safetensors), so there "
-            "is nothing to evaluate. Evaluate a run of templates/classify.ipynb, or pass no "
-            "run to train a small model in the evaluation itself."
-        )
-    dataset = _run_dataset(run_dir)
-    build = dict(spec["build"])
-    net = models.build(
-        spec["name"],
-        input_shape=tuple(build.pop("input_shape")),
-        n_outputs=build.pop("n_outputs"),
-        **build,
-    )
-    net.load_state_dict(load_file(str(weights)))
-    net.eval()
-    return net, dataset
-
-
-def _run_dataset(run_dir: Path, *, check: bool = True) -> Dataset:
-    """The dataset a run trained on, rebuilt from its recorded parameters."""
-    from mlkit import data as mdata
-    from mlkit.record import read_json
-
-    params = (read_json(run_dir / "params.json", {}) or {}).get("parameters", {})
-    name = params.get("dataset")
-    if not name:
-        raise MlkitError(
-            f"Run {run_dir.name} records no 'dataset' parameter, so its test split cannot be "
-            "rebuilt. Evaluate a run of a template that takes -p dataset."
-        )
-    options = data_options(name, **params)
-    dataset = mdata.load(name, seed=int(params.get("data_seed", 0)), check=check, **options)
-    if dataset.task != "classification":
-        raise MlkitError(
-            f"Run {run_dir.name} is {dataset.task} on '{name}'; evaluation covers classifiers "
-            "(group rates, calibration). Evaluate a run of templates/classify.ipynb."
-        )
-    return dataset
-
-
-def template_path() -> Path:
-    """``templates/evaluate.ipynb`` beside the package."""
-    import mlkit
-
-    return Path(mlkit.__file__).resolve().parents[1] / "templates" / TEMPLATE
-
-
-def resolve_run(ref: str | Path, root: Path | None = None) -> Path:
-    """A run id, prefix or folder, or a registered model: ``NAME``, ``NAME:alias``, ``NAME:v3``.
-
-    A model resolves to the run its version was registered from, so an evaluation of a
-    model is found again by the promotion gate.
-    """
-    from mlkit import registry
-    from mlkit.errors import RunNotFoundError
-    from mlkit.record import find_run, read_json
-
-    try:
-        return find_run(ref, root)
-    except RunNotFoundError:
-        name, _, version_ref = str(ref).partition(":")
-        if not (registry.model_dir(name, root) / "registry.json").exists():
-            raise RunNotFoundError(
-                f"No run and no registered model {str(ref)!r}. Pass a run id (mlkit runs) or "
-                "a model as NAME:alias (mlkit model list)."
-            ) from None
-    number = registry.resolve(name, version_ref or "latest", root)
-    entry = next(v for v in registry.show(name, root)["versions"] if v["version"] == number)
-    run_dir = find_run(entry["run_id"], root)
-    if not read_json(run_dir / "run.json"):
-        raise RunNotFoundError(f"The run of {name} v{number} ({entry['run_id']}) has no record.")
-    return run_dir
-
-
-def evaluate_run(
-    run_ref: str | Path,
-    *,
-    sensitive: str | None = None,
-    params: Mapping[str, Any] | None = None,
-    root: Path | None = None,
-    tracking: str | None = None,
-    progress: bool = False,
-    engine: str = "papermill",
-    cell_timeout: float | None = None,
-) -> dict[str, Any]:
-    """Execute ``templates/evaluate.ipynb`` on a recorded run; return the evaluation's record.
-
-    The evaluation is a run of its own under experiment ``evaluate`` whose run.json names the
-    evaluated run (``evaluates``), so :func:`find_evaluation` and the registry's gate find it.
-    ``params`` sets more template parameters (``ig_steps``, ``bins``, ...).
-    """
-    from mlkit import runner
-
-    run_dir = resolve_run(run_ref, root)
-    given: dict[str, Any] = {**(params or {}), "run": str(run_dir)}
-    if sensitive:
-        # Fail before a record or a kernel exists, naming the columns there are.
-        _run_dataset(run_dir, check=False).groups(sensitive)
-        given["sensitive"] = sensitive
-    return runner.run(
-        template_path(),
-        given,
-        experiment=EXPERIMENT,
-        job_type="evaluate",
-        extra={"evaluates": run_dir.name},
-        root=root,
-        tracking=tracking,
-        progress=progress,
-        engine=engine,
-        cell_timeout=cell_timeout,
-    )
-
-
-def find_evaluation(run_ref: str | Path, root: Path | None = None) -> dict[str, Any] | None:
-    """The newest completed evaluation of a run (its record), or None when there is none."""
-    from mlkit.record import find_run, list_runs
-
-    run_id = find_run(run_ref, root).name
-    for record in list_runs(EXPERIMENT, root):  # newest first
-        if record.get("evaluates") == run_id and record.get("status") == "completed":
-            return record
-    return None
-
-
-def tables(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The report's tables as rows, for W&B: every mapping of name to a dict of values.
-
-    ``{"fairness": {"groups": {"0": {...}, "1": {...}}}}`` becomes
-    ``{"fairness/groups": [{"name": "0", ...}, {"name": "1", ...}]}``; lists of dicts
-    are kept as they are.
-    """
-    out: dict[str, list[dict[str, Any]]] = {}
-
-    def visit(prefix: str, value: Any) -> None:
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            out[prefix] = list(value)
-        elif isinstance(value, dict) and value:
-            if all(isinstance(v, dict) for v in value.values()) and all(
-                not isinstance(x, dict | list) for v in value.values() for x in v.values()
-            ):
-                out[prefix] = [{"name": str(k), **v} for k, v in value.items()]
-            else:
-                for key, sub in value.items():
-                    visit(f"{prefix}/{key}" if prefix else str(key), sub)
-
-    visit("", report)
-    return out

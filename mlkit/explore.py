@@ -32,11 +32,13 @@ from typing import Any
 import ipywidgets as widgets
 import traitlets
 
-from mlkit import params as _params
-from mlkit import record as _record
-from mlkit import space as _space
-from mlkit import sweep as _sweep
+from mlkit import record_store
+from mlkit import storage as storages
+from mlkit._io import read_json, write_json, write_text
 from mlkit.errors import MlkitError
+from mlkit.run import params as _params
+from mlkit.sweep import config, driver
+from mlkit.sweep import space as _space
 
 CANCEL_REASON = "cancelled by the user"
 POLL_S = 0.5
@@ -82,7 +84,7 @@ def shutdown() -> None:
         executor, _EXECUTOR = _EXECUTOR, None
     if executor is None:
         return
-    from mlkit import warm
+    from mlkit.run import warm
 
     executor.submit(warm.pool().close).result()
     executor.shutdown(wait=True)
@@ -361,7 +363,7 @@ class Explorer:
         self.notebook = Path(notebook)
         self.signature = _params.read_signature(self.notebook)
         name = study or experiment or f"{self.notebook.stem}-explore"
-        root = _record.experiments_root()
+        root = record_store.experiments_root()
         self.sweepable = space is not None
         if space is None:
             import yaml
@@ -370,9 +372,9 @@ class Explorer:
             space.parent.mkdir(parents=True, exist_ok=True)
             text = yaml.safe_dump(_derived_space(self.signature), sort_keys=False)
             if not space.exists() or space.read_text(encoding="utf-8") != text:
-                _record.write_text(space, text)
+                write_text(space, text)
         self.space_path = Path(space)
-        self.cfg = _sweep.prepare(
+        self.cfg = config.prepare(
             self.notebook,
             self.space_path,
             study=name,
@@ -386,11 +388,11 @@ class Explorer:
             engine=engine,
         )
         self.dims = self.cfg.dims()
-        self.study = _sweep._create_or_resume(self.cfg)
-        self.study.sampler = _sweep.make_sampler(
+        self.study = config._create_or_resume(self.cfg)
+        self.study.sampler = config.make_sampler(
             self.cfg.sampler, self.cfg.seed, self.dims, len(self.cfg.objectives)
         )
-        self.study.pruner = _sweep.make_pruner(self.cfg.pruner)
+        self.study.pruner = storages.make_pruner(self.cfg.pruner)
         self._job: _Job | None = None
         self._pending: list[concurrent.futures.Future] = []
         self._records: dict[int, Path] = {}
@@ -594,7 +596,7 @@ class Explorer:
         chosen = dict(best.params)
         run_path = best.user_attrs.get("run_path")
         if run_path:
-            recorded = _record.read_json(Path(run_path) / "params.json", {}) or {}
+            recorded = read_json(Path(run_path) / "params.json", {}) or {}
             chosen = {**recorded.get("parameters", {}), **chosen}
         for name, value in chosen.items():
             control = self.controls.get(name)
@@ -640,7 +642,7 @@ class Explorer:
 
     def _ask(self, enqueue: dict[str, Any] | None) -> Any:
         # Under the sweep's lock: a `mlkit sweep` on the same study must not take our point.
-        with _sweep.ask_lock(self.cfg.storage, self.cfg.study):
+        with storages.ask_lock(self.cfg.storage, self.cfg.study):
             if enqueue is not None:
                 self.study.enqueue_trial(enqueue, user_attrs={"manual": True}, skip_if_exists=False)
             trial = self.study.ask()
@@ -660,8 +662,8 @@ class Explorer:
         for index in range(n):
             if job.cancelled:
                 break
-            with _sweep.ask_lock(self.cfg.storage, self.cfg.study):
-                _sweep.reap_stale(self.study)
+            with storages.ask_lock(self.cfg.storage, self.cfg.study):
+                driver.reap_stale(self.study)
             trial = self._ask(None)
             rows.append(self._run_one(job, trial, fixed, f"sweep {index + 1}/{n}: "))
             self.progress.value = index + 1
@@ -682,7 +684,7 @@ class Explorer:
         follower.start()
         cfg = dataclasses.replace(self.cfg, fixed=fixed)
         try:
-            state = _sweep.run_trial(cfg, _CancelAwareStudy(self.study, job), trial, self.dims)
+            state = driver.run_trial(cfg, _CancelAwareStudy(self.study, job), trial, self.dims)
         except KeyboardInterrupt:
             if not job.cancelled:
                 raise
@@ -706,7 +708,7 @@ class Explorer:
         while not job.trial_done.wait(POLL_S):
             if job.record is None:
                 for path in self._run_dirs() - known:
-                    info = _record.read_json(path / "run.json", {}) or {}
+                    info = read_json(path / "run.json", {}) or {}
                     if info.get("trial") == job.number:
                         job.record = path
             if job.cancelled:
@@ -714,13 +716,13 @@ class Explorer:
                 # interrupt yet: keep trying until the run ends.
                 self._interrupt(job)
             if job.record is not None:
-                count = len(_record.history(job.record))
+                count = len(record_store.history(job.record))
                 if count != seen:
                     seen = count
                     self._draw_live(job)
 
     def _interrupt(self, job: _Job) -> None:
-        from mlkit import warm
+        from mlkit.run import warm
 
         if not (job.done.is_set() or job.trial_done.is_set()):
             warm.pool().interrupt()
@@ -728,16 +730,16 @@ class Explorer:
     def _mark_cancelled(self, record: Path | None) -> None:
         if record is None:
             return
-        info = _record.read_json(record / "run.json", {}) or {}
+        info = read_json(record / "run.json", {}) or {}
         if info.get("reason") != CANCEL_REASON:
             info["interrupted_as"] = info.get("reason", "")
         info.update(status="failed", reason=CANCEL_REASON, cancelled=True)
-        _record.write_json(record / "run.json", info)
+        write_json(record / "run.json", info)
 
     def _draw_live(self, job: _Job, final: bool = False) -> None:
         if job.record is None:
             return
-        rows = _record.history(job.record)
+        rows = record_store.history(job.record)
         done = "" if final else f", epoch {len(rows)}"
         self.live_plot.value = curves_png({f"#{job.number}": rows}, f"trial #{job.number}{done}")
 
@@ -752,7 +754,7 @@ class Explorer:
 
     # -- records and trials ----------------------------------------------------------------
     def _runs_folder(self) -> Path:
-        return Path(self.cfg.root or _record.experiments_root()) / self.cfg.study / "runs"
+        return Path(self.cfg.root or record_store.experiments_root()) / self.cfg.study / "runs"
 
     def _run_dirs(self) -> set[Path]:
         folder = self._runs_folder()
@@ -765,13 +767,13 @@ class Explorer:
         if number in self._records:
             return self._records[number]
         for path in self._run_dirs():
-            if (_record.read_json(path / "run.json", {}) or {}).get("trial") == number:
+            if (read_json(path / "run.json", {}) or {}).get("trial") == number:
                 return path
         return None
 
     def _row(self, trial: Any) -> dict[str, Any]:
         record = self._record_of(trial.number)
-        info = _record.load_run(record) if record is not None and record.exists() else {}
+        info = record_store.load_run(record) if record is not None and record.exists() else {}
         result = info.get("result") or trial.user_attrs.get("result") or {}
         duration = trial.duration.total_seconds() if trial.duration else info.get("duration")
         return {
@@ -858,7 +860,7 @@ class Explorer:
         if not chosen:
             self.compare_plot.value = b""
             return
-        histories = {f"#{n}": _record.history(self._rows[n]["run_path"]) for n in chosen}
+        histories = {f"#{n}": record_store.history(self._rows[n]["run_path"]) for n in chosen}
         self.compare_plot.value = curves_png(histories)
 
     def _draw_study_plots(self, rows: list[dict[str, Any]]) -> None:

@@ -1,256 +1,34 @@
-"""Run records: the directory on disk that is the source of truth for a run.
+"""The live record of a run, from inside the notebook: ``mlkit.start_run`` and ``Run``.
 
-Layout, under ``experiments/<experiment>/runs/<run-id>/``::
-
-    run.json       status (running, completed, failed), reason, timing, W&B location
-    params.json    the notebook and the parameters it ran with
-    lineage.json   what is needed to reproduce it (code, data, environment, seed)
-    result.json    the metrics the notebook recorded: the success sentinel
-    metrics.jsonl  one line per epoch, appended as training goes, fsynced at the end
-    output.ipynb   the executed notebook
-    model.safetensors, model.json   weights (loadable without pickle) and how to rebuild
-
-Inside a notebook, ``mlkit.start_run`` attaches to the directory the driver made
-(``MLKIT_RUN_DIR``) or makes one, so the same notebook records itself when it is
-run by hand in JupyterLab or by plain papermill.
+``mlkit.start_run`` attaches to the directory the driver made (``MLKIT_RUN_DIR``) or
+makes one, so the same notebook records itself when it is run by hand in JupyterLab or
+by plain papermill. What the folder holds is described in :mod:`mlkit.record_store`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
-import json
 import math
 import os
-import secrets
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlkit.errors import MlkitError, RunNotFoundError
-
-RESULT_MIME = "application/vnd.mlkit.result+json"
-ENV_RUN_DIR = "MLKIT_RUN_DIR"
-ENV_EXPERIMENT = "MLKIT_EXPERIMENT"
-ENV_NOTEBOOK = "MLKIT_NOTEBOOK"
-ENV_DEFER_FINISH = "MLKIT_DEFER_FINISH"
-ENV_ROOT = "MLKIT_EXPERIMENTS"
-
+from mlkit._contract import ENV_DEFER_FINISH, ENV_EXPERIMENT, ENV_NOTEBOOK, ENV_RUN_DIR, RESULT_MIME
+from mlkit._io import _jsonable, append_jsonl, fsync_file, hostname, now_iso, read_json, write_json
+from mlkit.figures import _display_png, render_png
+from mlkit.record_store import (
+    create_run_dir,
+    experiments_root,
+    find_run,
+    history,
+    list_runs,
+    load_run,
+)
 
 # --- files -------------------------------------------------------------------
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one, never half."""
-    text = json.dumps(_jsonable(data), indent=2, sort_keys=False, allow_nan=True) + "\n"
-    write_text(path, text)
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write text atomically and durably (temp file, fsync, rename, fsync dir)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; records are shared files
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def append_jsonl(path: str | Path, row: dict[str, Any], *, sync: bool = True) -> None:
-    """Append one JSON line, so a kill loses at most the line in flight.
-
-    ``sync=False`` leaves the line with the OS (a killed process loses nothing; a machine
-    crash may lose the last lines) until ``fsync_file``: for rows written many times a
-    second, where an fsync each was 1% of a short training run.
-    """
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(_jsonable(row)) + "\n")
-        fh.flush()
-        if sync:
-            os.fsync(fh.fileno())
-
-
-def fsync_file(path: str | Path) -> None:
-    """Force a file's appended lines to disk (see ``append_jsonl``); no file, no-op."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_json(path: str | Path, default: Any = None) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return default
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder
-        fsync_file(path)
-
-
-def _jsonable(value: Any) -> Any:
-    """Convert numpy and torch scalars, paths and tuples into JSON builtins."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
-
-
 # --- where runs live ---------------------------------------------------------
-
-
-def experiments_root() -> Path:
-    """``$MLKIT_EXPERIMENTS``, else ``experiments/`` at the project root above the cwd.
-
-    The project root is the nearest folder holding ``.git`` or ``pyproject.toml``,
-    so a notebook run from ``notebooks/`` in JupyterLab records where a CLI run does.
-    """
-    if os.environ.get(ENV_ROOT):
-        return Path(os.environ[ENV_ROOT]).resolve()
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
-        if (folder / ".git").exists() or (folder / "pyproject.toml").exists():
-            return folder / "experiments"
-    return here / "experiments"
-
-
-def new_run_id() -> str:
-    """Sortable by time, unique without coordination (W&B accepts it as a run id)."""
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{now}-{secrets.token_hex(3)}"
-
-
-def check_experiment_name(name: str) -> str:
-    ok = name and all(c.isalnum() or c in "-_." for c in name) and not name.startswith(".")
-    if not ok:
-        raise MlkitError(
-            f"Experiment name {name!r} must be letters, digits, '-', '_' or '.', and not start "
-            "with '.'. Pass --experiment digits-mlp, for example."
-        )
-    return name
-
-
-def create_run_dir(experiment: str, root: Path | None = None) -> tuple[str, Path]:
-    """Make a fresh run directory; an existing one is never reused or overwritten."""
-    root = root or experiments_root()
-    runs = root / check_experiment_name(experiment) / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    for _ in range(10):
-        run_id = new_run_id()
-        path = runs / run_id
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return run_id, path
-    raise MlkitError(f"Could not create a new run directory under {runs}.")
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def find_run(ref: str | Path, root: Path | None = None) -> Path:
-    """Resolve a run id, a unique id prefix, or a path to its directory."""
-    path = Path(ref)
-    if (path / "run.json").exists() or (path / "params.json").exists():
-        return path.resolve()
-    root = root or experiments_root()
-    matches = sorted(root.glob(f"*/runs/{ref}*")) if root.exists() else []
-    matches = [m for m in matches if m.is_dir()]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise RunNotFoundError(f"No run '{ref}' under {root}. List runs with: mlkit runs")
-    names = ", ".join(m.name for m in matches[:5])
-    raise MlkitError(f"Run '{ref}' is ambiguous ({names}, ...). Give more of the id.")
-
-
-def list_runs(experiment: str | None = None, root: Path | None = None) -> list[dict[str, Any]]:
-    """Every run record (newest first), each as run.json plus params and result."""
-    root = root or experiments_root()
-    pattern = f"{experiment}/runs/*" if experiment else "*/runs/*"
-    rows = []
-    for path in root.glob(pattern) if root.exists() else []:
-        if not path.is_dir():
-            continue
-        rows.append(load_run(path))
-    rows.sort(key=lambda r: r.get("started") or "", reverse=True)
-    return rows
-
-
-def load_run(path: Path) -> dict[str, Any]:
-    info = read_json(path / "run.json", {}) or {}
-    info.setdefault("id", path.name)
-    info.setdefault("experiment", path.parent.parent.name)
-    info["path"] = str(path)
-    info["params"] = (read_json(path / "params.json", {}) or {}).get("parameters", {})
-    info["result"] = read_json(path / "result.json")
-    if info.get("status") == "running" and info.get("result") is None:
-        # A driver that died leaves "running"; say so instead of pretending.
-        pid = info.get("pid")
-        if pid and not pid_alive(pid) and info.get("host") == hostname():
-            info["status"] = "crashed"
-    return info
-
-
-def history(ref: str | Path, root: Path | None = None) -> list[dict[str, Any]]:
-    """The per-epoch rows a run logged (metrics.jsonl), for curves and comparisons."""
-    path = find_run(ref, root) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line torn by a kill: everything before it is intact
-    return rows
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host still runs (signal 0 checks without sending)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def hostname() -> str:
-    import socket
-
-    return socket.gethostname()
 
 
 # --- inside the notebook -----------------------------------------------------
@@ -265,6 +43,22 @@ def parameters(namespace: dict[str, Any]) -> dict[str, Any]:
     names = namespace.get("__annotations__", {})
     return {name: namespace[name] for name in names if name in namespace}
 
+
+# The run store and the file helpers stay importable from here (``record.list_runs``,
+# ``from mlkit.record import write_json``), as notebooks written before the split use them.
+__all__ = [
+    "Run",
+    "close_active",
+    "experiments_root",
+    "find_run",
+    "history",
+    "list_runs",
+    "load_run",
+    "parameters",
+    "read_json",
+    "start_run",
+    "write_json",
+]
 
 _ACTIVE: Run | None = None
 
@@ -292,7 +86,7 @@ class Run:
         self.result: dict[str, Any] | None = None
         self.figures: list[str] = []
         from mlkit import lineage, track
-        from mlkit.trial import spec_from_env
+        from mlkit._contract import spec_from_env
 
         trial = spec_from_env()
         known = (read_json(path / "lineage.json", {}) or {}).get("git")
@@ -404,77 +198,6 @@ class Run:
 
 def _nan_reason(bad: list[str]) -> str:
     return f"non-finite result: {', '.join(bad)}" if bad else ""
-
-
-def render_png(figure: Any, dpi: int = 100) -> bytes:
-    """The figure as PNG, cropped to what is drawn, as ``savefig(bbox_inches="tight")``.
-
-    savefig draws a figure twice for that crop: once to measure it, once to save. When
-    everything drawn lies inside the canvas, one drawing cropped to the same box gives
-    the same picture in about two thirds of the time (a tenth of a short sweep trial).
-    A figure that draws past its edges, or a non-default savefig style, is saved by
-    savefig, so nothing is ever clipped (past the edges, the drawing done to measure
-    makes it about 15% slower than savefig alone: give figures room for their labels).
-    """
-    import io
-    import zlib
-
-    import matplotlib
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from PIL import Image
-
-    rc = matplotlib.rcParams
-    pad = rc["savefig.pad_inches"]
-    box: Any = "tight"
-    plain = (
-        isinstance(pad, (int, float))
-        and not rc["savefig.transparent"]
-        and rc["savefig.facecolor"] == "auto"
-        and rc["savefig.edgecolor"] == "auto"
-    )
-    if plain:
-        old_canvas, old_dpi = figure.canvas, figure.dpi
-        try:
-            figure.dpi = dpi
-            canvas = FigureCanvasAgg(figure)
-            canvas.draw()
-            box = figure.get_tightbbox(canvas.get_renderer()).padded(pad)
-            width, height = figure.get_size_inches()
-            if box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height:
-                rgba = np.asarray(canvas.buffer_rgba())
-                rows, cols = rgba.shape[:2]
-                # savefig's size for the same box (whole pixels, rounded down), anchored
-                # where savefig anchors it: the box's lower left corner.
-                w, h = int(box.width * dpi), int(box.height * dpi)
-                left = min(round(box.x0 * dpi), cols - w)
-                top = max(rows - round(box.y0 * dpi) - h, 0)
-                crop = rgba[top : top + h, left : left + w]
-                if crop[..., 3].min() == 255:  # opaque: no alpha channel to store
-                    crop = crop[..., :3]
-                buffer = io.BytesIO()
-                # Run-length zlib: a third faster than the default for charts' flat colours,
-                # and smaller. Any PNG reader reads it.
-                Image.fromarray(crop).save(buffer, format="png", compress_type=zlib.Z_RLE)
-                return buffer.getvalue()
-        finally:
-            figure.dpi = old_dpi
-            figure.set_canvas(old_canvas)
-    # Drawn past its edges: savefig grows the canvas to the box measured above (one more
-    # drawing, not the two of "tight"). A non-default savefig style: savefig's "tight".
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches=box)
-    return buffer.getvalue()
-
-
-def _display_png(png: bytes) -> None:
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-    except ImportError:
-        return
-    if get_ipython() is not None:
-        display(Image(data=png, format="png"))
 
 
 def _display_result(result: dict[str, Any]) -> None:

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mlkit import abtest, registry
-from mlkit.serve import ServeError, bucket, parse_ab, route
+from mlkit.errors import ServeError
+from mlkit.ops import abtest
+from mlkit.ops import stats as opstats
+from mlkit.registry import aliases, store
+from mlkit.serve.routing import bucket, parse_ab, route
 from tests.conftest import run_cli
 from tests.test_registry import fake_run
 from tests.test_serve import log_rows
@@ -61,22 +64,22 @@ def test_split_follows_weights() -> None:
 # Wilson interval matches the known value: 81/263 -> [0.2553, 0.3662] (Wilson 1927 /
 # Newcombe 1998 worked example), and stays in [0, 1] at the edges.
 def test_wilson_interval_known_value() -> None:
-    low, high = abtest.wilson_interval(81, 263)
+    low, high = opstats.wilson_interval(81, 263)
     assert low == pytest.approx(0.2553, abs=5e-4)
     assert high == pytest.approx(0.3662, abs=5e-4)
-    low, high = abtest.wilson_interval(0, 10)
+    low, high = opstats.wilson_interval(0, 10)
     assert low == 0.0 and high == pytest.approx(0.2775, abs=5e-4)
-    assert abtest.wilson_interval(0, 0) == (0.0, 1.0)
+    assert opstats.wilson_interval(0, 0) == (0.0, 1.0)
 
 
 # The two-proportion test: a clear difference gives p < 0.01, identical variants p > 0.05,
 # and the known value 0.5 vs 0.6 at n=500 each (z = 3.18, p = 0.0015).
 def test_two_proportion_test_on_synthetic_counts() -> None:
-    z, p = abtest.two_proportion_test(800, 1000, 900, 1000)
+    z, p = opstats.two_proportion_test(800, 1000, 900, 1000)
     assert p < 0.01 and z > 0
-    z, p = abtest.two_proportion_test(450, 500, 450, 500)
+    z, p = opstats.two_proportion_test(450, 500, 450, 500)
     assert p > 0.05 and z == 0
-    z, p = abtest.two_proportion_test(250, 500, 300, 500)
+    z, p = opstats.two_proportion_test(250, 500, 300, 500)
     assert z == pytest.approx(3.1782, abs=1e-3) and p == pytest.approx(0.00148, abs=5e-5)
     stats = abtest.compare([("a", 1, 1000, 800), ("b", 2, 1000, 900)], metric="error_rate")
     assert stats[0].z is None and stats[0].rate == pytest.approx(0.2)
@@ -86,10 +89,10 @@ def test_two_proportion_test_on_synthetic_counts() -> None:
 @pytest.fixture
 def ab_model(exp_root: Path) -> Path:
     """m v1 (alias production) and m v2 (alias candidate): tiny 4-feature linear models."""
-    registry.register(fake_run(exp_root), "m")
-    registry.register(fake_run(exp_root), "m")
-    registry.promote("m", "v1", alias="production")
-    registry.promote("m", "v2", alias="candidate")
+    store.register(fake_run(exp_root), "m")
+    store.register(fake_run(exp_root), "m")
+    aliases.promote("m", "v1", alias="production")
+    aliases.promote("m", "v2", alias="candidate")
     return exp_root
 
 
@@ -148,7 +151,7 @@ def test_sticky_variants_logged_and_reported(ab_model: Path, tmp_path: Path) -> 
 # A log created before the variant column gets it on open (old rows read as null), and the
 # report refuses labels it cannot join, exit 2 with a clear message.
 def test_old_log_gains_variant_column_and_report_refusals(tmp_path: Path) -> None:
-    from mlkit import predlog
+    from mlkit.serve import predlog
 
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path)

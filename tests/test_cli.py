@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mlkit import runner
+from mlkit.run import runner
 from tests.conftest import ROOT, SCENARIOS, run_cli
 
 HEAVY = ("torch", "wandb", "papermill", "ipywidgets", "optuna", "nbclient", "IPython")
@@ -16,7 +16,7 @@ HEAVY = ("torch", "wandb", "papermill", "ipywidgets", "optuna", "nbclient", "IPy
 # `import mlkit` and `mlkit --help` stay instant: no heavy library is imported.
 def test_import_and_help_import_nothing_heavy() -> None:
     code = (
-        "import sys, mlkit, mlkit.cli, mlkit.params, mlkit.record\n"
+        "import sys, mlkit, mlkit.cli, mlkit.run.params, mlkit.record\n"
         "try:\n    mlkit.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
         "print('HEAVY=' + ','.join(heavy))"
@@ -60,7 +60,8 @@ def test_show_unknown_run(exp_root: Path) -> None:
 
 # A crashed driver leaves "running" in run.json; readers report it as crashed.
 def test_crashed_driver_is_reported(exp_root: Path) -> None:
-    from mlkit.record import create_run_dir, load_run, write_json
+    from mlkit._io import write_json
+    from mlkit.record_store import create_run_dir, load_run
 
     run_id, path = create_run_dir("x", exp_root)
     dead = subprocess.run(

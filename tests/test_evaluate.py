@@ -14,6 +14,7 @@ import pytest
 
 from mlkit import data, evaluate
 from mlkit.errors import ParameterError, UnknownNameError
+from mlkit.registry import evaluation
 from tests.conftest import TEMPLATES
 
 PLANTED = 0.2
@@ -188,7 +189,7 @@ def test_import_stays_light() -> None:
 
 def test_template_end_to_end_on_biased_data(exp_root: Path) -> None:
     # Rule: the template runs untouched through the runner and records fairness and figures.
-    from mlkit import runner
+    from mlkit.run import runner
 
     info = runner.run(TEMPLATES / "evaluate.ipynb", {}, progress=False)
     assert info["status"] == "completed", info.get("reason")
@@ -212,7 +213,7 @@ def test_template_end_to_end_on_biased_data(exp_root: Path) -> None:
 
 def test_evaluate_run_on_a_recorded_cnn(exp_root: Path) -> None:
     # Rule: mlkit evaluate RUN rebuilds a saved image model, and the record names that run.
-    from mlkit import runner
+    from mlkit.run import runner
 
     trained = runner.run(
         TEMPLATES / "classify.ipynb",
@@ -221,15 +222,15 @@ def test_evaluate_run_on_a_recorded_cnn(exp_root: Path) -> None:
     )
     assert trained["status"] == "completed", trained.get("reason")
     with pytest.raises(UnknownNameError, match="no sensitive attribute 'group'"):
-        evaluate.evaluate_run(trained["id"], sensitive="group")  # digits has none
+        evaluation.evaluate_run(trained["id"], sensitive="group")  # digits has none
     assert not (exp_root / "evaluate").exists()  # refused before any record was made
-    info = evaluate.evaluate_run(trained["id"], params={"ig_steps": 8})
+    info = evaluation.evaluate_run(trained["id"], params={"ig_steps": 8})
     assert info["status"] == "completed", info.get("reason")
     assert info["evaluates"] == trained["id"]
     assert "fairness/demographic_parity_difference" not in info["result"]  # digits has no group
     assert 0 <= info["result"]["calibration/ece"] <= 1
     assert (Path(info["path"]) / "attributions.png").exists()
-    assert evaluate.find_evaluation(trained["id"])["id"] == info["id"]
+    assert evaluation.find_evaluation(trained["id"])["id"] == info["id"]
 
 
 # Report tables become W&B table rows: one row per group or slice, nested tables found.

@@ -13,7 +13,7 @@ import ipywidgets as widgets
 import pytest
 from optuna.trial import TrialState
 
-from mlkit import explore, record
+from mlkit import explore, record_store
 from mlkit.errors import ParameterError
 from tests.conftest import ROOT, SCENARIOS, TEMPLATES
 
@@ -54,7 +54,7 @@ def wait_for(check, what: str, timeout: float = WAIT_S):
 # `import mlkit` (and its sweep machinery) never imports ipywidgets; mlkit.explore does.
 def test_only_explore_imports_ipywidgets() -> None:
     code = (
-        "import sys, mlkit, mlkit.sweep, mlkit.runner; "
+        "import sys, mlkit, mlkit.sweep, mlkit.run.runner; "
         "assert 'ipywidgets' not in sys.modules; "
         "import mlkit.explore; assert 'ipywidgets' in sys.modules"
     )
@@ -122,7 +122,7 @@ def test_manual_run_is_a_manual_trial(env: Path, tmp_path: Path) -> None:
     assert trial.params == {"x": 1.5, "kind": "a"}
     (listed,) = ex.rows()
     assert listed["source"] == "manual" and listed["params"]["epochs"] == 2  # fixed, not searched
-    assert record.load_run(Path(listed["run_path"]))["trial"] == 0
+    assert record_store.load_run(Path(listed["run_path"]))["trial"] == 0
     assert "completed" in ex.status.value and "mlkit-status" in ex.status._dom_classes
     assert "manual" in ex.table.value
 
@@ -162,7 +162,7 @@ def test_cancel_fails_the_trial_as_cancelled(env: Path, tmp_path: Path) -> None:
 def test_cancel_while_the_kernel_warms(
     env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlkit import warm
+    from mlkit.run import warm
 
     # A warm-up that takes a minute: Cancel lands in it however fast the machine is.
     began = tmp_path / "warm-up-began"

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from mlkit import predlog
+from mlkit.serve import predlog
 from tests.conftest import run_cli
 from tests.test_serve import log_rows
 

@@ -3,7 +3,7 @@
 The models are real: a logistic model trained on synthetic_fairness with a planted bias of 0.3
 and one trained on the unbiased version. Their evaluations are computed with mlkit.evaluate's
 own functions on the test split (what templates/evaluate.ipynb computes) and recorded as
-`evaluate` runs that name the evaluated run, which is how evaluate.find_evaluation finds them.
+`evaluate` runs that name the evaluated run, which is how evaluation.find_evaluation finds them.
 Training and evaluating in-process keeps the module to a few seconds.
 """
 
@@ -17,7 +17,10 @@ from typing import Any
 
 import pytest
 
-from mlkit import evaluate, record, registry
+from mlkit import errors, evaluate, record_store
+from mlkit._contract import BUILD, WEIGHTS
+from mlkit._io import now_iso, write_json
+from mlkit.registry import aliases, evaluation, promotion, store
 from tests.conftest import run_cli
 
 DP = "fairness/demographic_parity_difference"
@@ -47,15 +50,13 @@ def model_run(root: Path, bias: float) -> Path:
     from safetensors.torch import save_file
 
     state, build = _trained(bias)
-    run_id, path = record.create_run_dir("fair", root)
-    record.write_json(
-        path / "run.json", {"id": run_id, "status": "completed", "started": record.now_iso()}
-    )
+    run_id, path = record_store.create_run_dir("fair", root)
+    write_json(path / "run.json", {"id": run_id, "status": "completed", "started": now_iso()})
     params = {"dataset": "synthetic_fairness", "bias": bias, "n_samples": N_SAMPLES}
-    record.write_json(path / "params.json", {"notebook": "x.ipynb", "parameters": params})
-    record.write_json(path / "result.json", {"test/accuracy": 0.0})
-    save_file(state, path / registry.WEIGHTS)
-    record.write_json(path / registry.BUILD, {"name": "linear", "build": build})
+    write_json(path / "params.json", {"notebook": "x.ipynb", "parameters": params})
+    write_json(path / "result.json", {"test/accuracy": 0.0})
+    save_file(state, path / WEIGHTS)
+    write_json(path / BUILD, {"name": "linear", "build": build})
     return path
 
 
@@ -72,25 +73,25 @@ def evaluate_model_run(root: Path, run_dir: Path) -> dict[str, Any]:
         "calibration/ece": evaluate.expected_calibration_error(ds.test.y, probs),
         "test/accuracy": float((pred == ds.test.y).mean()),
     }
-    eval_id, path = record.create_run_dir(evaluate.EXPERIMENT, root)
-    record.write_json(
+    eval_id, path = record_store.create_run_dir(evaluation.EXPERIMENT, root)
+    write_json(
         path / "run.json",
         {
             "id": eval_id,
             "status": "completed",
-            "started": record.now_iso(),
+            "started": now_iso(),
             "evaluates": run_dir.name,
         },
     )
-    record.write_json(path / "result.json", result)
-    assert evaluate.find_evaluation(run_dir.name, root)["id"] == eval_id
+    write_json(path / "result.json", result)
+    assert evaluation.find_evaluation(run_dir.name, root)["id"] == eval_id
     return {"id": eval_id, "result": result}
 
 
 def registered(root: Path, bias: float, name: str = "fair") -> tuple[int, dict[str, Any]]:
     """Register a trained run as the next version of ``name`` and evaluate it."""
     run_dir = model_run(root, bias)
-    version = registry.register(run_dir, name)["version"]
+    version = store.register(run_dir, name)["version"]
     return version, evaluate_model_run(root, run_dir)
 
 
@@ -102,7 +103,7 @@ def test_gate_blocks_biased_model_until_forced_with_a_reason(exp_root: Path) -> 
     assert gap > 0.2, "the planted bias shows in the evaluation"
     proc = run_cli("model", "bounds", "fair", "--set", f"{DP}=0.1", "--set", "test/accuracy>=0.6")
     assert proc.returncode == 0, proc.stderr
-    before = registry.show("fair")
+    before = store.show("fair")
 
     proc = run_cli("model", "promote", "fair", f"v{version}")
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -114,16 +115,16 @@ def test_gate_blocks_biased_model_until_forced_with_a_reason(exp_root: Path) -> 
     for extra in (["--force"], ["--force", "--reason", "  "]):
         proc = run_cli("model", "promote", "fair", f"v{version}", *extra)
         assert proc.returncode == 2 and "needs a reason" in proc.stderr, proc.stderr
-    assert registry.show("fair") == before, "a refused promotion writes nothing"
-    with pytest.raises(registry.ModelNotFoundError, match="no alias 'production'"):
-        registry.resolve("fair", "production")
+    assert store.show("fair") == before, "a refused promotion writes nothing"
+    with pytest.raises(errors.ModelNotFoundError, match="no alias 'production'"):
+        store.resolve("fair", "production")
 
     reason = "ticket FAIR-12: accepted for the pilot, retrain due next sprint"
     proc = run_cli("model", "promote", "fair", f"v{version}", "--force", "--reason", reason)
     assert proc.returncode == 0, proc.stderr
     assert "fair:production -> v1 (was nothing)" in proc.stdout and reason in proc.stdout
-    assert registry.resolve("fair", "production") == version
-    (event,) = registry.show("fair")["alias_history"]["production"]
+    assert store.resolve("fair", "production") == version
+    (event,) = store.show("fair")["alias_history"]["production"]
     assert event["forced"] is True and event["reason"] == reason
     assert event["evaluation"] == ev["id"]
     assert len(event["violations"]) == 1 and DP in event["violations"][0]
@@ -134,10 +135,10 @@ def test_unbiased_model_promotes_without_force(exp_root: Path) -> None:
     # history names the evaluation it passed.
     version, ev = registered(exp_root, 0.0)
     assert ev["result"][DP] < 0.1
-    registry.set_bounds("fair", [f"{DP}=0.1", "calibration/ece=0.2"])
-    out = registry.promote("fair", version)
+    promotion.set_bounds("fair", [f"{DP}=0.1", "calibration/ece=0.2"])
+    out = aliases.promote("fair", version)
     assert out == {"name": "fair", "alias": "production", "version": version, "previous": None}
-    (event,) = registry.show("fair")["alias_history"]["production"]
+    (event,) = store.show("fair")["alias_history"]["production"]
     assert event["evaluation"] == ev["id"] and "forced" not in event
 
 
@@ -145,22 +146,22 @@ def test_unevaluated_version_is_refused(exp_root: Path) -> None:
     # Rule: with bounds set, a version whose run has no completed evaluation is refused and
     # told to run mlkit evaluate on that run; each bound is named as unchecked.
     run_dir = model_run(exp_root, 0.0)
-    registry.register(run_dir, "fair")
-    registry.set_bounds("fair", [f"{DP}=0.1"])
-    with pytest.raises(registry.PromotionBlockedError) as info:
-        registry.promote("fair", "v1")
+    store.register(run_dir, "fair")
+    promotion.set_bounds("fair", [f"{DP}=0.1"])
+    with pytest.raises(errors.PromotionBlockedError) as info:
+        aliases.promote("fair", "v1")
     message = str(info.value)
     assert f"no evaluation yet: run mlkit evaluate {run_dir.name}" in message
     assert f"{DP} is missing" in message and "at most 0.1" in message
-    assert registry.show("fair")["aliases"] == {}
+    assert store.show("fair")["aliases"] == {}
     evaluate_model_run(exp_root, run_dir)
-    assert registry.promote("fair", "v1")["version"] == 1
+    assert aliases.promote("fair", "v1")["version"] == 1
 
 
 def test_bounds_command_sets_shows_and_clears(exp_root: Path) -> None:
     # Rule: `mlkit model bounds` stores at-most and at-least bounds in registry.json, `show`
     # lists them, `--clear` drops them, a malformed bound exits 2 and writes nothing.
-    registry.register(model_run(exp_root, 0.0), "fair")
+    store.register(model_run(exp_root, 0.0), "fair")
     proc = run_cli("model", "bounds", "fair", "--set", f"{DP}=0.1", "--set", "test/accuracy>=0.9")
     assert proc.returncode == 0, proc.stderr
     assert f"{DP} <= 0.1" in proc.stdout and "test/accuracy >= 0.9" in proc.stdout
@@ -169,12 +170,12 @@ def test_bounds_command_sets_shows_and_clears(exp_root: Path) -> None:
     assert f"bound: {DP} <= 0.1" in run_cli("model", "show", "fair").stdout
     proc = run_cli("model", "bounds", "fair", "--set", "calibration/ece=lots")
     assert proc.returncode == 2 and "METRIC=NUMBER" in proc.stderr
-    assert registry.get_bounds("fair") == reg["bounds"]
+    assert promotion.get_bounds("fair") == reg["bounds"]
     proc = run_cli("model", "bounds", "fair", "--clear", "--set", "calibration/ece=0.05")
-    assert proc.returncode == 0 and registry.get_bounds("fair") == {"calibration/ece": 0.05}
+    assert proc.returncode == 0 and promotion.get_bounds("fair") == {"calibration/ece": 0.05}
     run_cli("model", "bounds", "fair", "--clear")
     assert (
-        registry.get_bounds("fair") == {}
+        promotion.get_bounds("fair") == {}
         and "no promotion bounds" in run_cli("model", "bounds", "fair").stdout
     )
 
@@ -214,12 +215,12 @@ def test_forced_promotion_reaches_wandb_artifact(
     # Rule: with W&B offline, a forced promotion's history event is the logged artifact's
     # metadata: forced, the reason, the violations and the evaluation id.
     version, ev = registered(exp_root, 0.3)
-    registry.set_bounds("fair", [f"{DP}=0.1"])
+    promotion.set_bounds("fair", [f"{DP}=0.1"])
     monkeypatch.setenv("WANDB_MODE", "offline")
     reason = "forced for the W&B test"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a W&B failure would only warn: make it fail here
-        assert registry.promote("fair", version, force=True, reason=reason)["forced"]
+        assert aliases.promote("fair", version, force=True, reason=reason)["forced"]
     (run,) = (exp_root / "registry" / "fair" / "wandb").glob("offline-run-*")
     records = _wandb_records(next(run.glob("*.wandb")))
     kinds = [r.WhichOneof("record_type") for r in records]
@@ -227,7 +228,7 @@ def test_forced_promotion_reaches_wandb_artifact(
     assert len(artifacts) == 1, kinds
     assert artifacts[0].type == "model" and "production" in artifacts[0].aliases
     metadata = json.loads(artifacts[0].metadata)
-    (event,) = registry.show("fair")["alias_history"]["production"]
+    (event,) = store.show("fair")["alias_history"]["production"]
     assert metadata == {k: v for k, v in event.items() if k != "action"}
     assert metadata["reason"] == reason and metadata["evaluation"] == ev["id"]
 
@@ -237,12 +238,12 @@ def test_evaluate_a_registered_model_by_alias(exp_root: Path) -> None:
     from tests.conftest import run_cli
 
     run_dir = model_run(exp_root, 0.3)
-    version = registry.register(run_dir, "byalias")["version"]
-    registry.promote("byalias", version, "staging")
-    assert evaluate.resolve_run("byalias:staging", exp_root) == run_dir
+    version = store.register(run_dir, "byalias")["version"]
+    aliases.promote("byalias", version, "staging")
+    assert evaluation.resolve_run("byalias:staging", exp_root) == run_dir
     proc = run_cli("evaluate", "byalias:staging", "--sensitive", "group", "-q")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    found = evaluate.find_evaluation(run_dir.name, exp_root)
+    found = evaluation.find_evaluation(run_dir.name, exp_root)
     assert found and found["result"]["fairness/demographic_parity_difference"] > 0.1
     unknown = run_cli("evaluate", "nosuchmodel:production")
     assert unknown.returncode == 2 and "no registered model" in unknown.stderr

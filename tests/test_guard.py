@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlkit import guard, predlog, registry
-from mlkit.record import now_iso
+from mlkit._io import now_iso
+from mlkit.ops import guard
+from mlkit.registry import aliases, store
+from mlkit.serve import predlog
 from tests.conftest import ROOT, run_cli
 from tests.test_registry import fake_run
 from tests.test_serve import versions_answering
@@ -24,10 +26,10 @@ from tests.test_serve import versions_answering
 @pytest.fixture
 def live(exp_root: Path) -> Path:
     """Model m with v1 then v2 promoted to production (v2 is live)."""
-    registry.register(fake_run(exp_root), "m")
-    registry.register(fake_run(exp_root), "m")
-    registry.promote("m", "v1", root=exp_root)
-    registry.promote("m", "v2", root=exp_root)
+    store.register(fake_run(exp_root), "m")
+    store.register(fake_run(exp_root), "m")
+    aliases.promote("m", "v1", root=exp_root)
+    aliases.promote("m", "v2", root=exp_root)
     return exp_root
 
 
@@ -64,9 +66,9 @@ def write_rows(root: Path, version: int, statuses: list[int], first: int = 0) ->
 def test_error_rate_over_bound_rolls_back_and_server_follows(live: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from mlkit import serve
+    from mlkit.serve import app as serve_app
 
-    app = serve.create_app("m", "production", follow_s=0.05, root=live)
+    app = serve_app.create_app("m", "production", follow_s=0.05, root=live)
     with TestClient(app) as client:
         answers = answer(client, 60)
         assert {a["version"] for a in answers} == {2}
@@ -77,14 +79,14 @@ def test_error_rate_over_bound_rolls_back_and_server_follows(live: Path) -> None
     error = report["checks"][0]
     assert error["check"] == "error_rate" and error["crossed"]
     assert (error["bad"], error["n"]) == (40, 60) and error["ci95"][0] > 0.2
-    assert registry.resolve("m", "production", live) == 1
-    event = registry.show("m", live)["alias_history"]["production"][-1]
+    assert store.resolve("m", "production", live) == 1
+    event = store.show("m", live)["alias_history"]["production"][-1]
     assert event["action"] == "rollback" and event["by"] == "guard"
     assert event["reason"].startswith("error_rate 40/60")
     again = guard.check("m", root=live)
     assert again["version"] == 1 and again["action"] == "none" and not again["crossed"]
     assert again["checks"][0]["n"] == 0
-    lines = (registry.model_dir("m", live) / "guard.jsonl").read_text().splitlines()
+    lines = (store.model_dir("m", live) / "guard.jsonl").read_text().splitlines()
     assert [json.loads(line)["action"] for line in lines] == ["rolled back", "none"]
 
 
@@ -94,9 +96,9 @@ def test_error_rate_over_bound_rolls_back_and_server_follows(live: Path) -> None
 def test_within_bounds_or_thin_evidence_moves_nothing(live: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from mlkit import serve
+    from mlkit.serve import app as serve_app
 
-    app = serve.create_app("m", "production", follow_s=0, root=live)
+    app = serve_app.create_app("m", "production", follow_s=0, root=live)
     with TestClient(app) as client:
         answers = answer(client, 40)
     log = predlog.open_log("m", root=live)
@@ -108,7 +110,7 @@ def test_within_bounds_or_thin_evidence_moves_nothing(live: Path) -> None:
     assert held["action"] == "none" and held["checks"][0]["rate"] == 0.25
     tight = guard.check("m", root=live, overrides={"max_error_rate": 0.1}, dry_run=True)
     assert tight["action"] == "would roll back"
-    assert registry.resolve("m", "production", live) == 2
+    assert store.resolve("m", "production", live) == 2
     log.close()
 
 
@@ -120,7 +122,7 @@ def test_server_errors_cli_and_policy(live: Path) -> None:
     dry = run_cli("model", "guard", "m", "--dry-run", env=env)
     assert dry.returncode == 1, dry.stdout + dry.stderr
     assert "server_error_rate  CROSSED  20/50" in dry.stdout and "would roll back" in dry.stdout
-    assert registry.resolve("m", "production", live) == 2
+    assert store.resolve("m", "production", live) == 2
     lenient = run_cli("model", "policy", "m", "--set", "max_server_error_rate=0.6", env=env)
     assert lenient.returncode == 0 and "* max_server_error_rate = 0.6" in lenient.stdout
     calm = run_cli("model", "guard", "m:production", "--json", env=env)
@@ -128,12 +130,12 @@ def test_server_errors_cli_and_policy(live: Path) -> None:
     assert json.loads(calm.stdout)["policy"]["max_server_error_rate"] == 0.6
     bad = run_cli("model", "policy", "m", "--set", "max_error_rate=2", env=env)
     assert bad.returncode == 2 and "'max_error_rate' policy setting must be a rate" in bad.stderr
-    assert "max_error_rate" not in registry.get_policy("m", root=live)
+    assert "max_error_rate" not in aliases.get_policy("m", root=live)
     unknown = run_cli("model", "guard", "m", "--set", "drift=sometimes", env=env)
     assert unknown.returncode == 2 and "one of any, predictions, off" in unknown.stderr
     pinned = run_cli("model", "guard", "m:v2", env=env)
     assert pinned.returncode == 2 and "not one" in pinned.stderr
-    registry.set_policy("m", "production", {}, clear=True, root=live)
+    aliases.set_policy("m", "production", {}, clear=True, root=live)
     real = run_cli("model", "guard", "m", env=env)
     assert real.returncode == 1 and "rolled back: m:production -> v1" in real.stdout
     shown = run_cli("model", "show", "m", env=env).stdout
@@ -145,25 +147,25 @@ def test_server_errors_cli_and_policy(live: Path) -> None:
 
 # Only v1 is left: a crossed bound is reported, and the alias stays (nothing to go back to).
 def test_crossed_with_no_earlier_version(exp_root: Path) -> None:
-    registry.register(fake_run(exp_root), "m")
-    registry.promote("m", "v1", root=exp_root)
+    store.register(fake_run(exp_root), "m")
+    aliases.promote("m", "v1", root=exp_root)
     write_rows(exp_root, 1, [500] * 40)
     report = guard.check("m", root=exp_root)
     assert report["crossed"] and report["action"] == "cannot roll back"
     assert "no earlier version" in report["note"]
-    assert registry.resolve("m", "production", exp_root) == 1
+    assert store.resolve("m", "production", exp_root) == 1
 
 
 # With --monitor the guard runs the real monitor notebook over the live version's answers;
 # one shifted feature is drift, which rolls back under drift=any and not under drift=off.
 def test_monitor_drift_rolls_back(exp_root: Path) -> None:
-    from mlkit import serve
+    from mlkit.registry import loading
     from tests.test_monitor import _registered_digits_flat
 
     _registered_digits_flat(exp_root)
     loaded, ds = _registered_digits_flat(exp_root)  # v2, same weights
-    registry.promote("digits", "v2", root=exp_root)
-    loaded = registry.load_model("digits", "production", root=exp_root)
+    aliases.promote("digits", "v2", root=exp_root)
+    loaded = loading.load_model("digits", "production", root=exp_root)
     X = np.concatenate([ds.val.X, ds.test.X]).astype(np.float32)
     j = ds.feature_names.index("pixel_3_4")
     X[:, j] += ds.train.X[:, j].std()
@@ -173,7 +175,7 @@ def test_monitor_drift_rolls_back(exp_root: Path) -> None:
         row = {"request_id": f"q{i}", "time": now_iso(), "role": "primary", "model": "digits"}
         row.update(version=2, status=200, n=len(batch), sha256=loaded.sha256)
         row.update(input=json.dumps({"inputs": batch.tolist()}))
-        log.write({**row, "output": {"predictions": serve.score(loaded, batch)}})
+        log.write({**row, "output": {"predictions": loading.score(loaded, batch)}})
     log.close()
     env = {"MLKIT_EXPERIMENTS": str(exp_root), "WANDB_MODE": "disabled"}
     off = run_cli("model", "guard", "digits", "--monitor", "--set", "drift=off", env=env)
@@ -185,7 +187,7 @@ def test_monitor_drift_rolls_back(exp_root: Path) -> None:
     drift = report["checks"][-1]
     assert drift["crossed"] and "pixel_3_4" in drift["note"]
     assert report["action"] == "rolled back" and report["to"] == 1
-    assert registry.resolve("digits", "production", exp_root) == 1
+    assert store.resolve("digits", "production", exp_root) == 1
 
 
 # --every keeps watching: healthy answers hold, a check that fails (the log is unreadable for
@@ -215,7 +217,7 @@ def test_guard_every_keeps_watching(live: Path) -> None:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=err)
         try:
             wait_for(lambda: len(rows()) >= 2, "two checks")
-            assert registry.resolve("m", "production", live) == 2
+            assert store.resolve("m", "production", live) == 2
             assert all(r["action"] == "none" for r in rows())
             db.rename(db.with_suffix(".away"))
             db.mkdir()  # SQLite cannot open a directory: the next checks fail
@@ -223,7 +225,7 @@ def test_guard_every_keeps_watching(live: Path) -> None:
             db.rmdir()
             db.with_suffix(".away").rename(db)
             write_rows(live, 2, [500] * 40, first=40)
-            wait_for(lambda: registry.resolve("m", "production", live) == 1, "the rollback")
+            wait_for(lambda: store.resolve("m", "production", live) == 1, "the rollback")
             wait_for(lambda: rows()[-1]["version"] == 1, "a check of v1")
         finally:
             proc.send_signal(signal.SIGINT)

@@ -9,7 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlkit import monitor, record, registry
+from mlkit import record_store
+from mlkit._contract import BUILD, WEIGHTS
+from mlkit._io import write_json
+from mlkit.ops import monitor, stats
+from mlkit.registry import aliases, loading, store
 from tests.conftest import run_cli
 
 N_FEATURES = 12
@@ -30,9 +34,9 @@ NAMES = [*(f"x{i}" for i in range(N_FEATURES)), "color"]
 
 def test_holm_matches_the_step_down_definition() -> None:
     # Holm's adjusted p-values: sorted p times (m - rank), made monotone, capped at 1.
-    adjusted = monitor.holm([0.01, 0.04, 0.03, 0.5])
+    adjusted = stats.holm([0.01, 0.04, 0.03, 0.5])
     assert np.allclose(adjusted, [0.04, 0.09, 0.09, 0.5])
-    assert monitor.holm([0.9, 0.8]).tolist() == [1.0, 1.0]
+    assert stats.holm([0.9, 0.8]).tolist() == [1.0, 1.0]
 
 
 def test_one_shifted_feature_is_flagged_and_no_other() -> None:
@@ -118,33 +122,34 @@ def test_bad_input_is_refused_with_a_fix() -> None:
         monitor.window_from_log("/nonexistent.sqlite", "m", last=10)
 
 
-def _registered_digits_flat(root: Path) -> tuple[registry.LoadedModel, Any]:
+def _registered_digits_flat(root: Path) -> tuple[loading.LoadedModel, Any]:
     """A linear model on digits_flat registered by hand (fast: no training) and promoted."""
     from safetensors.torch import save_file
 
     from mlkit import data, models
 
     ds = data.load("digits_flat", seed=0, check=False)
-    run_id, path = record.create_run_dir("fake", root)
-    record.write_json(path / "run.json", {"id": run_id, "status": "completed"})
-    record.write_json(path / "params.json", {"notebook": "x.ipynb", "parameters": {}})
-    record.write_json(path / "result.json", {"test/accuracy": 0.5})
-    record.write_json(path / "lineage.json", {"data": ds.spec()})
+    run_id, path = record_store.create_run_dir("fake", root)
+    write_json(path / "run.json", {"id": run_id, "status": "completed"})
+    write_json(path / "params.json", {"notebook": "x.ipynb", "parameters": {}})
+    write_json(path / "result.json", {"test/accuracy": 0.5})
+    write_json(path / "lineage.json", {"data": ds.spec()})
     import torch
 
     torch.manual_seed(0)
     net = models.build("linear", input_shape=(64,), n_outputs=10)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path / registry.WEIGHTS)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path / WEIGHTS)
     build = {"name": "linear", "build": {"input_shape": [64], "n_outputs": 10}}
-    record.write_json(path / registry.BUILD, build)
-    registry.register(path, "digits")
-    registry.promote("digits", "v1")
-    return registry.load_model("digits", "production"), ds
+    write_json(path / BUILD, build)
+    store.register(path, "digits")
+    aliases.promote("digits", "v1")
+    return loading.load_model("digits", "production"), ds
 
 
-def _serve_into_log(loaded: registry.LoadedModel, X: np.ndarray, url: str) -> None:
+def _serve_into_log(loaded: loading.LoadedModel, X: np.ndarray, url: str) -> None:
     """Rows as the server writes them (batches of 10, plus a refused request to skip)."""
-    from mlkit import predlog, serve
+    from mlkit.registry import loading
+    from mlkit.serve import predlog
 
     log = predlog.PredictionLog(url)
     common = {"role": "primary", "model": "digits", "version": loaded.version, "latency_ms": 1.0}
@@ -153,7 +158,7 @@ def _serve_into_log(loaded: registry.LoadedModel, X: np.ndarray, url: str) -> No
     for i in range(0, len(X), 10):
         batch = X[i : i + 10].astype(np.float32)
         body = json.dumps({"inputs": batch.tolist()})
-        output = {"predictions": serve.score(loaded, batch)}
+        output = {"predictions": loading.score(loaded, batch)}
         row = {"request_id": str(i), "status": 200, "n": len(batch), "input": body}
         log.write({**common, **row, "output": output})
     log.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mlkit.errors import NotebookError, NotebookNotFoundError, ParameterError
-from mlkit.params import (
+from mlkit.run.params import (
     Signature,
     coerce,
     parse_parameters_cell,

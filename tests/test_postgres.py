@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlkit import sweep
+from mlkit import storage as storages
+from mlkit._io import redact
 from tests.conftest import ROOT, SCENARIOS, all_files
 
 NOTEBOOK = str(SCENARIOS / "objective.ipynb")
@@ -37,7 +38,7 @@ def pg_url() -> str:
                 pass
             engine.dispose()
         except Exception as exc:
-            reason = f"cannot connect to {sweep.redact(url)}: {exc}"
+            reason = f"cannot connect to {redact(url)}: {exc}"
     if reason:
         message = (
             f"needs PostgreSQL ({reason}); run `source .ci/postgres.sh` to install and "
@@ -95,7 +96,7 @@ def test_many_machines_grid_exact_and_unique(exp_root: Path, tmp_path: Path, pg_
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, out + err
         assert "Error" not in err and "lock" not in err.lower(), err
-    trials = sweep.load_study(pg_url, study).trials
+    trials = storages.load_study(pg_url, study).trials
     assert len(trials) == 6
     assert sorted(t.params["y"] for t in trials) == [0, 1, 2, 3, 4, 5]
     assert len({t.user_attrs["worker"]["pid"] for t in trials}) >= 2
@@ -110,7 +111,7 @@ def test_many_machines_exact_count(exp_root: Path, tmp_path: Path, pg_url: str) 
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, out + err
-    trials = sweep.load_study(pg_url, study).trials
+    trials = storages.load_study(pg_url, study).trials
     assert len(trials) == 5
     assert all(t.state.name == "COMPLETE" for t in trials)
     # The database password never reaches a record, a notebook or a W&B file.

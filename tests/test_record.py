@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from mlkit import record
-from mlkit.record import render_png
+from mlkit.figures import render_png
 
 
 def curves(bottom: float | None) -> Figure:

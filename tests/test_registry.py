@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 
-from mlkit import record, registry
+from mlkit import errors, record_store
+from mlkit._contract import BUILD, WEIGHTS
+from mlkit._io import write_json
+from mlkit.registry import aliases, loading, store
 from tests.conftest import ROOT, TEMPLATES, run_cli
 
 _RUN: dict[str, Any] = {}
@@ -24,7 +27,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     Shared by test_registry and test_serve: it is the slowest thing either needs.
     """
     if not _RUN:
-        from mlkit import runner
+        from mlkit.run import runner
 
         root = tmp_path_factory.mktemp("trained") / "experiments"
         with pytest.MonkeyPatch.context() as mp:
@@ -57,29 +60,29 @@ def fake_run(
     n_outputs: int = 3,
 ) -> Path:
     """A run record made by hand: fast, for the cases a real run cannot show (failed runs)."""
-    run_id, path = record.create_run_dir("fake", root)
-    record.write_json(path / "run.json", {"id": run_id, "status": status})
-    record.write_json(path / "params.json", {"notebook": "x.ipynb", "parameters": {"lr": 0.1}})
+    run_id, path = record_store.create_run_dir("fake", root)
+    write_json(path / "run.json", {"id": run_id, "status": status})
+    write_json(path / "params.json", {"notebook": "x.ipynb", "parameters": {"lr": 0.1}})
     if status == "completed":
-        record.write_json(path / "result.json", {"test/accuracy": 0.5})
+        write_json(path / "result.json", {"test/accuracy": 0.5})
     if weights:
         from safetensors.torch import save_file
 
         from mlkit import models
 
         net = models.build("linear", input_shape=input_shape, n_outputs=n_outputs)
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path / registry.WEIGHTS)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path / WEIGHTS)
         shape = list(input_shape)
         build = {"name": "linear", "build": {"input_shape": shape, "n_outputs": n_outputs}}
-        record.write_json(path / registry.BUILD, build)
+        write_json(path / BUILD, build)
     return path
 
 
 # Each registration of a run is the next version, with a card holding parameters, metrics,
 # the data version, lineage, the executed notebook and the weights' sha256.
 def test_register_versions_and_card(exp_root: Path, run: dict[str, Any]) -> None:
-    first = registry.register(run["path"], "digits")
-    second = registry.register(run["path"], "digits")
+    first = store.register(run["path"], "digits")
+    second = store.register(run["path"], "digits")
     assert (first["version"], second["version"]) == (1, 2)
     folder = exp_root / "registry" / "digits"
     card = json.loads((folder / "v1" / "card.json").read_text())
@@ -96,17 +99,17 @@ def test_register_versions_and_card(exp_root: Path, run: dict[str, Any]) -> None
     assert card["weights"]["sha256"] == sha256_file(folder / "v1" / "model.safetensors")
     md = (folder / "v1" / "card.md").read_text()
     assert run["id"] in md and card["data"]["version"] in md and "test/accuracy" in md
-    listed = registry.list_models()
+    listed = store.list_models()
     assert listed == [{"name": "digits", "versions": 2, "latest": 2, "aliases": {}}]
-    assert [v["version"] for v in registry.show("digits")["versions"]] == [1, 2]
+    assert [v["version"] for v in store.show("digits")["versions"]] == [1, 2]
 
 
 # Weights loaded from the registry give exactly the test accuracy the run recorded.
 def test_loaded_model_reproduces_test_accuracy(exp_root: Path, run: dict[str, Any]) -> None:
     from mlkit import data, train
 
-    registry.register(run["path"], "digits")
-    loaded = registry.load_model("digits", "latest")
+    store.register(run["path"], "digits")
+    loaded = loading.load_model("digits", "latest")
     assert loaded.version == 1 and loaded.task == "classification"
     assert loaded.input_shape == (1, 8, 8) and len(loaded.classes) == 10
     ds = data.load("digits", seed=run["params"].get("data_seed", 0))
@@ -118,23 +121,23 @@ def test_loaded_model_reproduces_test_accuracy(exp_root: Path, run: dict[str, An
 # and refuses when there is nothing earlier.
 def test_promote_and_rollback(exp_root: Path, run: dict[str, Any]) -> None:
     for _ in range(3):
-        registry.register(run["path"], "m")
-    assert registry.promote("m", "v1")["previous"] is None
-    assert registry.promote("m", 2)["previous"] == 1
-    assert registry.promote("m", "v3", "production") == {
+        store.register(run["path"], "m")
+    assert aliases.promote("m", "v1")["previous"] is None
+    assert aliases.promote("m", 2)["previous"] == 1
+    assert aliases.promote("m", "v3", "production") == {
         "name": "m",
         "alias": "production",
         "version": 3,
         "previous": 2,
     }
-    registry.promote("m", "v1", "staging")
-    assert registry.resolve("m", "production") == 3 and registry.resolve("m", "staging") == 1
-    assert registry.rollback("m")["version"] == 2
-    assert registry.load_model("m", "production").version == 2
-    assert registry.rollback("m")["version"] == 1
-    with pytest.raises(registry.RegistryError, match="no earlier version"):
-        registry.rollback("m")
-    reg = registry.show("m")
+    aliases.promote("m", "v1", "staging")
+    assert store.resolve("m", "production") == 3 and store.resolve("m", "staging") == 1
+    assert aliases.rollback("m")["version"] == 2
+    assert loading.load_model("m", "production").version == 2
+    assert aliases.rollback("m")["version"] == 1
+    with pytest.raises(errors.RegistryError, match="no earlier version"):
+        aliases.rollback("m")
+    reg = store.show("m")
     assert reg["aliases"] == {"production": 1, "staging": 1}
     moves = [(e["action"], e["from"], e["to"]) for e in reg["alias_history"]["production"]]
     assert moves == [
@@ -165,7 +168,7 @@ def test_concurrent_registration_gives_distinct_versions(
     assert all(p.returncode == 0 for p in procs)
     versions = sorted(int(v) for out in outs for v in out.split())
     assert versions == list(range(1, 9))
-    reg = registry.show("m")
+    reg = store.show("m")
     assert [v["version"] for v in reg["versions"]] == list(range(1, 9))
     folder = exp_root / "registry" / "m"
     assert sorted(p.name for p in folder.glob("v*")) == sorted(f"v{n}" for n in range(1, 9))
@@ -178,10 +181,10 @@ def test_concurrent_registration_gives_distinct_versions(
 def test_register_best_trial_of_a_study(exp_root: Path, run: dict[str, Any]) -> None:
     import optuna
 
-    from mlkit import sweep
+    from mlkit import storage as storages
 
-    url = sweep.default_storage("s", exp_root)
-    study = optuna.create_study(study_name="s", storage=sweep.open_storage(url))
+    url = storages.default_storage("s", exp_root)
+    study = optuna.create_study(study_name="s", storage=storages.open_storage(url))
     dist = {"lr": optuna.distributions.FloatDistribution(0.001, 0.1)}
     for value, path in ((0.5, "/nowhere"), (0.9, run["path"])):
         study.add_trial(
@@ -227,13 +230,13 @@ def test_bad_input_exits_2_and_writes_nothing(
 
 # An unknown version or alias names the ones that exist.
 def test_unknown_version_and_alias(exp_root: Path) -> None:
-    registry.register(fake_run(exp_root), "m")
-    with pytest.raises(registry.ModelNotFoundError, match="Versions: v1"):
-        registry.promote("m", "v7")
-    with pytest.raises(registry.ModelNotFoundError, match="no alias 'production'"):
-        registry.load_model("m", "production")
-    with pytest.raises(registry.RegistryError, match="neither 'latest' nor a version"):
-        registry.promote("m", "v1", alias="v2")
+    store.register(fake_run(exp_root), "m")
+    with pytest.raises(errors.ModelNotFoundError, match="Versions: v1"):
+        aliases.promote("m", "v7")
+    with pytest.raises(errors.ModelNotFoundError, match="no alias 'production'"):
+        loading.load_model("m", "production")
+    with pytest.raises(errors.RegistryError, match="neither 'latest' nor a version"):
+        aliases.promote("m", "v1", alias="v2")
     proc = run_cli("model", "promote", "m", "v9")
     assert proc.returncode == 2 and "Versions: v1" in proc.stderr
 
@@ -253,13 +256,13 @@ class _Payload:
 def test_pickled_code_checkpoint_is_refused(exp_root: Path, tmp_path: Path) -> None:
     import torch
 
-    registry.register(fake_run(exp_root), "m")
+    store.register(fake_run(exp_root), "m")
     folder = exp_root / "registry" / "m" / "v1"
-    (folder / registry.WEIGHTS).unlink()
+    (folder / WEIGHTS).unlink()
     marker = tmp_path / "pwned"
     torch.save({"weight": _Payload(marker)}, folder / "model.pt")
-    with pytest.raises(registry.UnsafeModelError, match=r"Refused to load .*model\.pt"):
-        registry.load_model("m", "v1")
+    with pytest.raises(errors.UnsafeModelError, match=r"Refused to load .*model\.pt"):
+        loading.load_model("m", "v1")
     assert not marker.exists(), "the pickled code ran"
     control = tmp_path / "control"
     torch.save({"weight": _Payload(control)}, tmp_path / "evil.pt")
@@ -273,25 +276,25 @@ def test_plain_state_dict_checkpoint_loads(exp_root: Path) -> None:
     import torch
     from safetensors.torch import load_file
 
-    registry.register(fake_run(exp_root), "m")
+    store.register(fake_run(exp_root), "m")
     folder = exp_root / "registry" / "m" / "v1"
-    state = load_file(folder / registry.WEIGHTS)
-    (folder / registry.WEIGHTS).unlink()
+    state = load_file(folder / WEIGHTS)
+    (folder / WEIGHTS).unlink()
     torch.save(state, folder / "model.pt")
-    loaded = registry.load_model("m", "v1")
+    loaded = loading.load_model("m", "v1")
     for key, value in loaded.module.state_dict().items():
         assert torch.equal(value, state[key])
 
 
 # Weights changed after registration are refused: the card's sha256 no longer matches.
 def test_tampered_weights_are_refused(exp_root: Path) -> None:
-    registry.register(fake_run(exp_root), "m")
-    weights = exp_root / "registry" / "m" / "v1" / registry.WEIGHTS
+    store.register(fake_run(exp_root), "m")
+    weights = exp_root / "registry" / "m" / "v1" / WEIGHTS
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(registry.UnsafeModelError, match="changed after registration"):
-        registry.load_model("m", "v1")
+    with pytest.raises(errors.UnsafeModelError, match="changed after registration"):
+        loading.load_model("m", "v1")
 
 
 # An environment that turns torch.load's weights_only off is refused by name.
@@ -300,9 +303,9 @@ def test_tampered_weights_are_refused(exp_root: Path) -> None:
     [{"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}, {"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "0"}],
 )
 def test_weights_only_disabled_by_env_is_refused(env: dict[str, str]) -> None:
-    with pytest.raises(registry.UnsafeModelError, match=next(iter(env))):
-        registry.check_weights_only_env(env)
-    registry.check_weights_only_env({"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"})
+    with pytest.raises(errors.UnsafeModelError, match=next(iter(env))):
+        loading.check_weights_only_env(env)
+    loading.check_weights_only_env({"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"})
 
 
 # With W&B offline, a registration and a promotion are logged as `model` artifacts under the
@@ -311,8 +314,8 @@ def test_wandb_artifact_offline(exp_root: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("WANDB_MODE", "offline")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a W&B failure would only warn: make it fail here
-        registry.register(fake_run(exp_root), "m")
-        registry.promote("m", "v1")
+        store.register(fake_run(exp_root), "m")
+        aliases.promote("m", "v1")
     runs = sorted((exp_root / "registry" / "m" / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
     assert os.path.getsize(next(runs[0].glob("*.wandb"))) > 0

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from mlkit import report, sweep
-from mlkit.notebook import read_result
+from mlkit import errors
+from mlkit import storage as storages
+from mlkit.run.notebook import read_result
+from mlkit.sweep import report
 
 SECRET = "s3cret-pw"
 
@@ -33,9 +35,9 @@ def make_study(root: Path, name: str, url: str | None = None) -> tuple[str, floa
     """8 trials on (x - 1)^2: 5 complete, 2 pruned, 1 failed. Returns (url, best value)."""
     import optuna
 
-    url = url or sweep.default_storage(name, root)
+    url = url or storages.default_storage(name, root)
     study = optuna.create_study(
-        study_name=name, storage=sweep.open_storage(url), direction="minimize"
+        study_name=name, storage=storages.open_storage(url), direction="minimize"
     )
     study.set_user_attr(
         "mlkit",
@@ -101,10 +103,10 @@ def test_report_single_objective(exp_root: Path) -> None:
 def test_report_two_objectives(exp_root: Path) -> None:
     import optuna
 
-    url = sweep.default_storage("pareto-sweep", exp_root)
+    url = storages.default_storage("pareto-sweep", exp_root)
     study = optuna.create_study(
         study_name="pareto-sweep",
-        storage=sweep.open_storage(url),
+        storage=storages.open_storage(url),
         directions=["maximize", "minimize"],
     )
     study.set_user_attr("mlkit", {"objectives": ["val/accuracy", "time"]})
@@ -129,9 +131,9 @@ def test_report_two_objectives(exp_root: Path) -> None:
 
 # A study that does not exist fails before a kernel starts, and nothing is written.
 def test_missing_study_fails_early(exp_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(sweep.SweepError, match="No study 'nope'"):
+    with pytest.raises(errors.SweepError, match="No study 'nope'"):
         report.sweep_report("nope", progress=False)
-    with pytest.raises(sweep.SweepError, match="does not exist"):
+    with pytest.raises(errors.SweepError, match="does not exist"):
         report.sweep_report("nope", storage=f"sqlite:///{tmp_path / 'typo.db'}")
     assert not exp_root.exists()
     assert not (tmp_path / "typo.db").exists()

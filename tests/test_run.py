@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mlkit import runner
-from mlkit.record import read_json
+from mlkit._io import read_json
+from mlkit.run import runner
 from tests.conftest import ROOT, SCENARIOS, all_files, run_cli
 
 
@@ -151,10 +151,11 @@ def test_wandb_key_never_written(exp_root: Path) -> None:
 # password in the remote's URL is never recorded.
 def test_wandb_git_comes_from_lineage(tmp_path: Path) -> None:
     from mlkit import lineage, record
+    from mlkit._io import write_json
 
     commit = "0123456789abcdef0123456789abcdef01234567"  # no real repository has it
     git = {"commit": commit, "root": str(tmp_path), "remote_url": None}
-    record.write_json(tmp_path / "lineage.json", {"git": git})
+    write_json(tmp_path / "lineage.json", {"git": git})
     run = record.Run(tmp_path, "git-check", "checks", {"x": 1}, tracking="offline")
     run.finish({"x": 1})
     wandb_file = next(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))

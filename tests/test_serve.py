@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from mlkit import registry
+from mlkit.registry import aliases, loading, store
 from tests.conftest import ROOT, run_cli
 from tests.test_postgres import pg_url  # noqa: F401 (a fixture: skips without PostgreSQL)
 from tests.test_registry import fake_run, trained_run
@@ -92,10 +92,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLKIT_EXPERIMENTS", str(root))
         mp.setenv("WANDB_MODE", "disabled")
-        registry.register(run["path"], "digits")
-        registry.register(run["path"], "digits")
-        registry.promote("digits", "v1")
-        loaded = registry.load_model("digits", "production")
+        store.register(run["path"], "digits")
+        store.register(run["path"], "digits")
+        aliases.promote("digits", "v1")
+        loaded = loading.load_model("digits", "production")
     proc, url = start_server(root, "digits:production", env={"MLKIT_SERVE_TOKEN": TOKEN})
     ds = data.load("digits", seed=0)
     yield {
@@ -294,9 +294,9 @@ def test_help_imports_nothing_heavy() -> None:
 
 def shadow_app(root: Path, shadow: str | None) -> Any:
     """An in-process app serving m:v1 (a 4-feature linear model), maybe shadowed by m:v2."""
-    from mlkit import serve
+    from mlkit.serve import app as serve_app
 
-    return serve.create_app("m", "v1", shadow=shadow, root=root)
+    return serve_app.create_app("m", "v1", shadow=shadow, root=root)
 
 
 def rows_when(log: Any, deadline_s: float = 10, **where: Any) -> list[dict[str, Any]]:
@@ -311,8 +311,8 @@ def rows_when(log: Any, deadline_s: float = 10, **where: Any) -> list[dict[str, 
 
 @pytest.fixture
 def two_versions(exp_root: Path) -> Path:
-    registry.register(fake_run(exp_root), "m")
-    registry.register(fake_run(exp_root), "m")
+    store.register(fake_run(exp_root), "m")
+    store.register(fake_run(exp_root), "m")
     return exp_root
 
 
@@ -333,38 +333,40 @@ def versions_answering(client: Any, want: int, deadline_s: float = 10) -> list[i
 def test_server_follows_alias_without_restart(two_versions: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from mlkit import serve
+    from mlkit.serve import app as serve_app
 
-    registry.promote("m", "v1", root=two_versions)
-    registry.promote("m", "v2", root=two_versions)
-    app = serve.create_app("m", "production", follow_s=0.05, root=two_versions)
-    pinned = serve.create_app("m", "v2", follow_s=0.05, root=two_versions)
+    aliases.promote("m", "v1", root=two_versions)
+    aliases.promote("m", "v2", root=two_versions)
+    app = serve_app.create_app("m", "production", follow_s=0.05, root=two_versions)
+    pinned = serve_app.create_app("m", "v2", follow_s=0.05, root=two_versions)
     with TestClient(app) as client, TestClient(pinned) as pinned_client:
         assert versions_answering(client, 2) == [2]
-        registry.rollback("m", root=two_versions)
+        aliases.rollback("m", root=two_versions)
         after_rollback = versions_answering(client, 1)
         assert after_rollback[-1] == 1 and set(after_rollback) <= {1, 2}
         assert client.get("/health").json()["version"] == 1
         assert client.get("/metadata").json()["version"] == 1
         assert versions_answering(pinned_client, 1, deadline_s=0.5)[-1] == 2
-        registry.promote("m", "v2", root=two_versions)
+        aliases.promote("m", "v2", root=two_versions)
         assert versions_answering(client, 2)[-1] == 2
     rows = app.state.server.log.rows(role="primary")
     assert {r["version"] for r in rows} == {1, 2}
     for row in rows:
-        assert row["sha256"] == registry.load_model("m", row["version"], root=two_versions).sha256
+        assert row["sha256"] == loading.load_model("m", row["version"], root=two_versions).sha256
 
 
 # A version that takes another input shape is never swapped in: the server says why and keeps
 # answering with the version it has.
 def test_follow_refuses_another_input_shape(exp_root: Path) -> None:
-    from mlkit import predlog, serve
+    from mlkit import errors
+    from mlkit.serve import app as serve_app
+    from mlkit.serve import predlog
 
-    registry.register(fake_run(exp_root), "m")
-    registry.register(fake_run(exp_root, input_shape=(6,)), "m")
-    registry.promote("m", "v1", root=exp_root)
-    server = serve.Server(
-        registry.load_model("m", "production", root=exp_root),
+    store.register(fake_run(exp_root), "m")
+    store.register(fake_run(exp_root, input_shape=(6,)), "m")
+    aliases.promote("m", "v1", root=exp_root)
+    server = serve_app.Server(
+        loading.load_model("m", "production", root=exp_root),
         predlog.open_log("m", root=exp_root),
         ref="production",
         root=exp_root,
@@ -373,8 +375,8 @@ def test_follow_refuses_another_input_shape(exp_root: Path) -> None:
         max_batch=10,
     )
     assert server.follow() == []
-    registry.promote("m", "v2", root=exp_root)
-    with pytest.raises(serve.ServeError, match=r"shape \[6\], not \[4\]; still answering with v1"):
+    aliases.promote("m", "v2", root=exp_root)
+    with pytest.raises(errors.ServeError, match=r"shape \[6\], not \[4\]; still answering with v1"):
         server.follow()
     assert server.loaded.version == 1
     server.log.close()
@@ -445,10 +447,10 @@ def test_shadow_trouble_never_touches_primary(two_versions: Path, trouble: str) 
 
 # A shadow whose input shape differs from the primary's could score nothing: refused at start.
 def test_shadow_of_another_shape_is_refused(two_versions: Path) -> None:
-    from mlkit import serve
+    from mlkit import errors
 
-    registry.register(fake_run(two_versions, input_shape=(5,)), "wide")
-    with pytest.raises(serve.ServeError, match="takes inputs of shape"):
+    store.register(fake_run(two_versions, input_shape=(5,)), "wide")
+    with pytest.raises(errors.ServeError, match="takes inputs of shape"):
         shadow_app(two_versions, "wide:latest")
 
 
@@ -459,9 +461,10 @@ def test_postgres_log_same_schema(two_versions: Path, pg_url: str) -> None:  # n
     import sqlalchemy as sa
     from fastapi.testclient import TestClient
 
-    from mlkit import predlog, serve
+    from mlkit.serve import app as serve_app
+    from mlkit.serve import predlog
 
-    apps = [serve.create_app("m", "v1", log_url=pg_url, root=two_versions) for _ in range(2)]
+    apps = [serve_app.create_app("m", "v1", log_url=pg_url, root=two_versions) for _ in range(2)]
     ids = []
     for app in apps:
         with TestClient(app) as client:
@@ -488,7 +491,7 @@ def test_postgres_log_same_schema(two_versions: Path, pg_url: str) -> None:  # n
 def test_postgres_log_is_append_only(pg_url: str) -> None:  # noqa: F811
     import sqlalchemy as sa
 
-    from mlkit import predlog
+    from mlkit.serve import predlog
 
     log = predlog.PredictionLog(pg_url)
     rid = f"append-only-{os.getpid()}"
@@ -514,10 +517,10 @@ def test_regression_answers_values(exp_root: Path) -> None:
     import torch
     from fastapi.testclient import TestClient
 
-    from mlkit import serve
+    from mlkit.serve import app as serve_app
 
-    registry.register(fake_run(exp_root, n_outputs=1), "r")
-    app = serve.create_app("r", "latest")
+    store.register(fake_run(exp_root, n_outputs=1), "r")
+    app = serve_app.create_app("r", "latest")
     rows = [[0.5, -1.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0]]
     with TestClient(app) as client:
         answer = client.post("/predict", json={"inputs": rows}).json()
@@ -531,12 +534,13 @@ def test_regression_answers_values(exp_root: Path) -> None:
 # The whole path: a sweep, its best trial registered by study name, promoted and served;
 # every answer carries that version and has its log row, refusals included.
 def test_sweep_best_trial_to_served_model(exp_root: Path, tmp_path: Path) -> None:
-    from mlkit import data, sweep
+    from mlkit import data
+    from mlkit.sweep import config, driver
     from tests.conftest import TEMPLATES
 
     space = tmp_path / "space.yaml"
     space.write_text("lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n")
-    cfg = sweep.prepare(
+    cfg = config.prepare(
         TEMPLATES / "classify.ipynb",
         space,
         study="e2e",
@@ -544,7 +548,7 @@ def test_sweep_best_trial_to_served_model(exp_root: Path, tmp_path: Path) -> Non
         fixed={"epochs": 2, "hidden": "32"},
         tracking="disabled",
     )
-    summary = sweep.run(cfg, progress=False)
+    summary = driver.run(cfg, progress=False)
     assert summary.n_complete == 2
     proc = run_cli("model", "register", "--study", "e2e", "--name", "e2e")
     assert proc.returncode == 0, proc.stderr
@@ -583,7 +587,9 @@ def test_raw_inputs_are_scaled_like_training(exp_root: Path) -> None:
     import numpy as np
     from fastapi.testclient import TestClient
 
-    from mlkit import data, monitor, serve
+    from mlkit import data
+    from mlkit.ops import monitor
+    from mlkit.serve import app as serve_app
     from tests.test_monitor import _registered_digits_flat
 
     loaded, ds = _registered_digits_flat(exp_root)  # standardised features
@@ -591,10 +597,10 @@ def test_raw_inputs_are_scaled_like_training(exp_root: Path) -> None:
     scaled = ds.test.X[:6]
     assert not np.allclose(raw, scaled)
     assert loaded.card["data"]["feature_scaling"]["mean"][10] > 0
-    card_md = registry.model_dir("digits", exp_root) / "v1" / "card.md"
+    card_md = store.model_dir("digits", exp_root) / "v1" / "card.md"
     assert "raw features (`raw_input`)" in card_md.read_text()
     log = exp_root / "log.sqlite"
-    app = serve.create_app("digits", "production", log_url=f"sqlite:///{log}", root=exp_root)
+    app = serve_app.create_app("digits", "production", log_url=f"sqlite:///{log}", root=exp_root)
     with TestClient(app) as client:
         one = client.post("/predict", json={"raw_input": raw[0].tolist()})
         many = client.post("/predict", json={"raw_inputs": raw[1:].tolist()})
@@ -629,9 +635,9 @@ def test_image_model_takes_raw_pixels_as_they_are(served: dict[str, Any]) -> Non
 def test_raw_inputs_refused_without_recorded_scaling(two_versions: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from mlkit import serve
+    from mlkit.serve import app as serve_app
 
-    app = serve.create_app("m", "v1", root=two_versions)
+    app = serve_app.create_app("m", "v1", root=two_versions)
     with TestClient(app) as client:
         answer = client.post("/predict", json={"raw_input": [1.0, 2.0, 3.0, 4.0]})
     assert answer.status_code == 422
@@ -647,10 +653,12 @@ def test_log_failure_answers_503_without_prediction(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from mlkit import serve
+    from mlkit.serve import app as serve_app
 
     path = tmp_path / "log.sqlite"
-    app = serve.create_app("m", "v1", log_url=f"sqlite:///{path}", log_sync=sync, root=two_versions)
+    app = serve_app.create_app(
+        "m", "v1", log_url=f"sqlite:///{path}", log_sync=sync, root=two_versions
+    )
     assert app.state.server.log.sync == sync
     body = {"input": [1.0, 2.0, 3.0, 4.0]}
     with TestClient(app) as client:
@@ -673,7 +681,7 @@ def test_log_failure_answers_503_without_prediction(
 
 # The SQLite log is append-only: the database itself refuses UPDATE and DELETE.
 def test_sqlite_log_is_append_only(tmp_path: Path) -> None:
-    from mlkit import predlog
+    from mlkit.serve import predlog
 
     log = predlog.PredictionLog(f"sqlite:///{tmp_path / 'p.sqlite'}")
     log.write({"request_id": "a", "status": 200, "input": {"input": [1.0]}, "output": None})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mlkit import space
-from mlkit.params import read_signature
+from mlkit.run.params import read_signature
+from mlkit.sweep import space
 from tests.conftest import SCENARIOS, TEMPLATES
 
 SIG = read_signature(SCENARIOS / "objective.ipynb")

@@ -13,8 +13,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from mlkit import sweep
-from mlkit.record import read_json
+from mlkit import storage as storages
+from mlkit import trial as mlkit_trial
+from mlkit._io import read_json, redact
+from mlkit.sweep import config, driver
 from tests.conftest import SCENARIOS, all_files, run_cli
 
 NOTEBOOK = str(SCENARIOS / "objective.ipynb")
@@ -27,7 +29,7 @@ def write_space(tmp_path: Path, raw: dict) -> str:
 
 
 def study_of(root: Path, name: str) -> optuna.Study:
-    return sweep.load_study(str(root / name / "study.journal"), name)
+    return storages.load_study(str(root / name / "study.journal"), name)
 
 
 BOWL = {
@@ -73,7 +75,7 @@ def test_parallel_sweep_links_trials_and_records(exp_root: Path, tmp_path: Path)
         assert record["study"] == "bowl" and record["trial"] == t.number
         assert record["job_type"] == "trial"
         params = read_json(Path(t.user_attrs["run_path"]) / "params.json")["parameters"]
-        assert params["seed"] == t.user_attrs["seed"] == sweep.trial_seed(0, t.params)
+        assert params["seed"] == t.user_attrs["seed"] == driver.trial_seed(0, t.params)
         if t.state == TrialState.COMPLETE:
             assert t.value == pytest.approx(
                 read_json(Path(t.user_attrs["run_path"]) / "result.json")["loss"]
@@ -165,15 +167,15 @@ def test_pruned_trials_keep_their_record(exp_root: Path, tmp_path: Path) -> None
     # The first trials are good, the rest are worse at every step: the median pruner stops them.
     space = write_space(tmp_path, {"y": {"type": "int", "low": 0, "high": 9}})
     storage = str(exp_root / "p" / "study.journal")
-    cfg = sweep.prepare(
+    cfg = config.prepare(
         NOTEBOOK, space, study="p", n_trials=7, objectives=["loss"], fixed={"epochs": 6}
     )
-    study = sweep._create_or_resume(cfg)
+    study = config._create_or_resume(cfg)
     for y in (0, 0, 0, 0, 9, 9, 9):
         study.enqueue_trial({"y": y})
-    summary = sweep.run(cfg, progress=False)
+    summary = driver.run(cfg, progress=False)
     assert summary.n_pruned >= 1
-    pruned = [t for t in sweep.load_study(storage, "p").trials if t.state == TrialState.PRUNED]
+    pruned = [t for t in storages.load_study(storage, "p").trials if t.state == TrialState.PRUNED]
     for t in pruned:
         run_dir = Path(t.user_attrs["run_path"])
         assert read_json(run_dir / "pruned.json")["step"] == max(t.intermediate_values)
@@ -184,8 +186,8 @@ def test_pruned_trials_keep_their_record(exp_root: Path, tmp_path: Path) -> None
 # A killed worker's RUNNING trial is failed within bounded time and tried again once.
 def test_killed_worker_trial_is_reaped_and_retried(exp_root: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path, BOWL)
-    cfg = sweep.prepare(NOTEBOOK, space, study="k", n_trials=2, objectives=["loss"])
-    study = sweep._create_or_resume(cfg)
+    cfg = config.prepare(NOTEBOOK, space, study="k", n_trials=2, objectives=["loss"])
+    study = config._create_or_resume(cfg)
     orphan = study.ask(
         {
             "x": optuna.distributions.FloatDistribution(-4, 4),
@@ -202,8 +204,8 @@ def test_killed_worker_trial_is_reaped_and_retried(exp_root: Path, tmp_path: Pat
     study._storage.set_trial_user_attr(
         orphan._trial_id, "worker", {"host": socket.gethostname(), "pid": int(dead)}
     )
-    sweep.run(cfg, progress=False)
-    trials = sweep.load_study(cfg.storage, "k").trials
+    driver.run(cfg, progress=False)
+    trials = storages.load_study(cfg.storage, "k").trials
     reaped = trials[orphan.number]
     assert reaped.state == TrialState.FAIL and reaped.user_attrs["reaped"]
     assert "worker pid" in reaped.user_attrs["fail_reason"]
@@ -233,26 +235,26 @@ def test_trial_storage_is_kept_per_sweep(tmp_path: Path, monkeypatch: pytest.Mon
     url = str(tmp_path / "study.journal")
 
     def new_sweep(values: list[float]) -> int:
-        study = optuna.create_study(storage=sweep.open_storage(url), study_name="s")
+        study = optuna.create_study(storage=storages.open_storage(url), study_name="s")
         for value in values:
             study.enqueue_trial({"x": value})
         trial = study.ask({"x": optuna.distributions.FloatDistribution(-9, 9)})
         return trial.number
 
     number = new_sweep([1.0])
-    first = sweep.attach_trial(url, "s", number, "none", session=1.0)
-    assert sweep.attach_trial(url, "s", number, "none", session=1.0).storage is first.storage
+    first = mlkit_trial.attach_trial(url, "s", number, "none", session=1.0)
+    assert mlkit_trial.attach_trial(url, "s", number, "none", session=1.0).storage is first.storage
     monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("a report was fsynced"))
     for step in range(3):
         first.report(0.5 - step / 10, step)
     monkeypatch.undo()
-    stock = optuna.load_study(study_name="s", storage=sweep.open_storage(url))
+    stock = optuna.load_study(study_name="s", storage=storages.open_storage(url))
     assert stock.trials[number].intermediate_values == {0: 0.5, 1: 0.4, 2: 0.3}
 
     # The same path, a new sweep: a new storage reading the new file from its start.
     Path(url).unlink()
     number = new_sweep([-2.0, 3.0])
-    second = sweep.attach_trial(url, "s", number, "none", session=2.0)
+    second = mlkit_trial.attach_trial(url, "s", number, "none", session=2.0)
     assert second.storage is not first.storage
     assert second.params == {"x": -2.0} and second.number == 0
 
@@ -349,16 +351,16 @@ def test_bad_sweep_input(exp_root: Path, tmp_path: Path, extra: list[str], messa
 
 # A storage password never reaches a record or a notebook (the URL is redacted).
 def test_redact() -> None:
-    assert sweep.redact("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
-    assert sweep.redact("study.journal") == "study.journal"
+    assert redact("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+    assert redact("study.journal") == "study.journal"
 
 
 # The trial handle is a no-op outside a sweep, so the same notebook runs by hand.
 def test_null_trial_outside_a_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mlkit import trial
+    from mlkit import trial as mlkit_trial
 
     monkeypatch.delenv("MLKIT_TRIAL", raising=False)
-    handle = trial.current()
+    handle = mlkit_trial.current()
     assert not handle.active and handle.should_prune() is False
     assert handle.callback()(1, {"val/loss": 1.0}) is None
     assert "MLKIT_TRIAL" not in os.environ
@@ -440,7 +442,7 @@ def test_sigkilled_worker_then_resume(exp_root: Path, tmp_path: Path) -> None:
     while time.monotonic() < deadline and not running:
         time.sleep(0.5)
         if journal.exists():
-            trials = sweep.load_study(str(journal), "kill").trials
+            trials = storages.load_study(str(journal), "kill").trials
             running = [
                 t
                 for t in trials
@@ -470,10 +472,10 @@ def test_warm_kernel_killed_mid_trial(exp_root: Path, tmp_path: Path) -> None:
     import threading
     import time
 
-    from mlkit import warm
+    from mlkit.run import warm
 
     space = write_space(tmp_path, {"sleep": [0.0, 1.0]})
-    cfg = sweep.prepare(
+    cfg = config.prepare(
         NOTEBOOK,
         space,
         study="kk",
@@ -483,7 +485,7 @@ def test_warm_kernel_killed_mid_trial(exp_root: Path, tmp_path: Path) -> None:
         fixed={"epochs": 60},
         engine="warm",
     )
-    study = sweep._create_or_resume(cfg)
+    study = config._create_or_resume(cfg)
     study.enqueue_trial({"sleep": 1.0})  # killed in its loop, a minute before its end
     study.enqueue_trial({"sleep": 0.0})
     killed: list[int] = []
@@ -491,7 +493,7 @@ def test_warm_kernel_killed_mid_trial(exp_root: Path, tmp_path: Path) -> None:
     def kill_when_reporting() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            first = sweep.load_study(cfg.storage, "kk").trials[:1]
+            first = storages.load_study(cfg.storage, "kk").trials[:1]
             busy = list(warm.pool().busy)
             if first and first[0].state == TrialState.RUNNING and first[0].intermediate_values:
                 if busy:
@@ -503,10 +505,10 @@ def test_warm_kernel_killed_mid_trial(exp_root: Path, tmp_path: Path) -> None:
 
     killer = threading.Thread(target=kill_when_reporting, daemon=True)
     killer.start()
-    summary = sweep.run(cfg, progress=False)
+    summary = driver.run(cfg, progress=False)
     killer.join(timeout=5)
     assert killed, "the first trial's kernel was found running and killed"
-    dead, after = sweep.load_study(cfg.storage, "kk").trials
+    dead, after = storages.load_study(cfg.storage, "kk").trials
     assert dead.state == TrialState.FAIL
     assert "kernel died" in dead.user_attrs["fail_reason"], dead.user_attrs
     assert (Path(dead.user_attrs["run_path"]) / "output.ipynb").exists()
@@ -563,7 +565,7 @@ def test_study_opens_in_optuna_dashboard(exp_root: Path, tmp_path: Path) -> None
         "-q",
     )
     assert proc.returncode == 0, proc.stderr
-    app = wsgi(sweep.open_storage(str(exp_root / "dash" / "study.journal")))
+    app = wsgi(storages.open_storage(str(exp_root / "dash" / "study.journal")))
     environ: dict = {}
     setup_testing_defaults(environ)
     environ.update(PATH_INFO="/api/studies/0", QUERY_STRING="after=0")
@@ -601,7 +603,7 @@ def test_ctrl_c_stops_every_worker(exp_root: Path, tmp_path: Path) -> None:
     def running_on_both() -> bool:
         if not journal.exists():
             return False
-        trials = sweep.load_study(str(journal), "cc").trials
+        trials = storages.load_study(str(journal), "cc").trials
         started = {t.user_attrs["worker"]["index"] for t in trials if "heartbeat" in t.user_attrs}
         return started == {0, 1}
 
@@ -616,7 +618,7 @@ def test_ctrl_c_stops_every_worker(exp_root: Path, tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert time.monotonic() - stopped < 20, "the sweep stopped without waiting for trials"
-    trials = sweep.load_study(str(journal), "cc").trials
+    trials = storages.load_study(str(journal), "cc").trials
     for index in (0, 1):  # the driver thread's trial and the other worker's: both said why
         last = [t for t in trials if t.user_attrs["worker"]["index"] == index][-1]
         assert last.state == TrialState.FAIL
@@ -644,7 +646,7 @@ def test_ctrl_c_while_kernels_warm(exp_root: Path, tmp_path: Path) -> None:
     def asked_on_both() -> bool:
         if not journal.exists():
             return False
-        trials = sweep.load_study(str(journal), "cw").trials
+        trials = storages.load_study(str(journal), "cw").trials
         return {t.user_attrs.get("worker", {}).get("index") for t in trials} == {0, 1}
 
     deadline = time.monotonic() + 60
@@ -655,7 +657,7 @@ def test_ctrl_c_while_kernels_warm(exp_root: Path, tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     said = err.decode(errors="replace")
     assert proc.returncode == 130, said
-    trials = sweep.load_study(str(journal), "cw").trials
+    trials = storages.load_study(str(journal), "cw").trials
     assert len(trials) == 2, "no trial started after Ctrl-C"
     for trial in trials:
         assert trial.state == TrialState.FAIL, (trial.number, trial.state)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlkit import runner
+from mlkit.run import runner
 from tests.conftest import TEMPLATES, run_cli
 
 TINY = {

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mlkit import runner, warm
+from mlkit.run import runner, warm
 from tests.conftest import ROOT, SCENARIOS
 
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlkit.record import RESULT_MIME, read_json
+from mlkit._contract import RESULT_MIME
+from mlkit._io import read_json
 
 EPILOGUE_TIMEOUT_S = 120
 SAVE_EVERY_S = 1.0  # while cells run, the executed notebook on disk is at most this old

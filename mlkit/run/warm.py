@@ -4,7 +4,7 @@ A fresh papermill run pays for a kernel start, ``import torch`` and the first
 optimizer step (which imports ``torch._dynamo``) every time: seconds before the
 first line of a short trial runs. The ``mlkit-warm`` engine keeps kernels alive
 and reuses them, resetting each to a clean state before every run (see
-``mlkit.kernel_state`` for what is restored and what is not). The clearing starts
+``mlkit.run.kernel_state`` for what is restored and what is not). The clearing starts
 as soon as a run ends, while the driver records it and asks for the next trial.
 
 A kernel is retired after ``MLKIT_WARM_MAX_RUNS`` runs (default 50), after any
@@ -48,7 +48,7 @@ DEFAULT_IMPORTS = (
 )
 WARM_TIMEOUT_S = 180
 KILL_AFTER_S = 5.0  # after an interrupt, how long a run has to end before its kernel is killed
-LEFTOVERS = "__import__('mlkit.kernel_state').kernel_state.leftovers()"
+LEFTOVERS = "__import__('mlkit.run.kernel_state').run.kernel_state.leftovers()"
 
 
 def _imports() -> list[str]:
@@ -159,7 +159,7 @@ class WarmKernel:
         then times out waiting for it).
         """
         self._wait_until_ready(60)
-        code = f"import mlkit.kernel_state as _ks\n_ks.warm({_imports()!r})\ndel _ks"
+        code = f"import mlkit.run.kernel_state as _ks\n_ks.warm({_imports()!r})\ndel _ks"
         self._warm_msg = self.kc.execute(code, silent=True, store_history=False)
 
     def _wait_until_ready(self, timeout: float) -> None:
@@ -215,7 +215,7 @@ class WarmKernel:
         It runs while the driver records the run and sets up the next one; ``reset``
         waits for it.
         """
-        code = "__import__('mlkit.kernel_state').kernel_state.scrub()"
+        code = "__import__('mlkit.run.kernel_state').run.kernel_state.scrub()"
         self._scrub_msg = self.kc.execute(code, silent=True, store_history=False)
 
     def reset(self, env: dict[str, str], cwd: str | None) -> None:
@@ -227,7 +227,7 @@ class WarmKernel:
                     f"clearing the kernel failed: {content.get('ename')}: {content.get('evalue')}"
                 )
         # Binds no name: reset() clears the user namespace it would live in.
-        code = f"__import__('mlkit.kernel_state').kernel_state.reset({env!r}, {cwd!r})"
+        code = f"__import__('mlkit.run.kernel_state').run.kernel_state.reset({env!r}, {cwd!r})"
         self.run_code(code, timeout=60)
 
     def leftovers(self, evaluated: dict[str, Any] | None = None) -> list[str]:
@@ -448,7 +448,7 @@ def pool() -> KernelPool:
 
 @functools.cache
 def _engine() -> type:
-    from mlkit.notebook import base_engine, make_client
+    from mlkit.run.notebook import base_engine, make_client
 
     class Engine(base_engine()):  # type: ignore[misc]
         @classmethod
@@ -482,7 +482,7 @@ def _engine() -> type:
 
 
 def _warm_engine_class() -> type:
-    from mlkit.notebook import lazy_engine
+    from mlkit.run.notebook import lazy_engine
 
     return lazy_engine(_engine, "WarmEngine")
 

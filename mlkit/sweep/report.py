@@ -16,7 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mlkit import sweep
+from mlkit import errors
+from mlkit import storage as storages
+from mlkit._contract import TEMPLATES_DIR
+from mlkit._io import redact
 
 ENV_STORAGE = "MLKIT_REPORT_STORAGE"
 TEMPLATE = "sweep_report.ipynb"
@@ -24,14 +27,12 @@ TEMPLATE = "sweep_report.ipynb"
 
 def template_path() -> Path:
     """The report notebook shipped in ``templates/`` beside the package."""
-    import mlkit
-
-    return Path(mlkit.__file__).resolve().parents[1] / "templates" / TEMPLATE
+    return TEMPLATES_DIR / TEMPLATE
 
 
 def has_password(url: str) -> bool:
     """Whether the storage URL carries a secret (``user:pw@host`` or ``?password=``)."""
-    return sweep.redact(url) != url or "password=" in url.lower()
+    return redact(url) != url or "password=" in url.lower()
 
 
 def storage_inputs(url: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -69,12 +70,13 @@ def sweep_report(
     Raises:
         SweepError: before a kernel starts, when the study or its storage is not found.
     """
-    from mlkit import notebook as nbexec
-    from mlkit.record import check_experiment_name, experiments_root, write_text
+    from mlkit._io import write_text
+    from mlkit.record_store import check_experiment_name, experiments_root
+    from mlkit.run import notebook as nbexec
 
-    url = _absolute(sweep.find_storage(study, storage=storage))
-    journal = sweep._journal_path(url)
-    sweep.load_study(url, study)  # a missing study fails here, before anything is written
+    url = _absolute(storages.find_storage(study, storage=storage))
+    journal = storages._journal_path(url)
+    storages.load_study(url, study)  # a missing study fails here, before anything is written
     if out_dir is None:
         out_dir = (
             journal.parent / "report"
@@ -114,7 +116,7 @@ def _absolute(url: str) -> str:
 
     A local file that does not exist is an error here; opening it would create it.
     """
-    journal = sweep._journal_path(url)
+    journal = storages._journal_path(url)
     if journal is not None:
         path, prefix, query = journal, "", ""
     elif url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -124,7 +126,7 @@ def _absolute(url: str) -> str:
         return url
     path = path.expanduser().resolve()
     if not path.is_file():
-        raise sweep.SweepError(
+        raise errors.SweepError(
             f"Storage file {path} does not exist. Pass --storage with the path or URL that "
             "mlkit sweep used."
         )

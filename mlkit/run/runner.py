@@ -13,21 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlkit import params as _params
+from mlkit._contract import ENV_DEFER_FINISH, ENV_EXPERIMENT, ENV_NOTEBOOK, ENV_RUN_DIR
+from mlkit._io import hostname, now_iso, read_json, write_json
 from mlkit.errors import MlkitError
-from mlkit.record import (
-    ENV_DEFER_FINISH,
-    ENV_EXPERIMENT,
-    ENV_NOTEBOOK,
-    ENV_RUN_DIR,
-    create_run_dir,
-    find_run,
-    hostname,
-    load_run,
-    now_iso,
-    read_json,
-    write_json,
-)
+from mlkit.record_store import create_run_dir, find_run, load_run
+from mlkit.run import params as _params
 
 ENGINES = {"papermill": "mlkit", "warm": "mlkit-warm"}
 
@@ -101,7 +91,7 @@ def run(
         env: more environment variables for the kernel (never written to the record).
         root: experiments folder; default ``experiments/`` at the project root.
         engine: "papermill" runs a fresh kernel; "warm" reuses a warm kernel of this
-            process's pool (see ``mlkit.warm``).
+            process's pool (see ``mlkit.run.warm``).
         on_start: called with run.json's content (``path`` added) once the record exists,
             before the kernel runs; live views use it to follow ``metrics.jsonl``.
 
@@ -114,7 +104,7 @@ def run(
     sig, values, full = prepare(notebook, given or {}, from_cli=from_cli)
     mode = track.resolve_mode(tracking)
     experiment = experiment or notebook.stem
-    from mlkit.record import check_experiment_name
+    from mlkit.record_store import check_experiment_name
 
     check_experiment_name(experiment)
     if engine not in ENGINES:
@@ -157,7 +147,7 @@ def run(
             "WANDB_MODE": mode,
         }
     )
-    from mlkit import notebook as nbexec
+    from mlkit.run import notebook as nbexec
 
     output = run_dir / "output.ipynb"
     try:

@@ -29,25 +29,22 @@ from typing import Any
 
 import numpy as np
 
+from mlkit._contract import TEMPLATES_DIR
 from mlkit.errors import MlkitError
+from mlkit.ops.stats import _psi_shares, holm, psi
 
 __all__ = [
     "DEFAULT_ALPHA",
-    "PSI_BINS",
     "MonitorError",
     "Window",
     "feature_drift",
-    "holm",
     "monitor",
     "prediction_drift",
-    "psi",
     "window_from_log",
 ]
 
 DEFAULT_ALPHA = 0.01
-PSI_BINS = 10
-_EPS = 1e-4  # floor for empty PSI bins: log(0) would make one empty bin infinite drift
-TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "monitor.ipynb"
+TEMPLATE = TEMPLATES_DIR / "monitor.ipynb"
 
 
 class MonitorError(MlkitError, ValueError):
@@ -55,39 +52,6 @@ class MonitorError(MlkitError, ValueError):
 
 
 # --- statistics ---------------------------------------------------------------------
-
-
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm-adjusted p-values: reject ``adjusted < alpha`` keeps the FWER at ``alpha``."""
-    p = np.asarray(pvalues, dtype=float)
-    m = len(p)
-    if m == 0:
-        return p
-    order = np.argsort(p)
-    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    adjusted = np.empty(m)
-    adjusted[order] = np.maximum.accumulate(scaled)
-    return adjusted
-
-
-def psi(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> float:
-    """Population stability index over ``bins`` quantile bins of ``reference``.
-
-    Equal quantiles collapse (a feature with few values gets fewer bins). Rules of thumb:
-    below 0.1 stable, 0.1 to 0.25 a moderate shift, above 0.25 a major one.
-    """
-    ref = np.asarray(reference, dtype=float)
-    cur = np.asarray(current, dtype=float)
-    inner = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
-    ref_share = np.bincount(np.searchsorted(inner, ref, side="right"), minlength=len(inner) + 1)
-    cur_share = np.bincount(np.searchsorted(inner, cur, side="right"), minlength=len(inner) + 1)
-    return _psi_shares(ref_share / len(ref), cur_share / len(cur))
-
-
-def _psi_shares(ref: np.ndarray, cur: np.ndarray) -> float:
-    ref = np.maximum(ref, _EPS)
-    cur = np.maximum(cur, _EPS)
-    return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
 def _categorical(reference: np.ndarray, current: np.ndarray) -> tuple[float, float, float]:
@@ -265,7 +229,7 @@ def window_from_log(
     (``raw_input(s)``) are scaled with ``raw_to_inputs`` (``LoadedModel.raw_to_inputs``), so
     the window is in the model's input space like its reference; without it they are skipped.
     """
-    from mlkit.predlog import PredictionLog
+    from mlkit.serve.predlog import PredictionLog
 
     if not isinstance(last, int) or isinstance(last, bool) or last < 2:
         raise MonitorError(f"The window must be an int >= 2, got {last!r}. Pass --window 1000.")
@@ -323,12 +287,6 @@ def window_from_log(
 # --- the recorded run ------------------------------------------------------------
 
 
-def parse_target(target: str) -> tuple[str, str]:
-    """``NAME[:alias]`` as (name, alias); the alias defaults to production."""
-    name, _, alias = target.partition(":")
-    return name, alias or "production"
-
-
 def monitor(
     name: str,
     ref: str = "production",
@@ -349,12 +307,12 @@ def monitor(
     ``drift/detected`` (1 when any feature or the predictions drifted); ``drift.json`` in the
     record holds the table and ``report.html`` the executed notebook as a page (``html``).
     """
-    from mlkit import runner
+    from mlkit.run import runner
 
     if name:
-        from mlkit import registry
+        from mlkit.registry import store
 
-        registry.resolve(name, ref, root)  # unknown model or alias: refused before a kernel
+        store.resolve(name, ref, root)  # unknown model or alias: refused before a kernel
     given: dict[str, Any] = {
         "model": name,
         "alias": ref,
@@ -381,8 +339,8 @@ def monitor(
     )
     output = Path(info["path"]) / "output.ipynb"
     if output.exists():  # the page to send to whoever acts on the alarm
-        from mlkit.record import write_text
-        from mlkit.report import to_html
+        from mlkit._io import write_text
+        from mlkit.sweep.report import to_html
 
         page = Path(info["path"]) / "report.html"
         write_text(page, to_html(output))

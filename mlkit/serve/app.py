@@ -31,126 +31,38 @@ its request id in the ``X-Request-ID`` header and the body.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
 import hmac
 import itertools
 import json
 import os
-import random
 import secrets
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlkit.errors import MlkitError
-from mlkit.record import now_iso
+from mlkit._io import now_iso
+from mlkit.errors import ServeError
+from mlkit.registry.loading import score
+from mlkit.registry.store import parse_target
+from mlkit.serve.predlog import LogBatch
+from mlkit.serve.routing import DEFAULT_REF, Variant, parse_ab, route
+from mlkit.serve.shadow import Shadow, _warn
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from mlkit.predlog import PredictionLog
-    from mlkit.registry import LoadedModel
+    from mlkit.registry.loading import LoadedModel
+    from mlkit.serve.predlog import PredictionLog
 
-__all__ = [
-    "ENV_TOKEN",
-    "Server",
-    "Variant",
-    "bucket",
-    "create_app",
-    "parse_ab",
-    "parse_target",
-    "route",
-    "serve",
-]
 
 ENV_TOKEN = "MLKIT_SERVE_TOKEN"
-DEFAULT_REF = "production"
 # /predict body keys: scaled as in training, one or a batch; then raw features, one or a batch.
 BODY_KEYS = ("input", "inputs", "raw_input", "raw_inputs")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-class ServeError(MlkitError, ValueError):
-    """The server cannot start as asked."""
-
-
-def parse_target(text: str) -> tuple[str, str]:
-    """``NAME[:alias]`` (or ``NAME:v3``, ``NAME:latest``) into name and reference."""
-    name, _, ref = text.partition(":")
-    if not name:
-        raise ServeError(
-            f"Model {text!r} must be NAME or NAME:ALIAS, like digits:production. List models "
-            "with: mlkit model list"
-        )
-    return name, ref or DEFAULT_REF
-
-
-@dataclass
-class Variant:
-    """One arm of an A/B split: ``name:ref`` answers a ``weight`` share of the clients."""
-
-    name: str
-    ref: str
-    weight: float
-
-
-def parse_ab(text: str) -> list[Variant]:
-    """``NAME:a=0.9,NAME:b=0.1`` into variants: one model, distinct refs, weights summing to 1."""
-    example = "Pass --ab digits:production=0.9,digits:candidate=0.1."
-    variants: list[Variant] = []
-    for part in (p.strip() for p in text.split(",")):
-        target, eq, weight_text = part.rpartition("=")
-        name, colon, ref = target.partition(":")
-        if not (eq and name and colon and ref):
-            raise ServeError(f"--ab item {part!r} must be NAME:ALIAS=WEIGHT. {example}")
-        try:
-            weight = float(weight_text)
-        except ValueError:
-            weight = float("nan")
-        if not 0.0 < weight <= 1.0:
-            raise ServeError(
-                f"--ab item {part!r} has weight {weight_text!r}; it must be a number in (0, 1]. "
-                f"{example}"
-            )
-        variants.append(Variant(name, ref, weight))
-    if len(variants) < 2:
-        raise ServeError(f"--ab needs at least two variants, got {len(variants)}. {example}")
-    names = {v.name for v in variants}
-    if len(names) > 1:
-        raise ServeError(
-            f"--ab variants must be versions of one model, got {', '.join(sorted(names))}. "
-            f"{example}"
-        )
-    refs = [v.ref for v in variants]
-    if len(set(refs)) < len(refs):
-        raise ServeError(f"--ab names a variant twice ({', '.join(refs)}). {example}")
-    total = sum(v.weight for v in variants)
-    if abs(total - 1.0) > 1e-6:
-        raise ServeError(f"--ab weights must sum to 1, got {total:g}. {example}")
-    return variants
-
-
-def bucket(client_id: str) -> float:
-    """A fixed point in [0, 1) for a client id: the first 64 bits of its sha256."""
-    digest = hashlib.sha256(client_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def route(client_id: str | None, weights: Sequence[float], rng: Any = random) -> int:
-    """The index of the variant answering ``client_id`` (sticky), or a random one without it."""
-    point = bucket(client_id) if client_id else rng.random()
-    edge = 0.0
-    for i, weight in enumerate(weights):
-        edge += weight
-        if point < edge:
-            return i
-    return len(weights) - 1  # rounding left the top of [0, 1) uncovered
 
 
 def request_model(input_shape: tuple[int, ...], max_batch: int) -> Any:
@@ -225,19 +137,19 @@ class Server:
         finishes with it. A new version that cannot load, or takes another input shape, is
         not swapped in: the change is reported and the old version keeps answering.
         """
-        from mlkit import registry
+        from mlkit.registry import loading, store
 
         cache: dict[tuple[str, int], LoadedModel] = {}
 
         def moved(current: LoadedModel, ref: str) -> LoadedModel | None:
-            if registry.is_pinned(ref):
+            if loading.is_pinned(ref):
                 return None
-            number = registry.resolve(current.name, ref, self.root)
+            number = store.resolve(current.name, ref, self.root)
             if number == current.version:
                 return None
             key = (current.name, number)
             if key not in cache:
-                cache[key] = registry.load_model(current.name, number, root=self.root)
+                cache[key] = loading.load_model(current.name, number, root=self.root)
             new = cache[key]
             if new.input_shape != current.input_shape:
                 raise ServeError(
@@ -324,7 +236,7 @@ class Server:
             return 422, {"detail": detail}, 0, None, _summary(detail), None
         loaded = loaded or self.loaded
         if key.startswith("raw"):
-            from mlkit.registry import RegistryError
+            from mlkit.errors import RegistryError
 
             try:
                 X = loaded.raw_to_inputs(X)
@@ -377,159 +289,6 @@ def request_ids() -> Callable[[], str]:
     prefix = secrets.token_hex(8)
     counter = itertools.count()
     return lambda: f"{prefix}{next(counter):016x}"
-
-
-class LogBatch:
-    """Rows of the responses answered in one turn of the event loop, committed together.
-
-    Each request awaits its row's commit before its response is sent. A SQLite commit under
-    ``--log-sync normal`` only hands pages to the OS (tens of microseconds, less than a
-    thread handoff), so it runs on the loop. A commit that waits on the disk (``full``: an
-    fsync) or the network (PostgreSQL) runs in a worker thread, one at a time, while the rows
-    of requests answered meanwhile gather into the next one.
-    """
-
-    def __init__(self, log: PredictionLog) -> None:
-        self.log = log
-        self.on_loop = log.is_sqlite and log.sync == "normal"
-        self.rows: list[dict[str, Any]] = []
-        self.waiters: list[asyncio.Future[None]] = []
-        self.flushing = False
-
-    async def write(self, row: dict[str, Any]) -> None:
-        loop = asyncio.get_running_loop()
-        committed = loop.create_future()
-        self.rows.append(row)
-        self.waiters.append(committed)
-        if not self.flushing:
-            self.flushing = True
-            loop.call_soon(self._flush, loop)
-        await committed
-
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        rows, waiters = self.rows, self.waiters
-        self.rows, self.waiters = [], []
-        if self.on_loop:
-            try:
-                self.log.write_many(rows)
-            except Exception as exc:
-                self._settle(waiters, exc)
-            else:
-                self._settle(waiters, None)
-            self.flushing = False
-            return
-        future = loop.run_in_executor(None, self.log.write_many, rows)
-        future.add_done_callback(lambda done: self._committed(loop, waiters, done))
-
-    def _committed(
-        self, loop: asyncio.AbstractEventLoop, waiters: list[asyncio.Future[None]], done: Any
-    ) -> None:
-        failed = RuntimeError("the log commit was cancelled") if done.cancelled() else None
-        self._settle(waiters, failed or done.exception())
-        if self.rows:
-            loop.call_soon(self._flush, loop)
-        else:
-            self.flushing = False
-
-    @staticmethod
-    def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None) -> None:
-        for waiter in waiters:
-            if waiter.done():  # its request was cancelled (the client went away)
-                continue
-            if exc is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(exc)
-
-
-def score(loaded: LoadedModel, X: Any) -> list[dict[str, Any]]:
-    """Predictions for a float32 batch: class, index and probabilities, or a value."""
-    import torch
-
-    with torch.inference_mode():
-        out = loaded.module(torch.from_numpy(X)).float()
-    if loaded.task == "classification":
-        probs = torch.softmax(out, dim=1).numpy()
-        classes = loaded.classes
-        return [
-            {
-                "class": classes[i] if i < len(classes) else str(i),
-                "index": int(i),
-                "probabilities": row.tolist(),
-            }
-            for i, row in zip(probs.argmax(axis=1).tolist(), probs, strict=True)
-        ]
-    data = loaded.card.get("data") or {}
-    mean, std = float(data.get("target_mean", 0.0)), float(data.get("target_std", 1.0))
-    values = out.reshape(len(X), -1)[:, 0].numpy() * std + mean  # back to the data's units
-    return [{"value": float(v)} for v in values]
-
-
-class Shadow:
-    """A second model scoring the primary's inputs on its own thread, after the response.
-
-    Its outputs go to the log (role ``shadow``, same request id) and nowhere else. The request
-    path only puts the batch on a bounded queue and never waits: when the shadow falls behind,
-    batches are dropped and counted, and its errors become log rows, never primary errors.
-    """
-
-    def __init__(self, loaded: LoadedModel, log: PredictionLog, capacity: int = 1000) -> None:
-        import queue
-
-        self.loaded = loaded
-        self.log = log
-        self.queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(capacity)
-        self.dropped = 0
-        self.thread = threading.Thread(target=self._run, name="mlkit-shadow", daemon=True)
-        self.thread.start()
-
-    def submit(self, request_id: str, X: Any) -> None:
-        import queue
-
-        try:
-            self.queue.put_nowait((request_id, X))
-        except queue.Full:
-            self.dropped += 1
-
-    def _run(self) -> None:
-        while (item := self.queue.get()) is not None:
-            request_id, X = item
-            loaded = self.loaded  # fixed for this batch even if the alias moves meanwhile
-            started, t0 = now_iso(), time.perf_counter()
-            try:
-                output: Any = {"predictions": score(loaded, X)}
-                status, error = 200, None
-            except Exception as exc:
-                output, status, error = None, 500, f"{type(exc).__name__}: {exc}"
-            try:
-                self.log.write(
-                    {
-                        "request_id": request_id,
-                        "time": started,
-                        "role": "shadow",
-                        "model": loaded.name,
-                        "version": loaded.version,
-                        "sha256": loaded.sha256,
-                        "status": status,
-                        "latency_ms": (time.perf_counter() - t0) * 1000.0,
-                        "n": len(X),
-                        "input": None,  # the primary row of the same request_id holds it
-                        "output": output,
-                        "error": error,
-                    }
-                )
-            except Exception as exc:
-                _warn(f"shadow log write failed: {self.log.redact(str(exc))}")
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Let the queued batches finish (up to ``timeout`` s), then stop the thread."""
-        with contextlib.suppress(Exception):
-            self.queue.put(None, timeout=timeout)
-        self.thread.join(timeout)
-
-
-def _warn(message: str) -> None:
-    print(f"mlkit serve: {message}", file=sys.stderr, flush=True)
 
 
 def _summary(detail: list[dict[str, Any]]) -> str:
@@ -594,20 +353,21 @@ def create_app(
             module docstring); ``ref`` is then ignored in favour of the first variant.
         follow_s: how often to check whether a served alias moved; 0 never checks.
     """
-    from mlkit import predlog, registry
+    from mlkit.registry import loading, store
+    from mlkit.serve import predlog
 
-    registry.check_weights_only_env()
+    loading.check_weights_only_env()
     variants = parse_ab(ab) if ab else []
     if variants:
         if variants[0].name != name:
             raise ServeError(f"--ab {ab} splits model {variants[0].name!r}, not {name!r}.")
         ref = variants[0].ref
         for variant in variants:
-            registry.resolve(name, variant.ref, root)
-    registry.resolve(name, ref, root)  # an unknown model or alias fails before torch loads
+            store.resolve(name, variant.ref, root)
+    store.resolve(name, ref, root)  # an unknown model or alias fails before torch loads
     shadow_target = parse_target(shadow) if shadow else None
     if shadow_target:
-        registry.resolve(*shadow_target, root)
+        store.resolve(*shadow_target, root)
     if not isinstance(follow_s, int | float) or follow_s < 0:
         raise ServeError(
             f"The 'follow_s' parameter of create_app must be a number of seconds >= 0. Got "
@@ -625,7 +385,7 @@ def create_app(
     from starlette.background import BackgroundTask
 
     torch.set_num_threads(threads)
-    loaded = registry.load_model(name, ref, root=root)
+    loaded = loading.load_model(name, ref, root=root)
     log = predlog.open_log(name, log_url, root, sync=log_sync)
     server = Server(
         loaded,
@@ -637,7 +397,7 @@ def create_app(
         max_batch=max_batch,
     )
     if shadow_target:
-        other = registry.load_model(*shadow_target, root=root)
+        other = loading.load_model(*shadow_target, root=root)
         if other.input_shape != loaded.input_shape:
             raise ServeError(
                 f"--shadow {shadow} takes inputs of shape {list(other.input_shape)}, but "
@@ -647,7 +407,7 @@ def create_app(
         server.shadow = Shadow(other, log)
         server.shadow_ref = shadow_target[1]
     for variant in variants:
-        arm = loaded if variant.ref == ref else registry.load_model(name, variant.ref, root=root)
+        arm = loaded if variant.ref == ref else loading.load_model(name, variant.ref, root=root)
         if arm.input_shape != loaded.input_shape:
             raise ServeError(
                 f"--ab variant {name}:{variant.ref} takes inputs of shape "

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mlkit.errors import MlkitError
+from mlkit.ops.stats import two_proportion_test, wilson_interval
 
 __all__ = [
     "ArmStats",
@@ -40,34 +41,9 @@ __all__ = [
     "wilson_interval",
 ]
 
-Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
-
 
 class AbTestError(MlkitError, ValueError):
     """The report cannot be made as asked."""
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (95% by default); (0, 1) when ``n`` is 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def two_proportion_test(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
-    """Two-sided pooled two-proportion z-test: (z, p-value). (0, 1) when it is undefined."""
-    if n1 <= 0 or n2 <= 0:
-        return 0.0, 1.0
-    pooled = (k1 + k2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se == 0:
-        return 0.0, 1.0
-    z = (k2 / n2 - k1 / n1) / se
-    return z, math.erfc(abs(z) / math.sqrt(2))
 
 
 @dataclass
@@ -186,7 +162,7 @@ def report(
     ``control`` is the variant the others are tested against; default the lowest version.
     Without ``labels_path`` the labels are those stored by ``mlkit feedback``.
     """
-    from mlkit import predlog
+    from mlkit.serve import predlog
 
     labels = load_labels(labels_path) if labels_path is not None else None
     log = predlog.open_log(name, log_url, root)

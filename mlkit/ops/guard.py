@@ -109,9 +109,9 @@ def _check_value(key: str, text: Any) -> Any:
 
 def policy(name: str, alias: str = "production", root: Path | None = None) -> dict[str, Any]:
     """The policy in force for ``name:alias``: the defaults, overlaid with what was set."""
-    from mlkit import registry
+    from mlkit.registry import aliases
 
-    return {**DEFAULTS, **registry.get_policy(name, alias, root)}
+    return {**DEFAULTS, **aliases.get_policy(name, alias, root)}
 
 
 def set_policy(
@@ -123,16 +123,16 @@ def set_policy(
     root: Path | None = None,
 ) -> dict[str, Any]:
     """Store ``KEY=VALUE`` settings for ``name:alias`` and return the policy now in force."""
-    from mlkit import registry
+    from mlkit.registry import aliases
 
-    registry.set_policy(name, alias, parse_settings(items), clear=clear, root=root)
+    aliases.set_policy(name, alias, parse_settings(items), clear=clear, root=root)
     return policy(name, alias, root)
 
 
 def _rate_check(
     what: str, bad: int, n: int, limit: float, minimum: int, unit: str
 ) -> dict[str, Any]:
-    from mlkit.abtest import wilson_interval
+    from mlkit.ops.stats import wilson_interval
 
     low, high = wilson_interval(bad, n)
     out: dict[str, Any] = {
@@ -155,7 +155,7 @@ def _rate_check(
 
 def _labelled(rows: list[dict[str, Any]], labels: dict[str, Any]) -> tuple[int, int]:
     """(wrong, labelled) examples over answered rows that have a label."""
-    from mlkit.abtest import correct, paired
+    from mlkit.ops.abtest import correct, paired
 
     wrong = total = 0
     for row in rows:
@@ -173,16 +173,17 @@ def _newest_monitor(
     name: str, alias: str, version: int, since: str, root: Path | None
 ) -> dict[str, Any] | None:
     """The newest completed monitor run of ``name:alias`` since ``since`` over ``version`` only."""
-    from mlkit import record
+    from mlkit import record_store
+    from mlkit._io import read_json
 
-    for run in record.list_runs(f"monitor-{name}", root):
+    for run in record_store.list_runs(f"monitor-{name}", root):
         if (run.get("started") or "") < since:
             break  # newest first: everything after is older
         if run.get("status") != "completed" or not run.get("result"):
             continue
         if run["params"].get("alias") != alias:
             continue
-        drift = record.read_json(Path(run["path"]) / "drift.json", {}) or {}
+        drift = read_json(Path(run["path"]) / "drift.json", {}) or {}
         if drift.get("versions") == [version]:
             return run
     return None
@@ -230,18 +231,20 @@ def check(
     ``action`` (``none``, ``rolled back``, ``would roll back``, ``cannot roll back``), ``to``
     (the version now answering) and ``reason``.
     """
-    from mlkit import predlog, registry
-    from mlkit.record import append_jsonl, now_iso
+    from mlkit import errors
+    from mlkit._io import append_jsonl, now_iso
+    from mlkit.registry import aliases, loading, store
+    from mlkit.serve import predlog
 
-    if registry.is_pinned(alias) or alias == "latest":
+    if loading.is_pinned(alias) or alias == "latest":
         raise GuardError(
             f"The guard moves aliases; {name}:{alias} is not one. Pass an alias such as "
             f"{name}:production."
         )
-    version = registry.resolve(name, alias, root)
+    version = store.resolve(name, alias, root)
     rules = {**policy(name, alias, root), **(overrides or {})}
-    since = registry.alias_since(name, alias, root) or ""
-    task = registry.task_of(name, version, root)
+    since = aliases.alias_since(name, alias, root) or ""
+    task = loading.task_of(name, version, root)
     log = predlog.open_log(name, log_url, root)
     try:
         rows = log.rows(since=since, role="primary", model=name, version=version)
@@ -253,7 +256,7 @@ def check(
     if run_monitor and rules["drift"] != "off":
         window = min(int(rules["monitor_window"]), answered)
         if window >= 2:
-            from mlkit import monitor
+            from mlkit.ops import monitor
 
             info = monitor.monitor(
                 name, alias, window=window, log=log_url, root=root, tracking=tracking
@@ -314,7 +317,7 @@ def check(
             report["action"] = "would roll back"
         else:
             try:
-                moved = registry.rollback(
+                moved = aliases.rollback(
                     name,
                     alias,
                     expect=version,
@@ -324,9 +327,9 @@ def check(
                     tracking=tracking,
                 )
                 report.update(action="rolled back", to=moved["version"])
-            except registry.RegistryError as exc:
+            except errors.RegistryError as exc:
                 report.update(action="cannot roll back", note=str(exc))
-    append_jsonl(registry.model_dir(name, root) / "guard.jsonl", report)
+    append_jsonl(store.model_dir(name, root) / "guard.jsonl", report)
     return report
 
 

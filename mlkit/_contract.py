@@ -1,0 +1,46 @@
+"""What the driver and the kernel agree on: environment names, record files, the result MIME.
+
+Both sides of a run import this module and nothing else of each other, so a name changed
+here changes on both sides at once. The ground floor: it imports nothing of mlkit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+# Environment variables the driver sets for the kernel.
+ENV_RUN_DIR = "MLKIT_RUN_DIR"
+ENV_EXPERIMENT = "MLKIT_EXPERIMENT"
+ENV_NOTEBOOK = "MLKIT_NOTEBOOK"
+ENV_DEFER_FINISH = "MLKIT_DEFER_FINISH"
+ENV_ROOT = "MLKIT_EXPERIMENTS"
+ENV_TRIAL = "MLKIT_TRIAL"
+
+# The files of a run record, under experiments/<experiment>/runs/<run-id>/.
+RUN_FILE = "run.json"
+PARAMS_FILE = "params.json"
+LINEAGE_FILE = "lineage.json"
+RESULT_FILE = "result.json"
+METRICS_FILE = "metrics.jsonl"
+OUTPUT_NOTEBOOK = "output.ipynb"
+PRUNED_FILE = "pruned.json"
+WEIGHTS = "model.safetensors"
+BUILD = "model.json"
+
+# The templates shipped beside the package (evaluate, monitor, sweep report).
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
+
+# The notebook displays its result under this MIME type; the driver reads it back.
+RESULT_MIME = "application/vnd.mlkit.result+json"
+
+
+def spec_from_env() -> dict[str, Any] | None:
+    """The trial coordinates, without the storage URL (it may hold a password)."""
+    raw = os.environ.get(ENV_TRIAL)
+    if not raw:
+        return None
+    spec = json.loads(raw)
+    return {"study": spec.get("study"), "trial": spec.get("number")}

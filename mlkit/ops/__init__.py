@@ -1,0 +1,4 @@
+"""Operations on served models: drift monitoring, A/B reports, the rollback guard.
+
+``stats`` holds the statistics they share (intervals, tests, corrections, PSI).
+"""

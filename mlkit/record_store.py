@@ -1,0 +1,132 @@
+"""Where run records live: make a run's folder, find one by id or prefix, list and read them.
+
+Layout, under ``experiments/<experiment>/runs/<run-id>/``::
+
+    run.json       status (running, completed, failed), reason, timing, W&B location
+    params.json    the notebook and the parameters it ran with
+    lineage.json   what is needed to reproduce it (code, data, environment, seed)
+    result.json    the metrics the notebook recorded: the success sentinel
+    metrics.jsonl  one line per epoch, appended as training goes, fsynced at the end
+    output.ipynb   the executed notebook
+    model.safetensors, model.json   weights (loadable without pickle) and how to rebuild
+
+The driver and the notebook both use it: the file names are in ``mlkit._contract``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from mlkit._contract import ENV_ROOT
+from mlkit._io import hostname, pid_alive, read_json
+from mlkit.errors import MlkitError, RunNotFoundError
+
+
+def experiments_root() -> Path:
+    """``$MLKIT_EXPERIMENTS``, else ``experiments/`` at the project root above the cwd.
+
+    The project root is the nearest folder holding ``.git`` or ``pyproject.toml``,
+    so a notebook run from ``notebooks/`` in JupyterLab records where a CLI run does.
+    """
+    if os.environ.get(ENV_ROOT):
+        return Path(os.environ[ENV_ROOT]).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".git").exists() or (folder / "pyproject.toml").exists():
+            return folder / "experiments"
+    return here / "experiments"
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique without coordination (W&B accepts it as a run id)."""
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{now}-{secrets.token_hex(3)}"
+
+
+def check_experiment_name(name: str) -> str:
+    ok = name and all(c.isalnum() or c in "-_." for c in name) and not name.startswith(".")
+    if not ok:
+        raise MlkitError(
+            f"Experiment name {name!r} must be letters, digits, '-', '_' or '.', and not start "
+            "with '.'. Pass --experiment digits-mlp, for example."
+        )
+    return name
+
+
+def create_run_dir(experiment: str, root: Path | None = None) -> tuple[str, Path]:
+    """Make a fresh run directory; an existing one is never reused or overwritten."""
+    root = root or experiments_root()
+    runs = root / check_experiment_name(experiment) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for _ in range(10):
+        run_id = new_run_id()
+        path = runs / run_id
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return run_id, path
+    raise MlkitError(f"Could not create a new run directory under {runs}.")
+
+
+def find_run(ref: str | Path, root: Path | None = None) -> Path:
+    """Resolve a run id, a unique id prefix, or a path to its directory."""
+    path = Path(ref)
+    if (path / "run.json").exists() or (path / "params.json").exists():
+        return path.resolve()
+    root = root or experiments_root()
+    matches = sorted(root.glob(f"*/runs/{ref}*")) if root.exists() else []
+    matches = [m for m in matches if m.is_dir()]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise RunNotFoundError(f"No run '{ref}' under {root}. List runs with: mlkit runs")
+    names = ", ".join(m.name for m in matches[:5])
+    raise MlkitError(f"Run '{ref}' is ambiguous ({names}, ...). Give more of the id.")
+
+
+def list_runs(experiment: str | None = None, root: Path | None = None) -> list[dict[str, Any]]:
+    """Every run record (newest first), each as run.json plus params and result."""
+    root = root or experiments_root()
+    pattern = f"{experiment}/runs/*" if experiment else "*/runs/*"
+    rows = []
+    for path in root.glob(pattern) if root.exists() else []:
+        if not path.is_dir():
+            continue
+        rows.append(load_run(path))
+    rows.sort(key=lambda r: r.get("started") or "", reverse=True)
+    return rows
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    info = read_json(path / "run.json", {}) or {}
+    info.setdefault("id", path.name)
+    info.setdefault("experiment", path.parent.parent.name)
+    info["path"] = str(path)
+    info["params"] = (read_json(path / "params.json", {}) or {}).get("parameters", {})
+    info["result"] = read_json(path / "result.json")
+    if info.get("status") == "running" and info.get("result") is None:
+        # A driver that died leaves "running"; say so instead of pretending.
+        pid = info.get("pid")
+        if pid and not pid_alive(pid) and info.get("host") == hostname():
+            info["status"] = "crashed"
+    return info
+
+
+def history(ref: str | Path, root: Path | None = None) -> list[dict[str, Any]]:
+    """The per-epoch rows a run logged (metrics.jsonl), for curves and comparisons."""
+    path = find_run(ref, root) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line torn by a kill: everything before it is intact
+    return rows

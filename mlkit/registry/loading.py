@@ -1,0 +1,248 @@
+"""Loading a registered model safely: weights without pickle, checked against the card."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlkit._contract import BUILD, WEIGHTS
+from mlkit._io import read_json
+from mlkit.errors import ModelNotFoundError, RegistryError, UnsafeModelError
+from mlkit.registry.store import _VERSION_RE, model_dir, resolve
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl")
+
+
+def check_weights_only_env(environ: dict[str, str] | None = None) -> None:
+    """Refuse to go on when the environment tells torch to unpickle arbitrary objects.
+
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` turns ``weights_only`` off for every ``torch.load``
+    that does not pass it; in a server process that is any library's load, so it is refused
+    rather than trusted to be harmless. ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=0`` states the same
+    intent and is refused too.
+    """
+    env = os.environ if environ is None else environ
+    bad = []
+    if env.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "").strip().lower() in _TRUE:
+        bad.append(f"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD={env['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD']}")
+    forced = env.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    if forced is not None and forced.strip().lower() in _FALSE:
+        bad.append(f"TORCH_FORCE_WEIGHTS_ONLY_LOAD={forced}")
+    if bad:
+        raise UnsafeModelError(
+            f"The environment sets {' and '.join(bad)}, which lets torch.load run pickled code "
+            "from a checkpoint. Unset it (unset TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD "
+            "TORCH_FORCE_WEIGHTS_ONLY_LOAD) and start again."
+        )
+
+
+@dataclass
+class LoadedModel:
+    """A registered version, ready to predict: the module in eval mode and its card."""
+
+    name: str
+    version: int
+    sha256: str
+    module: nn.Module
+    card: dict[str, Any]
+    input_shape: tuple[int, ...]
+    task: str
+    classes: list[str] = field(default_factory=list)
+
+    def raw_to_inputs(self, X: Any) -> Any:
+        """Raw features (float32, batch first) as the model's inputs, scaled as in training.
+
+        Raises:
+            RegistryError: the card does not say how the features were scaled (a card made
+                before it kept the scaling, or data that could not be reloaded).
+        """
+        data = self.card.get("data") or {}
+        if "feature_scaling" not in data:
+            raise RegistryError(
+                f"{self.name} v{self.version}'s card does not record how its features were "
+                "scaled, so raw features cannot be converted. Send inputs already scaled "
+                '("input"/"inputs"), or register the run again to record the scaling.'
+            )
+        scaling = data["feature_scaling"]
+        if scaling is None:
+            return X
+        import numpy as np
+
+        mean = np.asarray(scaling["mean"], dtype=np.float32)
+        std = np.asarray(scaling["std"], dtype=np.float32)
+        flat = X.reshape(len(X), -1)
+        return ((flat - mean) / std).astype(np.float32).reshape(X.shape)
+
+    def metadata(self) -> dict[str, Any]:
+        data = self.card.get("data") or {}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "model": (self.card.get("model") or {}).get("name"),
+            "input_shape": list(self.input_shape),
+            "dtype": "float32",
+            "task": self.task,
+            "classes": self.classes,
+            "data_version": data.get("version"),
+            "raw_inputs": "feature_scaling" in data,
+            "run_id": (self.card.get("run") or {}).get("id"),
+            "registered": self.card.get("created"),
+        }
+
+
+def _load_state(folder: Path, expected_sha: str | None) -> dict[str, Any]:
+    from mlkit.lineage import sha256_file
+
+    weights = folder / WEIGHTS
+    if weights.exists():
+        actual = sha256_file(weights)
+        if expected_sha and actual != expected_sha:
+            raise UnsafeModelError(
+                f"{weights} has sha256 {actual}, but its card says {expected_sha}: the file "
+                "changed after registration. Register the run again instead of editing a version."
+            )
+        from safetensors.torch import load_file
+
+        return load_file(str(weights), device="cpu")
+    legacy = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not legacy:
+        raise ModelNotFoundError(
+            f"{folder} holds no {WEIGHTS}. Register the run again: mlkit model register RUN "
+            f"--name {folder.parent.name}"
+        )
+    return _torch_load_weights_only(legacy[0])
+
+
+def _torch_load_weights_only(path: Path) -> dict[str, Any]:
+    """``torch.load`` that only ever unpickles tensors and containers, never code."""
+    import pickle
+
+    import torch
+
+    check_weights_only_env()
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as exc:
+        raise UnsafeModelError(
+            f"Refused to load {path}: it is not plain weights (torch.load with weights_only=True "
+            f"said: {_torch_reason(exc)}). A checkpoint that needs pickled code can run "
+            "anything; re-save the state_dict with safetensors.torch.save_file from a trusted "
+            "environment."
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UnsafeModelError(
+            f"{path} holds a {type(state).__name__}, not a state_dict of tensors. Save "
+            "model.state_dict() with safetensors.torch.save_file."
+        )
+    return state
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """The line of torch's long weights-only error that says what was refused."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    for line in lines:
+        if "Unsupported global" in line or "WeightsUnpickler error" in line:
+            return line.split(". Please", 1)[0]  # not its advice to allowlist the code
+    return next((line for line in lines if line), type(exc).__name__)
+
+
+def _task(card: dict[str, Any], n_outputs: int) -> str:
+    return (card.get("data") or {}).get("task") or (
+        "regression" if n_outputs == 1 else "classification"
+    )
+
+
+def task_of(name: str, ref: str | int | None = None, root: Path | None = None) -> str:
+    """``classification`` or ``regression`` for a version, read from its files without torch."""
+    folder = model_dir(name, root) / f"v{resolve(name, ref, root)}"
+    build = (read_json(folder / BUILD) or {}).get("build") or {}
+    return _task(read_json(folder / "card.json") or {}, int(build.get("n_outputs", 0)))
+
+
+def is_pinned(ref: str | int) -> bool:
+    """Whether ``ref`` names a version (``v3`` or ``3``) rather than an alias or latest."""
+    return bool(_VERSION_RE.match(str(ref)))
+
+
+def load_model(name: str, ref: str | int | None = None, *, root: Path | None = None) -> LoadedModel:
+    """Build version ``ref`` (``v3``, an alias, or latest) and load its weights without pickle."""
+    from mlkit import models
+
+    number = resolve(name, ref, root)
+    folder = model_dir(name, root) / f"v{number}"
+    card = read_json(folder / "card.json") or {}
+    spec = read_json(folder / BUILD)
+    if not spec:
+        raise ModelNotFoundError(
+            f"{folder / BUILD} is missing: version v{number} of {name!r} cannot be rebuilt. "
+            f"Register the run again: mlkit model register RUN --name {name}"
+        )
+    build = dict(spec["build"])
+    input_shape = tuple(int(s) for s in build.pop("input_shape"))
+    n_outputs = int(build.pop("n_outputs"))
+    expected = (card.get("weights") or {}).get("sha256")
+    state = _load_state(folder, expected)
+    module = models.build(spec["name"], input_shape=input_shape, n_outputs=n_outputs, **build)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise RegistryError(
+            f"The weights of {name} v{number} do not fit the module model.json describes: "
+            f"{str(exc).splitlines()[0]} Register the run again."
+        ) from None
+    module.eval()
+    data = card.get("data") or {}
+    task = _task(card, n_outputs)
+    classes = data.get("class_names") or (
+        [str(i) for i in range(n_outputs)] if task == "classification" else []
+    )
+    return LoadedModel(
+        name=name,
+        version=number,
+        sha256=expected or "",
+        module=module,
+        card=card,
+        input_shape=input_shape,
+        task=task,
+        classes=list(classes),
+    )
+
+
+def score(loaded: LoadedModel, X: Any) -> list[dict[str, Any]]:
+    """Predictions for a float32 batch: class, index and probabilities, or a value."""
+    import torch
+
+    with torch.inference_mode():
+        out = loaded.module(torch.from_numpy(X)).float()
+    if loaded.task == "classification":
+        probs = torch.softmax(out, dim=1).numpy()
+        classes = loaded.classes
+        return [
+            {
+                "class": classes[i] if i < len(classes) else str(i),
+                "index": int(i),
+                "probabilities": row.tolist(),
+            }
+            for i, row in zip(probs.argmax(axis=1).tolist(), probs, strict=True)
+        ]
+    data = loaded.card.get("data") or {}
+    mean, std = float(data.get("target_mean", 0.0)), float(data.get("target_std", 1.0))
+    values = out.reshape(len(X), -1)[:, 0].numpy() * std + mean  # back to the data's units
+    return [{"value": float(v)} for v in values]
+
+
+_FALSE = ("0", "n", "no", "false")
+
+
+_TRUE = ("1", "y", "yes", "true")

@@ -1,0 +1,434 @@
+"""Optuna sweeps where every trial is an executed notebook with its own record.
+
+The only module that creates or loads Optuna studies. A driver asks Optuna for a
+trial, runs the notebook with the suggested parameters (plus the trial's
+coordinates in ``MLKIT_TRIAL``), and tells the outcome: COMPLETE with the
+objective(s), PRUNED, or FAIL with the reason.
+
+Storage is a URL: a journal file by default (``experiments/<study>/study.journal``;
+plain paths and ``journal:///abs/path`` both work), ``sqlite:///...`` for one
+machine, ``postgresql://...`` for many. Known traps and their answers:
+
+- a killed worker leaves its trial RUNNING forever (journal files have no
+  heartbeat): every worker stamps a heartbeat on its running trial; any worker
+  fails trials whose worker process is gone (same host) or whose heartbeat is
+  stale, and enqueues their parameters once more;
+- a torn last line of a journal file breaks every later read once something is
+  appended after it: the tail is checked and cut, under Optuna's own lock, before
+  the study is opened;
+- exactly N trials across machines: asking is serialised by a lock (a file lock
+  for files, an advisory lock for PostgreSQL) around "count, then ask".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import socket
+import sys
+import threading
+import time
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from mlkit._io import pid_alive
+from mlkit.storage import ask_lock, make_pruner
+from mlkit.sweep import space as _space
+from mlkit.sweep.config import SweepConfig, _create_or_resume, make_sampler
+from mlkit.sweep.results import Summary, _best_text, _counts, summarize
+
+HEARTBEAT_S = 15.0
+STALE_AFTER_S = 90.0
+
+
+# --- configuration ------------------------------------------------------------
+
+
+# --- storage ------------------------------------------------------------------
+
+
+# --- checking and starting -----------------------------------------------------
+
+
+# --- the worker loop -------------------------------------------------------------
+
+
+def trial_seed(base: int, params: dict[str, Any]) -> int:
+    """A trial's seed comes from the trial (its parameters), not the worker or the order."""
+    text = json.dumps({"seed": base, "params": params}, sort_keys=True)
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % (2**31 - 1)
+
+
+def _worker_tag(index: int = 0) -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "index": index}
+
+
+def reap_stale(study: Any, now: float | None = None) -> list[int]:
+    """Fail RUNNING trials whose worker is gone; enqueue their parameters once more."""
+    from optuna.trial import TrialState
+
+    now = now or time.time()
+    host = socket.gethostname()
+    reaped = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker") or {}
+        beat = trial.user_attrs.get(
+            "heartbeat", trial.datetime_start.timestamp() if trial.datetime_start else now
+        )
+        dead = worker.get("host") == host and worker.get("pid") and not pid_alive(worker["pid"])
+        stale = now - float(beat) > STALE_AFTER_S
+        if not (dead or stale):
+            continue
+        why = (
+            f"worker pid {worker.get('pid')} on {host} is gone"
+            if dead
+            else f"no heartbeat for {now - float(beat):.0f} s"
+        )
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"reaped: {why}")
+            study._storage.set_trial_user_attr(trial._trial_id, "reaped", True)
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except Exception:  # another worker reaped it first
+            continue
+        reaped.append(trial.number)
+        if "retry_of" not in trial.user_attrs:
+            study.enqueue_trial(
+                trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False
+            )
+    return reaped
+
+
+def _budget_used(study: Any) -> tuple[int, int]:
+    """(trials that count against --trials, trials waiting in the queue)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counted = sum(1 for t in trials if not t.user_attrs.get("reaped"))
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    return counted, waiting
+
+
+class _Heartbeat:
+    """Stamps the running trial so other workers can tell it from a dead one."""
+
+    def __init__(self, study: Any, trial_id: int) -> None:
+        self.study, self.trial_id = study, trial_id
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):
+                self.study._storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def worker(cfg: SweepConfig, index: int = 0, stop: threading.Event | None = None) -> int:
+    """Ask, run, tell, until the study has ``n_trials`` trials, time is up or ``stop`` is set.
+
+    Returns the number of trials this worker ran.
+    """
+    if cfg.engine == "warm":
+        _prewarm(cfg)  # the kernel imports torch while this process imports optuna
+    study = _create_or_resume(cfg)
+    dims = cfg.dims()
+    # Grid and QMC map a shared sequence onto trial slots: every worker needs the same
+    # seed. Samplers that draw at random need different ones, or workers on the same
+    # study draw the same start-up points.
+    host = zlib.crc32(socket.gethostname().encode()) % 100_003
+    seed = cfg.seed if cfg.sampler in ("grid", "qmc") else cfg.seed + 7919 * index + host
+    study.sampler = make_sampler(cfg.sampler, seed, dims, len(cfg.objectives))
+    study.pruner = make_pruner(cfg.pruner)
+    # After Ctrl-C (stop set) a trial not yet in its first cell is cancelled, not run.
+    cancellable: Any = contextlib.nullcontext()
+    if cfg.engine == "warm" and stop is not None:
+        from mlkit.run import warm
+
+        cancellable = warm.cancel_when(stop.is_set)
+    ran = 0
+    with cancellable:
+        while True:
+            if cfg.timeout and time.time() - cfg.started > cfg.timeout:
+                break
+            if stop is not None and stop.is_set():
+                break
+            with ask_lock(cfg.storage, cfg.study):
+                reap_stale(study)
+                counted, waiting = _budget_used(study)
+                if counted >= cfg.n_trials and not waiting:
+                    break
+                trial = study.ask()
+                storage = study._storage
+                storage.set_trial_user_attr(trial._trial_id, "worker", _worker_tag(index))
+                storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+            run_trial(cfg, study, trial, dims)
+            ran += 1
+    return ran
+
+
+def _prewarm(cfg: SweepConfig) -> None:
+    """Start warming a kernel for the trials now, so it is ready by the first one."""
+    from mlkit import track
+    from mlkit.run import runner, warm
+
+    mode = track.resolve_mode(cfg.tracking)
+    warm.pool().prewarm(runner.signature(cfg.notebook).kernel_name, mode)
+
+
+def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) -> str:
+    """Execute one trial's notebook and tell Optuna how it ended. Returns the state name."""
+    from optuna.trial import TrialState
+
+    from mlkit._contract import ENV_TRIAL, PRUNED_FILE
+    from mlkit.run import runner
+
+    retry_of = trial.user_attrs.get("retry_of") if hasattr(trial, "user_attrs") else None
+    try:
+        suggested = _space.suggest(trial, dims)
+    except Exception as exc:
+        _tell(study, trial, state=TrialState.FAIL)
+        return f"FAIL: could not sample: {exc}"
+    seed = trial_seed(cfg.seed, suggested)
+    values = {**cfg.fixed, **suggested}
+    if "seed" in runner.signature(cfg.notebook).names and "seed" not in suggested:
+        values["seed"] = seed
+    spec = {
+        "storage": cfg.storage,
+        "study": cfg.study,
+        "number": trial.number,
+        "metric": cfg.objectives[0] if len(cfg.objectives) == 1 else None,
+        "pruner": cfg.pruner,
+        "session": cfg.started,  # the notebook keeps its storage open for this sweep
+    }
+    storage = study._storage
+    storage.set_trial_user_attr(trial._trial_id, "seed", values.get("seed", seed))
+
+    def started(record: dict[str, Any]) -> None:  # named while it runs, and if interrupted
+        storage.set_trial_user_attr(trial._trial_id, "run_id", record["id"])
+        storage.set_trial_user_attr(trial._trial_id, "run_path", record["path"])
+
+    with _Heartbeat(study, trial._trial_id):
+        try:
+            info = runner.run(
+                cfg.notebook,
+                values,
+                experiment=cfg.study,
+                cell_timeout=cfg.trial_timeout,
+                tracking=cfg.tracking,
+                job_type="trial",
+                progress=False,
+                extra={
+                    "study": cfg.study,
+                    "trial": trial.number,
+                    **({"retry_of": retry_of} if retry_of is not None else {}),
+                },
+                env={ENV_TRIAL: json.dumps(spec)},
+                root=Path(cfg.root) if cfg.root else None,
+                engine=cfg.engine,
+                on_start=started,
+            )
+        except Exception as exc:  # the driver itself failed: the trial must not stay RUNNING
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"driver error: {exc}")
+            _tell(study, trial, state=TrialState.FAIL)
+            return "FAIL"
+        except KeyboardInterrupt:  # Ctrl-C: the sweep ends, and says why this trial did
+            storage.set_trial_user_attr(
+                trial._trial_id, "fail_reason", "KeyboardInterrupt: interrupted by the user"
+            )
+            _tell(study, trial, state=TrialState.FAIL)
+            raise
+    if (info.get("wandb") or {}).get("id"):
+        storage.set_trial_user_attr(trial._trial_id, "wandb_id", info["wandb"]["id"])
+    result = info.get("result") or {}
+    storage.set_trial_user_attr(trial._trial_id, "result", _finite_only(result))
+    pruned = Path(info["path"], PRUNED_FILE)
+    if info["status"] == "completed" and pruned.exists():
+        _tell(study, trial, state=TrialState.PRUNED)
+        return "PRUNED"
+    if info["status"] != "completed":
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", info.get("reason", ""))
+        _tell(study, trial, state=TrialState.FAIL)
+        return "FAIL"
+    missing = [m for m in cfg.objectives if m not in result]
+    if missing:
+        storage.set_trial_user_attr(
+            trial._trial_id,
+            "fail_reason",
+            f"objective {missing[0]!r} not in the result (it has: {', '.join(result)})",
+        )
+        _tell(study, trial, state=TrialState.FAIL)
+        return "FAIL"
+    objective = [float(result[m]) for m in cfg.objectives]
+    if not all(math.isfinite(v) for v in objective):
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", "non-finite objective")
+        _tell(study, trial, state=TrialState.FAIL)
+        return "FAIL"
+    _tell(study, trial, objective if len(objective) > 1 else objective[0])
+    return "COMPLETE"
+
+
+def _tell(study: Any, trial: Any, *args: Any, **kwargs: Any) -> None:
+    """``study.tell`` for ask-and-tell drivers.
+
+    The grid sampler calls ``study.stop()`` from ``tell`` once every grid point is
+    finished, and ``stop`` raises outside ``study.optimize``. The trial's state is
+    stored before that (Optuna writes it in a ``finally``), and our workers stop by
+    counting trials, so that one error is expected and dropped.
+    """
+    try:
+        study.tell(trial, *args, **kwargs)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
+
+
+def _finite_only(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def _worker_main(cfg_dict: dict[str, Any], index: int) -> None:
+    """Entry point of a spawned worker process."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    worker(SweepConfig(**cfg_dict), index)
+
+
+# --- the driver -------------------------------------------------------------------
+
+
+def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
+    """Run the sweep with ``cfg.jobs`` workers and show progress.
+
+    Worker 0 runs on this thread. With the warm engine the other workers are threads of
+    this process too: each drives its own kernels, so the trials are still processes, and
+    a thread costs nothing to start where a spawned worker costs an interpreter and
+    mlkit's imports, about a second of CPU that the kernels warming at the same time
+    want. With the papermill engine they are spawned processes.
+    """
+    import multiprocessing
+
+    cfg.started = time.time()
+    if cfg.engine == "warm":
+        _prewarm(cfg)  # for worker 0, which runs on this thread
+    study = _create_or_resume(cfg)  # fail fast on a conflicting study, before workers start
+    with ask_lock(cfg.storage, cfg.study):
+        reap_stale(study)
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    procs = []
+    ctx = multiprocessing.get_context("spawn")
+    for index in range(1, cfg.jobs):
+        if cfg.engine == "warm":
+            thread = threading.Thread(
+                target=_worker_thread,
+                args=(cfg, index, stop),
+                name=f"mlkit-sweep-worker-{index}",
+                daemon=True,
+            )
+            thread.start()
+            threads.append(thread)
+        else:
+            proc = ctx.Process(target=_worker_main, args=(asdict(cfg), index), daemon=False)
+            proc.start()
+            procs.append(proc)
+    # Worker 0 runs here, on the thread whose kernel _prewarm started (a kernel's channels
+    # belong to the thread that made it); the progress display runs beside it.
+    ended = threading.Event()
+    watcher = threading.Thread(
+        target=_watch,
+        args=(cfg, study, progress, ended),
+        name="mlkit-sweep-progress",
+        daemon=True,
+    )
+    watcher.start()
+    interrupted = False
+    try:
+        worker(cfg, 0, stop)
+        for thread in threads:
+            thread.join()
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:
+        # Ctrl-C ends the whole sweep: no worker asks for another trial, and the trials
+        # running on other threads are interrupted (or, still waiting for their kernel,
+        # cancelled), so they fail and say so, like this thread's.
+        interrupted = True
+        stop.set()
+        from mlkit.run import warm
+
+        warm.pool().interrupt()
+        for proc in procs:
+            proc.terminate()
+        raise
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10 if interrupted else None)
+        for proc in procs:
+            proc.join()
+        ended.set()
+        watcher.join()
+    return summarize(cfg.study, cfg.storage, time.time() - cfg.started)
+
+
+def _worker_thread(cfg: SweepConfig, index: int, stop: threading.Event) -> None:
+    """A worker on a thread of the driver; an unexpected error is reported, not lost."""
+    try:
+        worker(cfg, index, stop)
+    except KeyboardInterrupt:
+        pass  # the sweep was interrupted; the trial this worker ran said so
+    except Exception as exc:
+        print(f"mlkit sweep: worker {index} stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def _watch(cfg: SweepConfig, study: Any, progress: bool, ended: threading.Event) -> None:
+    """Poll the storage and draw trials done, pruned, failed, best so far, time left.
+
+    It waits on ``ended`` between polls, so when the workers end the display shows the
+    last trial and stops at once.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [
+        TextColumn("[bold]{task.fields[study]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} trials"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TextColumn("left ~{task.fields[eta]}"),
+    ]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("sweep", total=cfg.n_trials, study=cfg.study, status="", eta="?")
+        while True:
+            running = not ended.is_set()
+            counts = _counts(study)
+            done = counts["complete"] + counts["pruned"] + counts["fail"]
+            elapsed = time.time() - cfg.started
+            left = max(cfg.n_trials - done, 0)
+            eta = "?"
+            if done:
+                eta = f"{elapsed / done * left:.0f}s"
+            best = _best_text(study)
+            bar.update(
+                task,
+                completed=min(done, cfg.n_trials),
+                status=f"ok {counts['complete']} pruned {counts['pruned']} "
+                f"failed {counts['fail']} running {counts['running']}  best {best}",
+                eta=eta,
+            )
+            if not running:
+                break
+            ended.wait(0.5)
