@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlkit import data as mdata
+from mlkit import models
+from mlkit._io import read_json
 from mlkit.errors import MlkitError, ParameterError
+from mlkit.record_store import find_run
 
 if TYPE_CHECKING:
     from torch import nn
@@ -379,10 +383,6 @@ def load_run_model(run_ref: str | Path, root: Path | None = None) -> tuple[nn.Mo
     """
     from safetensors.torch import load_file
 
-    from mlkit import models
-    from mlkit._io import read_json
-    from mlkit.record_store import find_run
-
     run_dir = find_run(run_ref, root)
     spec = read_json(run_dir / "model.json")
     weights = run_dir / "model.safetensors"
@@ -407,8 +407,6 @@ def load_run_model(run_ref: str | Path, root: Path | None = None) -> tuple[nn.Mo
 
 def _run_dataset(run_dir: Path, *, check: bool = True) -> Dataset:
     """The dataset a run trained on, rebuilt from its recorded parameters."""
-    from mlkit import data as mdata
-    from mlkit._io import read_json
 
     params = (read_json(run_dir / "params.json", {}) or {}).get("parameters", {})
     name = params.get("dataset")

@@ -37,6 +37,7 @@ from mlkit import storage as storages
 from mlkit._io import read_json, write_json, write_text
 from mlkit.errors import MlkitError
 from mlkit.run import params as _params
+from mlkit.run import warm
 from mlkit.sweep import config, driver
 from mlkit.sweep import space as _space
 
@@ -84,7 +85,6 @@ def shutdown() -> None:
         executor, _EXECUTOR = _EXECUTOR, None
     if executor is None:
         return
-    from mlkit.run import warm
 
     executor.submit(warm.pool().close).result()
     executor.shutdown(wait=True)
@@ -722,7 +722,6 @@ class Explorer:
                     self._draw_live(job)
 
     def _interrupt(self, job: _Job) -> None:
-        from mlkit.run import warm
 
         if not (job.done.is_set() or job.trial_done.is_set()):
             warm.pool().interrupt()

@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mlkit import __version__
+
 MAX_DIFF_CHARS = 200_000
 
 
@@ -119,7 +121,6 @@ def packages() -> dict[str, Any]:
 
 def collect(notebook: str | Path | None = None) -> dict[str, Any]:
     """Everything known before the kernel starts: code, environment, host."""
-    from mlkit import __version__
 
     out: dict[str, Any] = {
         "python": platform.python_version(),

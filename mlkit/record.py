@@ -13,7 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlkit._contract import ENV_DEFER_FINISH, ENV_EXPERIMENT, ENV_NOTEBOOK, ENV_RUN_DIR, RESULT_MIME
+from mlkit import lineage, track
+from mlkit._contract import (
+    ENV_DEFER_FINISH,
+    ENV_EXPERIMENT,
+    ENV_NOTEBOOK,
+    ENV_RUN_DIR,
+    RESULT_MIME,
+    spec_from_env,
+)
 from mlkit._io import _jsonable, append_jsonl, fsync_file, hostname, now_iso, read_json, write_json
 from mlkit.figures import _display_png, render_png
 from mlkit.record_store import (
@@ -85,8 +93,6 @@ class Run:
         self.defer_finish = defer_finish
         self.result: dict[str, Any] | None = None
         self.figures: list[str] = []
-        from mlkit import lineage, track
-        from mlkit._contract import spec_from_env
 
         trial = spec_from_env()
         known = (read_json(path / "lineage.json", {}) or {}).get("git")
@@ -260,7 +266,6 @@ def start_run(
                 "driver": "kernel",
             },
         )
-        from mlkit import lineage
 
         write_json(path / "lineage.json", lineage.collect(notebook or None))
     run = Run(

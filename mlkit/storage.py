@@ -30,6 +30,7 @@ from typing import Any
 
 from mlkit._io import redact
 from mlkit.errors import SweepError
+from mlkit.record_store import experiments_root
 
 PRUNERS = ("median", "hyperband", "halving", "none")
 
@@ -202,7 +203,6 @@ def _unsynced_journal_backend() -> type:
 
 def find_storage(name: str, root: Path | None = None, storage: str | None = None) -> str:
     """The storage of a study by name: the given URL, else its default journal file."""
-    from mlkit.record_store import experiments_root
 
     if storage:
         return storage

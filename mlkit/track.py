@@ -13,12 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mlkit.errors import ParameterError
+
 MODES = ("offline", "online", "disabled")
 DEFAULT_PROJECT = "mlkit"
 
 
 def resolve_mode(mode: str | None = None) -> str:
-    from mlkit.errors import ParameterError
 
     chosen = (mode or os.environ.get("WANDB_MODE") or "offline").lower()
     if chosen == "dryrun":

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlkit._contract import ENV_TRIAL, PRUNED_FILE
+from mlkit._io import write_json
 from mlkit.storage import load_study, make_pruner, open_storage
 
 
@@ -100,8 +101,6 @@ class TrialHandle(NullTrial):
 def _write_pruned(step: int | None) -> None:
     run_dir = os.environ.get("MLKIT_RUN_DIR")
     if run_dir:
-        from mlkit._io import write_json
-
         write_json(Path(run_dir) / PRUNED_FILE, {"step": step})
 
 

@@ -39,3 +39,39 @@ def test_makefile_pins_torch_first() -> None:
     pin = str(_environment()["torch"])
     assert f"TORCH ?= {pin}" in makefile
     assert makefile.index('"$(TORCH)"') < makefile.index('-e ".[dev]"')
+
+
+def _imported_distributions() -> dict[str, set[str]]:
+    """Third-party distributions that mlkit's modules import, with the modules importing them."""
+    import ast
+    import importlib.metadata
+    import sys
+
+    owners = importlib.metadata.packages_distributions()
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / "mlkit").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top == "mlkit" or top in sys.stdlib_module_names:
+                    continue
+                for dist in owners.get(top, [top]):
+                    found.setdefault(dist.lower().replace("_", "-"), set()).add(str(path))
+    return found
+
+
+# Every third-party package mlkit imports is declared, so a clean install has it.
+def test_every_imported_package_is_declared() -> None:
+    declared = set(_pyproject())
+    missing = {
+        dist: sorted(where)
+        for dist, where in _imported_distributions().items()
+        if dist not in declared
+    }
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"

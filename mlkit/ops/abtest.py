@@ -27,6 +27,7 @@ from typing import Any
 
 from mlkit.errors import MlkitError
 from mlkit.ops.stats import two_proportion_test, wilson_interval
+from mlkit.serve import predlog
 
 __all__ = [
     "ArmStats",
@@ -162,7 +163,6 @@ def report(
     ``control`` is the variant the others are tested against; default the lowest version.
     Without ``labels_path`` the labels are those stored by ``mlkit feedback``.
     """
-    from mlkit.serve import predlog
 
     labels = load_labels(labels_path) if labels_path is not None else None
     log = predlog.open_log(name, log_url, root)

@@ -38,7 +38,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mlkit import errors, record_store
+from mlkit._io import append_jsonl, now_iso, read_json
 from mlkit.errors import MlkitError
+from mlkit.ops import monitor
+from mlkit.ops.abtest import correct, paired
+from mlkit.ops.stats import wilson_interval
+from mlkit.registry import aliases, loading, store
+from mlkit.serve import predlog
 
 __all__ = [
     "DEFAULTS",
@@ -109,7 +116,6 @@ def _check_value(key: str, text: Any) -> Any:
 
 def policy(name: str, alias: str = "production", root: Path | None = None) -> dict[str, Any]:
     """The policy in force for ``name:alias``: the defaults, overlaid with what was set."""
-    from mlkit.registry import aliases
 
     return {**DEFAULTS, **aliases.get_policy(name, alias, root)}
 
@@ -123,7 +129,6 @@ def set_policy(
     root: Path | None = None,
 ) -> dict[str, Any]:
     """Store ``KEY=VALUE`` settings for ``name:alias`` and return the policy now in force."""
-    from mlkit.registry import aliases
 
     aliases.set_policy(name, alias, parse_settings(items), clear=clear, root=root)
     return policy(name, alias, root)
@@ -132,7 +137,6 @@ def set_policy(
 def _rate_check(
     what: str, bad: int, n: int, limit: float, minimum: int, unit: str
 ) -> dict[str, Any]:
-    from mlkit.ops.stats import wilson_interval
 
     low, high = wilson_interval(bad, n)
     out: dict[str, Any] = {
@@ -155,7 +159,6 @@ def _rate_check(
 
 def _labelled(rows: list[dict[str, Any]], labels: dict[str, Any]) -> tuple[int, int]:
     """(wrong, labelled) examples over answered rows that have a label."""
-    from mlkit.ops.abtest import correct, paired
 
     wrong = total = 0
     for row in rows:
@@ -173,8 +176,6 @@ def _newest_monitor(
     name: str, alias: str, version: int, since: str, root: Path | None
 ) -> dict[str, Any] | None:
     """The newest completed monitor run of ``name:alias`` since ``since`` over ``version`` only."""
-    from mlkit import record_store
-    from mlkit._io import read_json
 
     for run in record_store.list_runs(f"monitor-{name}", root):
         if (run.get("started") or "") < since:
@@ -231,10 +232,6 @@ def check(
     ``action`` (``none``, ``rolled back``, ``would roll back``, ``cannot roll back``), ``to``
     (the version now answering) and ``reason``.
     """
-    from mlkit import errors
-    from mlkit._io import append_jsonl, now_iso
-    from mlkit.registry import aliases, loading, store
-    from mlkit.serve import predlog
 
     if loading.is_pinned(alias) or alias == "latest":
         raise GuardError(
@@ -256,8 +253,6 @@ def check(
     if run_monitor and rules["drift"] != "off":
         window = min(int(rules["monitor_window"]), answered)
         if window >= 2:
-            from mlkit.ops import monitor
-
             info = monitor.monitor(
                 name, alias, window=window, log=log_url, root=root, tracking=tracking
             )

@@ -30,8 +30,13 @@ from typing import Any
 import numpy as np
 
 from mlkit._contract import TEMPLATES_DIR
+from mlkit._io import write_text
 from mlkit.errors import MlkitError
 from mlkit.ops.stats import _psi_shares, holm, psi
+from mlkit.registry import store
+from mlkit.run import runner
+from mlkit.serve.predlog import PredictionLog
+from mlkit.sweep.report import to_html
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -229,7 +234,6 @@ def window_from_log(
     (``raw_input(s)``) are scaled with ``raw_to_inputs`` (``LoadedModel.raw_to_inputs``), so
     the window is in the model's input space like its reference; without it they are skipped.
     """
-    from mlkit.serve.predlog import PredictionLog
 
     if not isinstance(last, int) or isinstance(last, bool) or last < 2:
         raise MonitorError(f"The window must be an int >= 2, got {last!r}. Pass --window 1000.")
@@ -307,11 +311,8 @@ def monitor(
     ``drift/detected`` (1 when any feature or the predictions drifted); ``drift.json`` in the
     record holds the table and ``report.html`` the executed notebook as a page (``html``).
     """
-    from mlkit.run import runner
 
     if name:
-        from mlkit.registry import store
-
         store.resolve(name, ref, root)  # unknown model or alias: refused before a kernel
     given: dict[str, Any] = {
         "model": name,
@@ -339,9 +340,6 @@ def monitor(
     )
     output = Path(info["path"]) / "output.ipynb"
     if output.exists():  # the page to send to whoever acts on the alarm
-        from mlkit._io import write_text
-        from mlkit.sweep.report import to_html
-
         page = Path(info["path"]) / "report.html"
         write_text(page, to_html(output))
         info["html"] = str(page)

@@ -7,6 +7,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from mlkit import data as mdata
+from mlkit import track
 from mlkit._contract import BUILD, WEIGHTS
 from mlkit._io import now_iso, read_json
 
@@ -20,7 +22,6 @@ def _data_details(lineage: dict[str, Any], params: dict[str, Any]) -> dict[str, 
     spec = dict(lineage.get("data") or {})
     if not spec.get("name"):
         return spec
-    from mlkit import data as mdata
 
     kwargs = {k: params[k] for k in ("n_samples", "n_features", "noise") if k in params}
     seed = params.get("data_seed", params.get("seed", 0))
@@ -159,7 +160,6 @@ def log_wandb_artifact(
     ``metadata`` (a promotion's history event: forced, reason, violations, evaluation) goes
     into the artifact's metadata and the logging run's config.
     """
-    from mlkit import track
 
     mode = track.resolve_mode(tracking)
     if mode == "disabled":

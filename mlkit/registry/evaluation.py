@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from mlkit._contract import TEMPLATES_DIR
+from mlkit._io import read_json
+from mlkit.errors import RunNotFoundError
 from mlkit.evaluate import _run_dataset
+from mlkit.record_store import find_run, list_runs
+from mlkit.registry import store
+from mlkit.run import runner
 
 EXPERIMENT = "evaluate"
 
@@ -26,10 +31,6 @@ def resolve_run(ref: str | Path, root: Path | None = None) -> Path:
     A model resolves to the run its version was registered from, so an evaluation of a
     model is found again by the promotion gate.
     """
-    from mlkit._io import read_json
-    from mlkit.errors import RunNotFoundError
-    from mlkit.record_store import find_run
-    from mlkit.registry import store
 
     try:
         return find_run(ref, root)
@@ -65,7 +66,6 @@ def evaluate_run(
     evaluated run (``evaluates``), so :func:`find_evaluation` and the registry's gate find it.
     ``params`` sets more template parameters (``ig_steps``, ``bins``, ...).
     """
-    from mlkit.run import runner
 
     run_dir = resolve_run(run_ref, root)
     given: dict[str, Any] = {**(params or {}), "run": str(run_dir)}
@@ -89,7 +89,6 @@ def evaluate_run(
 
 def find_evaluation(run_ref: str | Path, root: Path | None = None) -> dict[str, Any] | None:
     """The newest completed evaluation of a run (its record), or None when there is none."""
-    from mlkit.record_store import find_run, list_runs
 
     run_id = find_run(run_ref, root).name
     for record in list_runs(EXPERIMENT, root):  # newest first

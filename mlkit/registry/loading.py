@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mlkit import models
+from mlkit.lineage import sha256_file
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -100,7 +103,6 @@ class LoadedModel:
 
 
 def _load_state(folder: Path, expected_sha: str | None) -> dict[str, Any]:
-    from mlkit.lineage import sha256_file
 
     weights = folder / WEIGHTS
     if weights.exists():
@@ -177,7 +179,6 @@ def is_pinned(ref: str | int) -> bool:
 
 def load_model(name: str, ref: str | int | None = None, *, root: Path | None = None) -> LoadedModel:
     """Build version ``ref`` (``v3``, an alias, or latest) and load its weights without pickle."""
-    from mlkit import models
 
     number = resolve(name, ref, root)
     folder = model_dir(name, root) / f"v{number}"

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from mlkit._io import write_json
-from mlkit.errors import RegistryError
+from mlkit.errors import RegistryError, RunNotFoundError
+from mlkit.evaluate import promotion_gate
+from mlkit.registry import evaluation
 from mlkit.registry.store import _locked, _read, _version_number
 
 _BOUND_RE = re.compile(r"^\s*([^<>=\s]+)\s*(>=|<=|=)\s*(\S+)\s*$")
@@ -103,9 +105,6 @@ def gate(
         ``{"bounds", "run_id", "evaluation" (record id or None), "violations"}``; no bounds
         means no check and no violations.
     """
-    from mlkit.errors import RunNotFoundError
-    from mlkit.evaluate import promotion_gate
-    from mlkit.registry import evaluation
 
     reg = reg if reg is not None else _read(name, root)
     number = _version_number(version, reg)

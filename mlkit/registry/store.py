@@ -36,9 +36,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlkit import storage as storages
 from mlkit._contract import BUILD, WEIGHTS
 from mlkit._io import now_iso, read_json, write_json
 from mlkit.errors import ModelNotFoundError, RegistryError, ServeError
+from mlkit.lineage import sha256_file
 from mlkit.record_store import experiments_root, find_run, load_run
 from mlkit.registry.cards import _card, _card_md, log_wandb_artifact
 
@@ -154,7 +156,6 @@ def register(
         The version entry of registry.json (version, run id, sha256, test metrics) plus
         ``path``, the version directory.
     """
-    from mlkit.lineage import sha256_file
 
     check_model_name(name)
     run_dir = find_run(run_ref, root)
@@ -208,7 +209,6 @@ def register_best(
     tracking: str | None = None,
 ) -> dict[str, Any]:
     """Register the run of a study's best trial (single objective)."""
-    from mlkit import storage as storages
 
     url = storages.find_storage(study, root=root, storage=storage)
     loaded = storages.load_study(url, study)

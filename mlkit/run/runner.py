@@ -13,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mlkit import lineage, track
 from mlkit._contract import ENV_DEFER_FINISH, ENV_EXPERIMENT, ENV_NOTEBOOK, ENV_RUN_DIR
 from mlkit._io import hostname, now_iso, read_json, write_json
 from mlkit.errors import MlkitError
-from mlkit.record_store import create_run_dir, find_run, load_run
+from mlkit.record_store import check_experiment_name, create_run_dir, find_run, load_run
+from mlkit.run import notebook as nbexec
 from mlkit.run import params as _params
 
 ENGINES = {"papermill": "mlkit", "warm": "mlkit-warm"}
@@ -98,13 +100,11 @@ def run(
     Raises:
         MlkitError: before anything is written, for any bad input.
     """
-    from mlkit import lineage, track
 
     notebook = Path(notebook)
     sig, values, full = prepare(notebook, given or {}, from_cli=from_cli)
     mode = track.resolve_mode(tracking)
     experiment = experiment or notebook.stem
-    from mlkit.record_store import check_experiment_name
 
     check_experiment_name(experiment)
     if engine not in ENGINES:
@@ -147,7 +147,6 @@ def run(
             "WANDB_MODE": mode,
         }
     )
-    from mlkit.run import notebook as nbexec
 
     output = run_dir / "output.ipynb"
     try:
@@ -201,7 +200,6 @@ def reproduce(
 
     Returns a dict with the new run, the per-metric comparison and ``match``.
     """
-    from mlkit import lineage
 
     old_dir = find_run(ref, root)
     record = read_json(old_dir / "params.json")

@@ -31,6 +31,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mlkit.run.notebook import base_engine, lazy_engine, make_client
+from mlkit.track import resolve_mode
+
 DEFAULT_IMPORTS = (
     "numpy",
     "torch",
@@ -69,7 +72,6 @@ def _kernel_env(wandb_mode: str | None = None) -> dict[str, str]:
 
 
 def _default_wandb_mode() -> str:
-    from mlkit.track import resolve_mode
 
     try:
         return resolve_mode(None)
@@ -448,7 +450,6 @@ def pool() -> KernelPool:
 
 @functools.cache
 def _engine() -> type:
-    from mlkit.run.notebook import base_engine, make_client
 
     class Engine(base_engine()):  # type: ignore[misc]
         @classmethod
@@ -482,7 +483,6 @@ def _engine() -> type:
 
 
 def _warm_engine_class() -> type:
-    from mlkit.run.notebook import lazy_engine
 
     return lazy_engine(_engine, "WarmEngine")
 

@@ -45,9 +45,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlkit._io import now_iso
-from mlkit.errors import ServeError
+from mlkit.errors import RegistryError, ServeError
+from mlkit.registry import loading, store
 from mlkit.registry.loading import score
 from mlkit.registry.store import parse_target
+from mlkit.serve import predlog
 from mlkit.serve.predlog import LogBatch
 from mlkit.serve.routing import DEFAULT_REF, Variant, parse_ab, route
 from mlkit.serve.shadow import Shadow, _warn
@@ -137,7 +139,6 @@ class Server:
         finishes with it. A new version that cannot load, or takes another input shape, is
         not swapped in: the change is reported and the old version keeps answering.
         """
-        from mlkit.registry import loading, store
 
         cache: dict[tuple[str, int], LoadedModel] = {}
 
@@ -236,8 +237,6 @@ class Server:
             return 422, {"detail": detail}, 0, None, _summary(detail), None
         loaded = loaded or self.loaded
         if key.startswith("raw"):
-            from mlkit.errors import RegistryError
-
             try:
                 X = loaded.raw_to_inputs(X)
             except RegistryError as exc:
@@ -353,8 +352,6 @@ def create_app(
             module docstring); ``ref`` is then ignored in favour of the first variant.
         follow_s: how often to check whether a served alias moved; 0 never checks.
     """
-    from mlkit.registry import loading, store
-    from mlkit.serve import predlog
 
     loading.check_weights_only_env()
     variants = parse_ab(ab) if ab else []

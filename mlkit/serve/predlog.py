@@ -31,7 +31,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mlkit._io import redact
 from mlkit.errors import MlkitError
+from mlkit.registry.store import model_dir
 
 __all__ = [
     "COLUMNS",
@@ -101,13 +103,11 @@ class FeedbackError(MlkitError, ValueError):
 
 
 def default_url(name: str, root: Path | None = None) -> str:
-    from mlkit.registry.store import model_dir
 
     return f"sqlite:///{model_dir(name, root) / 'predictions.sqlite'}"
 
 
 def _redact(url: str) -> str:
-    from mlkit._io import redact
 
     return redact(url)
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from mlkit._io import redact
 from mlkit.errors import SweepError
+from mlkit.record_store import check_experiment_name, experiments_root
+from mlkit.run import params as _params
 from mlkit.storage import PRUNERS, _journal_path, default_storage, open_storage
 from mlkit.sweep import space as _space
 
@@ -114,8 +116,6 @@ def prepare(
     engine: str = "warm",
 ) -> SweepConfig:
     """Check everything that can be checked before a trial runs; nothing is written."""
-    from mlkit.record_store import check_experiment_name, experiments_root
-    from mlkit.run import params as _params
 
     signature = _params.read_signature(notebook)
     dims = _space.load(space_path)

@@ -36,7 +36,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from mlkit import track
+from mlkit._contract import ENV_TRIAL, PRUNED_FILE
 from mlkit._io import pid_alive
+from mlkit.run import runner, warm
 from mlkit.storage import ask_lock, make_pruner
 from mlkit.sweep import space as _space
 from mlkit.sweep.config import SweepConfig, _create_or_resume, make_sampler
@@ -154,8 +157,6 @@ def worker(cfg: SweepConfig, index: int = 0, stop: threading.Event | None = None
     # After Ctrl-C (stop set) a trial not yet in its first cell is cancelled, not run.
     cancellable: Any = contextlib.nullcontext()
     if cfg.engine == "warm" and stop is not None:
-        from mlkit.run import warm
-
         cancellable = warm.cancel_when(stop.is_set)
     ran = 0
     with cancellable:
@@ -180,8 +181,6 @@ def worker(cfg: SweepConfig, index: int = 0, stop: threading.Event | None = None
 
 def _prewarm(cfg: SweepConfig) -> None:
     """Start warming a kernel for the trials now, so it is ready by the first one."""
-    from mlkit import track
-    from mlkit.run import runner, warm
 
     mode = track.resolve_mode(cfg.tracking)
     warm.pool().prewarm(runner.signature(cfg.notebook).kernel_name, mode)
@@ -190,9 +189,6 @@ def _prewarm(cfg: SweepConfig) -> None:
 def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) -> str:
     """Execute one trial's notebook and tell Optuna how it ended. Returns the state name."""
     from optuna.trial import TrialState
-
-    from mlkit._contract import ENV_TRIAL, PRUNED_FILE
-    from mlkit.run import runner
 
     retry_of = trial.user_attrs.get("retry_of") if hasattr(trial, "user_attrs") else None
     try:
@@ -367,7 +363,6 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
         # cancelled), so they fail and say so, like this thread's.
         interrupted = True
         stop.set()
-        from mlkit.run import warm
 
         warm.pool().interrupt()
         for proc in procs:

@@ -19,7 +19,9 @@ from typing import Any
 from mlkit import errors
 from mlkit import storage as storages
 from mlkit._contract import TEMPLATES_DIR
-from mlkit._io import redact
+from mlkit._io import redact, write_text
+from mlkit.record_store import check_experiment_name, experiments_root
+from mlkit.run import notebook as nbexec
 
 ENV_STORAGE = "MLKIT_REPORT_STORAGE"
 TEMPLATE = "sweep_report.ipynb"
@@ -70,9 +72,6 @@ def sweep_report(
     Raises:
         SweepError: before a kernel starts, when the study or its storage is not found.
     """
-    from mlkit._io import write_text
-    from mlkit.record_store import check_experiment_name, experiments_root
-    from mlkit.run import notebook as nbexec
 
     url = _absolute(storages.find_storage(study, storage=storage))
     journal = storages._journal_path(url)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mlkit.errors import ParameterError
-from mlkit.run.params import Signature
+from mlkit.run.params import Signature, validate
 
 KINDS = ("float", "int", "categorical")
 
@@ -190,7 +190,6 @@ def check_against(dims: list[Dim], signature: Signature, source: str = "the sear
                 f"'{dim.name}' of {signature.notebook} is {param.type}. Use a list of choices."
             )
         values = list(dim.choices) if dim.kind == "categorical" else [dim.low, dim.high]
-        from mlkit.run.params import validate
 
         for value in values:
             try:
