@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mlkit.errors import NotFoundError
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -22,7 +24,7 @@ def _load_params_file(path: str) -> dict[str, Any]:
 
     file = Path(path)
     if not file.exists():
-        raise ParameterError(f"Parameters file '{path}' does not exist (-f {path}).")
+        raise NotFoundError(f"Parameters file '{path}' does not exist (-f {path}).")
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -1040,7 +1042,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except MlkitError as exc:
         print(f"mlkit {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -22,7 +22,7 @@ import numpy as np
 from mlkit import data as mdata
 from mlkit import models
 from mlkit._io import read_json
-from mlkit.errors import MlkitError, ParameterError
+from mlkit.errors import ParameterError, StateError
 from mlkit.record_store import find_run
 
 if TYPE_CHECKING:
@@ -387,7 +387,7 @@ def load_run_model(run_ref: str | Path, root: Path | None = None) -> tuple[nn.Mo
     spec = read_json(run_dir / "model.json")
     weights = run_dir / "model.safetensors"
     if not spec or not weights.exists():
-        raise MlkitError(
+        raise StateError(
             f"Run {run_dir.name} saved no model (model.json and model.safetensors), so there "
             "is nothing to evaluate. Evaluate a run of templates/classify.ipynb, or pass no "
             "run to train a small model in the evaluation itself."
@@ -411,14 +411,14 @@ def _run_dataset(run_dir: Path, *, check: bool = True) -> Dataset:
     params = (read_json(run_dir / "params.json", {}) or {}).get("parameters", {})
     name = params.get("dataset")
     if not name:
-        raise MlkitError(
+        raise StateError(
             f"Run {run_dir.name} records no 'dataset' parameter, so its test split cannot be "
             "rebuilt. Evaluate a run of a template that takes -p dataset."
         )
     options = data_options(name, **params)
     dataset = mdata.load(name, seed=int(params.get("data_seed", 0)), check=check, **options)
     if dataset.task != "classification":
-        raise MlkitError(
+        raise StateError(
             f"Run {run_dir.name} is {dataset.task} on '{name}'; evaluation covers classifiers "
             "(group rates, calibration). Evaluate a run of templates/classify.ipynb."
         )

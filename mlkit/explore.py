@@ -35,7 +35,7 @@ import traitlets
 from mlkit import record_store
 from mlkit import storage as storages
 from mlkit._io import read_json, write_json, write_text
-from mlkit.errors import MlkitError
+from mlkit.errors import MlkitError, ParameterError
 from mlkit.run import params as _params
 from mlkit.run import warm
 from mlkit.sweep import config, driver
@@ -52,8 +52,8 @@ CSS = {
 }
 
 
-class ExploreError(MlkitError, ValueError):
-    """The explorer cannot do what was asked."""
+# Kept importable under its earlier name; raised as ParameterError.
+ExploreError = ParameterError
 
 
 # --- the worker thread ------------------------------------------------------------
@@ -250,7 +250,7 @@ def _derived_space(signature: _params.Signature) -> dict[str, Any]:
                 "high": int(high) if kind == "int" else high,
             }
     if not out:
-        raise ExploreError(
+        raise ParameterError(
             f"Notebook {signature.notebook} has no parameter with a 'one of' rule, a bool or a "
             "two-sided range, so no search space can be made from it. Pass "
             "space='space.yaml' (see mlkit.space for the format)."
@@ -356,7 +356,7 @@ class Explorer:
         trial_timeout: float | None = None,
     ) -> None:
         if study and experiment and study != experiment:
-            raise ExploreError(
+            raise ParameterError(
                 f"study={study!r} and experiment={experiment!r} differ, but every run is a "
                 f"trial recorded under its study's name. Pass only study={study!r}."
             )
@@ -556,12 +556,12 @@ class Explorer:
         Parameters that are not dimensions keep the controls' values.
         """
         if not self.sweepable:
-            raise ExploreError(
+            raise ParameterError(
                 f"Explorer of {self.notebook} has no search space, so there is nothing to "
                 "sample. Pass space='space.yaml' to Explorer to sweep."
             )
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ExploreError(f"Sweep N more needs an int N >= 1, got {n!r}. Set N to 5.")
+            raise ParameterError(f"Sweep N more needs an int N >= 1, got {n!r}. Set N to 5.")
         _, fixed = self._split(self.values())
         job = _Job("sweep")
         self.progress.max, self.progress.value = n, 0
@@ -588,11 +588,11 @@ class Explorer:
     def use_best(self) -> dict[str, Any]:
         """Fill the controls with the best trial's parameters (as its record ran them)."""
         if len(self.study.directions) > 1:
-            raise ExploreError("Two objectives have no single best trial: pick from the table.")
+            raise ParameterError("Two objectives have no single best trial: pick from the table.")
         try:
             best = self.study.best_trial
         except ValueError:
-            raise ExploreError("No completed trial yet: click Run first.") from None
+            raise ParameterError("No completed trial yet: click Run first.") from None
         chosen = dict(best.params)
         run_path = best.user_attrs.get("run_path")
         if run_path:

@@ -24,7 +24,7 @@ from typing import Any
 
 from mlkit._contract import ENV_ROOT
 from mlkit._io import hostname, pid_alive, read_json
-from mlkit.errors import MlkitError, RunNotFoundError
+from mlkit.errors import MlkitError, ParameterError, RunNotFoundError
 
 
 def experiments_root() -> Path:
@@ -51,7 +51,7 @@ def new_run_id() -> str:
 def check_experiment_name(name: str) -> str:
     ok = name and all(c.isalnum() or c in "-_." for c in name) and not name.startswith(".")
     if not ok:
-        raise MlkitError(
+        raise ParameterError(
             f"Experiment name {name!r} must be letters, digits, '-', '_' or '.', and not start "
             "with '.'. Pass --experiment digits-mlp, for example."
         )
@@ -87,7 +87,7 @@ def find_run(ref: str | Path, root: Path | None = None) -> Path:
     if not matches:
         raise RunNotFoundError(f"No run '{ref}' under {root}. List runs with: mlkit runs")
     names = ", ".join(m.name for m in matches[:5])
-    raise MlkitError(f"Run '{ref}' is ambiguous ({names}, ...). Give more of the id.")
+    raise ParameterError(f"Run '{ref}' is ambiguous ({names}, ...). Give more of the id.")
 
 
 def list_runs(experiment: str | None = None, root: Path | None = None) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mlkit._io import redact
-from mlkit.errors import SweepError
+from mlkit.errors import NotFoundError, ParameterError
 from mlkit.record_store import experiments_root
 
 PRUNERS = ("median", "hyperband", "halving", "none")
@@ -106,7 +106,7 @@ def open_storage(url: str, *, sync: bool = True) -> Any:
             with _pg_advisory_lock(url, "mlkit:schema"):
                 return optuna.storages.RDBStorage(url, **kwargs)
         return optuna.storages.RDBStorage(url, **kwargs)
-    raise SweepError(
+    raise ParameterError(
         f"Storage {redact(url)!r} is not understood. Use a journal file path (the default), "
         "sqlite:///path.db, or postgresql://user@host/db."
     )
@@ -165,7 +165,7 @@ def make_pruner(name: str) -> Any:
         return optuna.pruners.SuccessiveHalvingPruner()
     if name == "none":
         return optuna.pruners.NopPruner()
-    raise SweepError(f"Unknown pruner {name!r}. Valid: {', '.join(PRUNERS)}.")
+    raise ParameterError(f"Unknown pruner {name!r}. Valid: {', '.join(PRUNERS)}.")
 
 
 def load_study(
@@ -179,7 +179,7 @@ def load_study(
             study_name=name, storage=storage or open_storage(url), sampler=sampler, pruner=pruner
         )
     except KeyError:
-        raise SweepError(
+        raise NotFoundError(
             f"No study {name!r} in {redact(url)}. List studies with: optuna studies "
             f"--storage URL, or start one with mlkit sweep."
         ) from None
@@ -208,7 +208,7 @@ def find_storage(name: str, root: Path | None = None, storage: str | None = None
         return storage
     path = Path(default_storage(name, root or experiments_root()))
     if not path.exists():
-        raise SweepError(
+        raise NotFoundError(
             f"No study {name!r} under {path.parent.parent}. Pass --storage URL if it lives "
             "elsewhere."
         )

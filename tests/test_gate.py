@@ -106,7 +106,7 @@ def test_gate_blocks_biased_model_until_forced_with_a_reason(exp_root: Path) -> 
     before = store.show("fair")
 
     proc = run_cli("model", "promote", "fair", f"v{version}")
-    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # a failed check
     assert f"{DP} = {gap:.4g} exceeds its bound: at most 0.1" in proc.stderr
     assert ev["id"] in proc.stderr
     assert proc.stderr.rstrip().endswith("Pass --force --reason TEXT to promote anyway.")

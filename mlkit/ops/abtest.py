@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlkit.errors import MlkitError
+from mlkit.errors import NotFoundError, ParameterError
 from mlkit.ops.stats import two_proportion_test, wilson_interval
 from mlkit.serve import predlog
 
@@ -43,8 +43,8 @@ __all__ = [
 ]
 
 
-class AbTestError(MlkitError, ValueError):
-    """The report cannot be made as asked."""
+# Kept importable under its earlier name; raised as ParameterError.
+AbTestError = ParameterError
 
 
 @dataclass
@@ -70,7 +70,7 @@ def compare(
     ``metric`` is ``accuracy`` (correct / n) or ``error_rate`` (wrong / n).
     """
     if metric not in ("accuracy", "error_rate"):
-        raise AbTestError(f"--metric must be accuracy or error_rate, got {metric!r}.")
+        raise ParameterError(f"--metric must be accuracy or error_rate, got {metric!r}.")
     out: list[ArmStats] = []
     control: tuple[int, int] | None = None
     for variant, version, n, correct in counts:
@@ -87,26 +87,26 @@ def compare(
 def load_labels(path: Path) -> dict[str, Any]:
     """request id -> label from a CSV (``request_id,label``) or JSON file (see the module)."""
     if not path.is_file():
-        raise AbTestError(f"Labels file {str(path)!r} does not exist.")
+        raise NotFoundError(f"Labels file {str(path)!r} does not exist.")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise AbTestError(f"Labels file {str(path)!r} is not valid JSON: {exc}") from None
+            raise ParameterError(f"Labels file {str(path)!r} is not valid JSON: {exc}") from None
         if isinstance(data, dict):
             return {str(k): v for k, v in data.items()}
         if isinstance(data, list) and all(
             isinstance(d, dict) and "request_id" in d and "label" in d for d in data
         ):
             return {str(d["request_id"]): d["label"] for d in data}
-        raise AbTestError(
+        raise ParameterError(
             f"Labels file {str(path)!r} must hold an object {{request_id: label}} or a list of "
             '{"request_id": ..., "label": ...}.'
         )
     reader = csv.DictReader(text.splitlines())
     if not reader.fieldnames or not {"request_id", "label"} <= set(reader.fieldnames):
-        raise AbTestError(
+        raise ParameterError(
             f"Labels file {str(path)!r} must be CSV with a header request_id,label (or .json)."
         )
     return {row["request_id"]: row["label"] for row in reader}
@@ -115,7 +115,7 @@ def load_labels(path: Path) -> dict[str, Any]:
 def correct(prediction: Any, label: Any) -> bool:
     """Whether a logged classification answer matches the label (class name or index)."""
     if not isinstance(prediction, dict) or "class" not in prediction:
-        raise AbTestError(
+        raise ParameterError(
             "The logged predictions have no class: abtest report scores classification models."
         )
     return str(label) in (str(prediction["class"]), str(prediction.get("index")))
@@ -139,7 +139,7 @@ def count(rows: Sequence[dict[str, Any]], labels: dict[str, Any]) -> dict[str, l
             continue
         preds, truth = paired(row, labels[rid])
         if len(truth) != len(preds):
-            raise AbTestError(
+            raise ParameterError(
                 f"Request {rid} has {len(preds)} predictions but {len(truth)} labels; give a "
                 "list of one label per example for batch requests."
             )
@@ -170,7 +170,7 @@ def report(
         if labels is None:
             labels = log.feedback()
             if not labels:
-                raise AbTestError(
+                raise ParameterError(
                     f"No feedback stored for {name!r} in {log.shown_url}: store labels with "
                     "mlkit feedback NAME --labels FILE, or pass --labels FILE."
                 )
@@ -179,13 +179,13 @@ def report(
         log.close()
     counts = count(rows, labels)
     if not counts:
-        raise AbTestError(
+        raise ParameterError(
             f"No labelled A/B rows for {name!r} in {log.shown_url}: serve with --ab and give "
             "labels for the request ids it logged."
         )
     order = sorted(counts, key=lambda v: (v != control, counts[v][0], v))
     if control is not None and control not in counts:
-        raise AbTestError(
+        raise ParameterError(
             f"--control {control!r} has no labelled rows; variants: {', '.join(order)}."
         )
     return compare([(v, *counts[v]) for v in order], metric)

@@ -40,7 +40,7 @@ from typing import Any
 
 from mlkit import errors, record_store
 from mlkit._io import append_jsonl, now_iso, read_json
-from mlkit.errors import MlkitError
+from mlkit.errors import ParameterError
 from mlkit.ops import monitor
 from mlkit.ops.abtest import correct, paired
 from mlkit.ops.stats import wilson_interval
@@ -70,8 +70,8 @@ _RATES = ("max_error_rate", "max_server_error_rate")
 _COUNTS = ("min_labels", "min_requests", "monitor_window")
 
 
-class GuardError(MlkitError, ValueError):
-    """A policy value or target the guard cannot use (nothing was changed)."""
+# Kept importable under its earlier name; raised as ParameterError.
+GuardError = ParameterError
 
 
 def parse_settings(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def parse_settings(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         key, eq, text = item.partition("=")
         key, text = key.strip(), text.strip()
         if not eq or key not in DEFAULTS:
-            raise GuardError(
+            raise ParameterError(
                 f"Policy setting {item!r} must be KEY=VALUE with KEY one of "
                 f"{', '.join(DEFAULTS)}. Pass --set max_error_rate=0.1."
             )
@@ -92,7 +92,7 @@ def parse_settings(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 def _check_value(key: str, text: Any) -> Any:
     if key == "drift":
         if text not in DRIFT_CHOICES:
-            raise GuardError(
+            raise ParameterError(
                 f"The 'drift' policy setting must be one of {', '.join(DRIFT_CHOICES)}. Got "
                 f"{text!r} instead. Pass --set drift=any."
             )
@@ -102,12 +102,12 @@ def _check_value(key: str, text: Any) -> Any:
     except (TypeError, ValueError):
         value = None
     if key in _RATES and (value is None or not 0.0 <= value < 1.0):
-        raise GuardError(
+        raise ParameterError(
             f"The {key!r} policy setting must be a rate in [0, 1). Got {text!r} instead. Pass "
             f"--set {key}={DEFAULTS[key]}."
         )
     if key in _COUNTS and (value is None or value < 1):
-        raise GuardError(
+        raise ParameterError(
             f"The {key!r} policy setting must be a whole number >= 1. Got {text!r} instead. "
             f"Pass --set {key}={DEFAULTS[key]}."
         )
@@ -234,7 +234,7 @@ def check(
     """
 
     if loading.is_pinned(alias) or alias == "latest":
-        raise GuardError(
+        raise ParameterError(
             f"The guard moves aliases; {name}:{alias} is not one. Pass an alias such as "
             f"{name}:production."
         )
@@ -322,7 +322,7 @@ def check(
                     tracking=tracking,
                 )
                 report.update(action="rolled back", to=moved["version"])
-            except errors.RegistryError as exc:
+            except errors.MlkitError as exc:
                 report.update(action="cannot roll back", note=str(exc))
     append_jsonl(store.model_dir(name, root) / "guard.jsonl", report)
     return report

@@ -31,7 +31,7 @@ import numpy as np
 
 from mlkit._contract import TEMPLATES_DIR
 from mlkit._io import write_text
-from mlkit.errors import MlkitError
+from mlkit.errors import MlkitError, ParameterError
 from mlkit.ops.stats import _psi_shares, holm, psi
 from mlkit.registry import store
 from mlkit.run import runner
@@ -52,8 +52,8 @@ DEFAULT_ALPHA = 0.01
 TEMPLATE = TEMPLATES_DIR / "monitor.ipynb"
 
 
-class MonitorError(MlkitError, ValueError):
-    """The monitor cannot compare what it was given (shapes, names, an empty window)."""
+# Kept importable under its earlier name; raised as ParameterError.
+MonitorError = ParameterError
 
 
 # --- statistics ---------------------------------------------------------------------
@@ -81,12 +81,12 @@ def _as_2d(x: Any, what: str) -> np.ndarray:
     if arr.ndim > 2:
         arr = arr.reshape(len(arr), -1)  # images: one feature per pixel
     if arr.ndim != 2 or len(arr) < 2:
-        raise MonitorError(
+        raise ParameterError(
             f"The {what} data must hold at least 2 rows of features, got shape {np.shape(x)}. "
             "Pass more rows (a larger --window, or more logged traffic)."
         )
     if not np.isfinite(arr).all():
-        raise MonitorError(f"The {what} data has NaN or inf values; drop or impute them first.")
+        raise ParameterError(f"The {what} data has NaN or inf values; drop or impute them first.")
     return arr
 
 
@@ -108,19 +108,19 @@ def feature_drift(
     cur = _as_2d(current, "current")
     d = ref.shape[1]
     if cur.shape[1] != d:
-        raise MonitorError(
+        raise ParameterError(
             f"Reference has {d} features but the current window has {cur.shape[1]}: they come "
             "from different models or input shapes. Monitor the model the traffic was sent to."
         )
     names = [f"x{i}" for i in range(d)] if names is None else [str(n) for n in names]
     if len(names) != d:
-        raise MonitorError(f"{len(names)} feature names for {d} features; pass one per column.")
+        raise ParameterError(f"{len(names)} feature names for {d} features; pass one per column.")
     if not 0 < alpha < 1:
-        raise MonitorError(f"alpha must be in (0, 1), got {alpha}. Pass --alpha 0.01.")
+        raise ParameterError(f"alpha must be in (0, 1), got {alpha}. Pass --alpha 0.01.")
     cats = {names[c] if isinstance(c, int) else str(c) for c in categorical}
     unknown = cats - set(names)
     if unknown:
-        raise MonitorError(f"Unknown categorical feature(s): {', '.join(sorted(unknown))}.")
+        raise ParameterError(f"Unknown categorical feature(s): {', '.join(sorted(unknown))}.")
     from scipy.stats import ks_2samp
 
     rows: list[dict[str, Any]] = []
@@ -166,7 +166,7 @@ def prediction_drift(
     ref = np.asarray(reference)
     cur = np.asarray(current)
     if len(ref) < 2 or len(cur) < 2:
-        raise MonitorError("Prediction drift needs at least 2 predictions on each side.")
+        raise ParameterError("Prediction drift needs at least 2 predictions on each side.")
     if task == "classification":
         stat, p, index = _categorical(ref, cur)
         classes = sorted(set(ref.tolist()) | set(cur.tolist()))
@@ -189,7 +189,7 @@ def prediction_drift(
             "current_mean": float(cur.mean()),
         }
     else:
-        raise MonitorError(f"task must be classification or regression, got {task!r}.")
+        raise ParameterError(f"task must be classification or regression, got {task!r}.")
     out.update(statistic=stat, p_value=p, psi=index, drifted=bool(p < alpha))
     return out
 
@@ -236,10 +236,10 @@ def window_from_log(
     """
 
     if not isinstance(last, int) or isinstance(last, bool) or last < 2:
-        raise MonitorError(f"The window must be an int >= 2, got {last!r}. Pass --window 1000.")
+        raise ParameterError(f"The window must be an int >= 2, got {last!r}. Pass --window 1000.")
     url = _log_url(log)
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
-        raise MonitorError(
+        raise ParameterError(
             f"No prediction log at {url[len('sqlite:///') :]}: serve the model first "
             f"(mlkit serve {name}) or pass --log URL."
         )
@@ -277,7 +277,7 @@ def window_from_log(
         if len(inputs) == last:
             break
     if len(inputs) < 2:
-        raise MonitorError(
+        raise ParameterError(
             f"The prediction log {plog.shown_url} holds {len(inputs)} answered example(s) of "
             f"model {name!r}; the monitor needs at least 2. Send traffic first."
         )
@@ -323,7 +323,7 @@ def monitor(
     }
     clash = sorted(set(params or {}) & set(given))
     if clash:
-        raise MonitorError(
+        raise ParameterError(
             f"Pass {', '.join(clash)} as NAME[:ALIAS], --window, --alpha or --log, not as -p."
         )
     given.update(params or {})

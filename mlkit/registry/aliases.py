@@ -6,7 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from mlkit._io import now_iso, write_json
-from mlkit.errors import PromotionBlockedError, RegistryError
+from mlkit.errors import (
+    CheckFailedError,
+    ParameterError,
+    PromotionBlockedError,
+    StateError,
+)
 from mlkit.registry.cards import log_wandb_artifact
 from mlkit.registry.promotion import gate
 from mlkit.registry.store import DEFAULT_ALIAS, _locked, _read, _version_number, check_alias
@@ -49,7 +54,7 @@ def promote(
     check_alias(alias)
     reason = (reason or "").strip() or None
     if force and not reason:
-        raise RegistryError(
+        raise ParameterError(
             "A forced promotion needs a reason, kept in the alias history. Pass --force "
             '--reason "why this model ships despite its bounds".'
         )
@@ -116,15 +121,16 @@ def rollback(
     Repeated rollbacks walk further back. Atomic: registry.json is replaced in one rename, so
     a server or reader sees the old alias or the new one. ``expect`` makes the move
     conditional: when the alias no longer points at that version (someone promoted or rolled
-    back meanwhile), nothing moves and :class:`RegistryError` says so. ``reason`` and ``by``
-    (who decided: ``guard`` for the automatic policy) are kept in the alias history.
+    back meanwhile), nothing moves and :class:`~mlkit.errors.CheckFailedError` says so.
+    ``reason`` and ``by`` (who decided: ``guard`` for the automatic policy) are kept in the
+    alias history.
     """
     check_alias(alias)
     _read(name, root)  # fail before the lock creates anything
     with _locked(name, root) as folder:
         reg = _read(name, root)
         if alias not in reg["aliases"]:
-            raise RegistryError(
+            raise StateError(
                 f"Model {name!r} has no alias {alias!r}. Aliases: "
                 f"{', '.join(reg['aliases']) or '(none)'}. Promote a version first: mlkit model "
                 f"promote {name} VERSION --alias {alias}"
@@ -132,13 +138,13 @@ def rollback(
         events = reg["alias_history"].setdefault(alias, [])
         stack = _alias_stack(events)
         if len(stack) < 2:
-            raise RegistryError(
+            raise StateError(
                 f"Alias {alias!r} of model {name!r} has no earlier version to roll back to (it "
                 f"points at v{reg['aliases'][alias]}). Promote the version you want instead."
             )
         current, target = stack[-1], stack[-2]
         if expect is not None and reg["aliases"][alias] != expect:
-            raise RegistryError(
+            raise CheckFailedError(
                 f"{name}:{alias} points at v{reg['aliases'][alias]} now, not v{expect}: it moved "
                 "since the decision to roll back, so nothing was changed. Check again."
             )

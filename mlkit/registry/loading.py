@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mlkit import models
+from mlkit.errors import StateError, UnsafeArtifactError
 from mlkit.lineage import sha256_file
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ from typing import Any
 
 from mlkit._contract import BUILD, WEIGHTS
 from mlkit._io import read_json
-from mlkit.errors import ModelNotFoundError, RegistryError, UnsafeModelError
+from mlkit.errors import ModelNotFoundError, UnsafeModelError
 from mlkit.registry.store import _VERSION_RE, model_dir, resolve
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl")
@@ -64,12 +65,12 @@ class LoadedModel:
         """Raw features (float32, batch first) as the model's inputs, scaled as in training.
 
         Raises:
-            RegistryError: the card does not say how the features were scaled (a card made
+            StateError: the card does not say how the features were scaled (a card made
                 before it kept the scaling, or data that could not be reloaded).
         """
         data = self.card.get("data") or {}
         if "feature_scaling" not in data:
-            raise RegistryError(
+            raise StateError(
                 f"{self.name} v{self.version}'s card does not record how its features were "
                 "scaled, so raw features cannot be converted. Send inputs already scaled "
                 '("input"/"inputs"), or register the run again to record the scaling.'
@@ -198,7 +199,7 @@ def load_model(name: str, ref: str | int | None = None, *, root: Path | None = N
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise RegistryError(
+        raise UnsafeArtifactError(
             f"The weights of {name} v{number} do not fit the module model.json describes: "
             f"{str(exc).splitlines()[0]} Register the run again."
         ) from None

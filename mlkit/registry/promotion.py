@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mlkit._io import write_json
-from mlkit.errors import RegistryError, RunNotFoundError
+from mlkit.errors import ParameterError, RunNotFoundError
 from mlkit.evaluate import promotion_gate
 from mlkit.registry import evaluation
 from mlkit.registry.store import _locked, _read, _version_number
@@ -30,7 +30,7 @@ def parse_bound(text: str) -> tuple[str, str, float]:
         except ValueError:
             value = None
     if not match or value is None or not math.isfinite(value):
-        raise RegistryError(
+        raise ParameterError(
             f"Bound {text!r} must be METRIC=NUMBER (at most) or METRIC>=NUMBER (at least). Pass "
             "--set fairness/demographic_parity_difference=0.1 or --set test/accuracy>=0.9."
         )
@@ -77,7 +77,7 @@ def set_bounds(
         parsed.setdefault(metric, {})[side] = value
     for metric, bound in parsed.items():
         if bound.get("min", -math.inf) > bound.get("max", math.inf):
-            raise RegistryError(
+            raise ParameterError(
                 f"The bound for {metric!r} is empty: at least {bound['min']:g} and at most "
                 f"{bound['max']:g}. Pass a minimum below the maximum."
             )

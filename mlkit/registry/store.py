@@ -39,7 +39,13 @@ from typing import TYPE_CHECKING, Any
 from mlkit import storage as storages
 from mlkit._contract import BUILD, WEIGHTS
 from mlkit._io import now_iso, read_json, write_json
-from mlkit.errors import ModelNotFoundError, RegistryError, ServeError
+from mlkit.errors import (
+    CheckFailedError,
+    ModelNotFoundError,
+    ParameterError,
+    StateError,
+    UnsafeArtifactError,
+)
 from mlkit.lineage import sha256_file
 from mlkit.record_store import experiments_root, find_run, load_run
 from mlkit.registry.cards import _card, _card_md, log_wandb_artifact
@@ -62,7 +68,7 @@ def registry_root(root: Path | None = None) -> Path:
 def check_model_name(name: str) -> str:
     ok = bool(name) and all(c.isalnum() or c in "-_." for c in name) and not name.startswith(".")
     if not ok:
-        raise RegistryError(
+        raise ParameterError(
             f"Model name {name!r} must be letters, digits, '-', '_' or '.', and not start with "
             "'.'. Pass --name digits-mlp, for example."
         )
@@ -72,7 +78,7 @@ def check_model_name(name: str) -> str:
 def check_alias(alias: str) -> str:
     ok = bool(alias) and all(c.isalnum() or c in "-_" for c in alias)
     if not ok or _VERSION_RE.match(alias) or alias == "latest":
-        raise RegistryError(
+        raise ParameterError(
             f"Alias {alias!r} must be letters, digits, '-' or '_', and neither 'latest' nor a "
             "version like 'v3' (those are resolved already). Pass --alias production."
         )
@@ -113,19 +119,19 @@ def _check_run(run_dir: Path) -> dict[str, Any]:
     info = load_run(run_dir)
     missing = [f for f in (WEIGHTS, BUILD, "result.json") if not (run_dir / f).exists()]
     if info.get("status") != "completed" or "result.json" in missing:
-        raise RegistryError(
+        raise StateError(
             f"Run {info['id']} is {info.get('status', 'unknown')!r}, not completed; only a "
             "completed run (result.json written) can be registered. Check it with: mlkit show "
             f"{info['id']}"
         )
     if missing:
-        raise RegistryError(
+        raise StateError(
             f"Run {info['id']} has no {' or '.join(missing)}: nothing to register. Save the "
             "model in the notebook with run.save_model(model, name=..., build=...)."
         )
     build = read_json(run_dir / BUILD) or {}
     if not isinstance(build.get("name"), str) or not isinstance(build.get("build"), dict):
-        raise RegistryError(
+        raise UnsafeArtifactError(
             f"{run_dir / BUILD} must hold {{'name': ..., 'build': {{...}}}}; got {build!r}. "
             "Re-save the model with run.save_model."
         )
@@ -181,7 +187,7 @@ def register(
             shutil.copyfile(run_dir / WEIGHTS, staging / WEIGHTS)
             shutil.copyfile(run_dir / BUILD, staging / BUILD)
             if sha256_file(staging / WEIGHTS) != sha:
-                raise RegistryError(
+                raise CheckFailedError(
                     f"The weights of run {info['id']} changed while they were copied. Register "
                     "again once nothing writes to the run."
                 )
@@ -215,17 +221,17 @@ def register_best(
     try:
         trial = loaded.best_trial
     except ValueError:
-        raise RegistryError(
+        raise StateError(
             f"Study {study!r} has no completed trial yet. Run more trials: mlkit sweep ..."
         ) from None
     except RuntimeError:
-        raise RegistryError(
+        raise StateError(
             f"Study {study!r} has two objectives: pick a run from the Pareto front (mlkit sweep "
             f"report {study}) and pass it: mlkit model register RUN --name {name}"
         ) from None
     run_path = trial.user_attrs.get("run_path") or trial.user_attrs.get("run_id")
     if not run_path:
-        raise RegistryError(
+        raise StateError(
             f"The best trial #{trial.number} of study {study!r} names no run record "
             "(user attribute run_path). Register its run by id: mlkit model register RUN ..."
         )
@@ -325,7 +331,7 @@ def parse_target(text: str) -> tuple[str, str]:
     """``NAME[:alias]`` (or ``NAME:v3``, ``NAME:latest``) into name and reference."""
     name, _, ref = text.partition(":")
     if not name:
-        raise ServeError(
+        raise ParameterError(
             f"Model {text!r} must be NAME or NAME:ALIAS, like digits:production. List models "
             "with: mlkit model list"
         )

@@ -16,7 +16,7 @@ from typing import Any
 from mlkit import lineage, track
 from mlkit._contract import ENV_DEFER_FINISH, ENV_EXPERIMENT, ENV_NOTEBOOK, ENV_RUN_DIR
 from mlkit._io import hostname, now_iso, read_json, write_json
-from mlkit.errors import MlkitError
+from mlkit.errors import ParameterError, StateError
 from mlkit.record_store import check_experiment_name, create_run_dir, find_run, load_run
 from mlkit.run import notebook as nbexec
 from mlkit.run import params as _params
@@ -108,9 +108,9 @@ def run(
 
     check_experiment_name(experiment)
     if engine not in ENGINES:
-        raise MlkitError(f"Unknown engine {engine!r}. Valid: {', '.join(ENGINES)}.")
+        raise ParameterError(f"Unknown engine {engine!r}. Valid: {', '.join(ENGINES)}.")
     if cell_timeout is not None and not cell_timeout > 0:
-        raise MlkitError(f"--timeout must be a number of seconds > 0, got {cell_timeout}.")
+        raise ParameterError(f"--timeout must be a number of seconds > 0, got {cell_timeout}.")
 
     run_id, run_dir = create_run_dir(experiment, root)
     info: dict[str, Any] = {
@@ -204,7 +204,7 @@ def reproduce(
     old_dir = find_run(ref, root)
     record = read_json(old_dir / "params.json")
     if not record:
-        raise MlkitError(f"Run {old_dir.name} has no params.json, so it cannot be reproduced.")
+        raise StateError(f"Run {old_dir.name} has no params.json, so it cannot be reproduced.")
     notebook = Path(record["notebook"])
     old = load_run(old_dir)
     warnings = []

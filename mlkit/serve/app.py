@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlkit._io import now_iso
-from mlkit.errors import RegistryError, ServeError
+from mlkit.errors import ParameterError, UsageError
 from mlkit.registry import loading, store
 from mlkit.registry.loading import score
 from mlkit.registry.store import parse_target
@@ -153,7 +153,7 @@ class Server:
                 cache[key] = loading.load_model(current.name, number, root=self.root)
             new = cache[key]
             if new.input_shape != current.input_shape:
-                raise ServeError(
+                raise ParameterError(
                     f"{current.name}:{ref} now points at v{number}, which takes inputs of shape "
                     f"{list(new.input_shape)}, not {list(current.input_shape)}; still answering "
                     f"with v{current.version}. Serve v{number} on its own server."
@@ -239,7 +239,7 @@ class Server:
         if key.startswith("raw"):
             try:
                 X = loaded.raw_to_inputs(X)
-            except RegistryError as exc:
+            except UsageError as exc:
                 detail = [{"type": "raw_inputs", "loc": ["body", key], "msg": str(exc)}]
                 return 422, {"detail": detail}, 0, None, _summary(detail), None
         preds = score(loaded, X)
@@ -357,7 +357,7 @@ def create_app(
     variants = parse_ab(ab) if ab else []
     if variants:
         if variants[0].name != name:
-            raise ServeError(f"--ab {ab} splits model {variants[0].name!r}, not {name!r}.")
+            raise ParameterError(f"--ab {ab} splits model {variants[0].name!r}, not {name!r}.")
         ref = variants[0].ref
         for variant in variants:
             store.resolve(name, variant.ref, root)
@@ -366,13 +366,13 @@ def create_app(
     if shadow_target:
         store.resolve(*shadow_target, root)
     if not isinstance(follow_s, int | float) or follow_s < 0:
-        raise ServeError(
+        raise ParameterError(
             f"The 'follow_s' parameter of create_app must be a number of seconds >= 0. Got "
             f"{follow_s!r} instead. Pass --follow-every 2, or 0 to never reload."
         )
     for param, value, low in (("max_body_bytes", max_body_bytes, 64), ("max_batch", max_batch, 1)):
         if not isinstance(value, int) or value < low:
-            raise ServeError(
+            raise ParameterError(
                 f"The {param!r} parameter of create_app must be an int >= {low}. Got {value!r} "
                 f"instead. Pass --{param.replace('_', '-')} {low * 1000}."
             )
@@ -396,7 +396,7 @@ def create_app(
     if shadow_target:
         other = loading.load_model(*shadow_target, root=root)
         if other.input_shape != loaded.input_shape:
-            raise ServeError(
+            raise ParameterError(
                 f"--shadow {shadow} takes inputs of shape {list(other.input_shape)}, but "
                 f"{name}:{ref} takes {list(loaded.input_shape)}: it could score none of them. "
                 "Shadow a version of a model trained on the same data."
@@ -406,7 +406,7 @@ def create_app(
     for variant in variants:
         arm = loaded if variant.ref == ref else loading.load_model(name, variant.ref, root=root)
         if arm.input_shape != loaded.input_shape:
-            raise ServeError(
+            raise ParameterError(
                 f"--ab variant {name}:{variant.ref} takes inputs of shape "
                 f"{list(arm.input_shape)}, but {name}:{ref} takes {list(loaded.input_shape)}. "
                 "Split traffic only between versions trained on the same data."
@@ -595,7 +595,7 @@ def serve(
     import uvicorn
 
     if bool(target) == bool(ab):
-        raise ServeError(
+        raise ParameterError(
             "mlkit serve needs exactly one of NAME[:ALIAS] or --ab NAME:a=0.9,NAME:b=0.1."
         )
     if ab:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mlkit._io import redact
-from mlkit.errors import MlkitError
+from mlkit.errors import ParameterError, ServiceUnavailableError
 from mlkit.registry.store import model_dir
 
 __all__ = [
@@ -94,12 +94,12 @@ def _redact_text(text: str, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-class LogError(MlkitError, ValueError):
-    """The prediction log cannot be opened as asked."""
+# Kept importable under its earlier name; raised as ParameterError.
+LogError = ParameterError
 
 
-class FeedbackError(MlkitError, ValueError):
-    """Labels that cannot be stored as given (nothing was written)."""
+# Kept importable under its earlier name; raised as ParameterError.
+FeedbackError = ParameterError
 
 
 def default_url(name: str, root: Path | None = None) -> str:
@@ -119,7 +119,7 @@ class PredictionLog:
         import sqlalchemy as sa
 
         if sync not in SYNC_MODES:
-            raise LogError(
+            raise ParameterError(
                 f"The 'sync' parameter of the prediction log must be one of "
                 f"{', '.join(SYNC_MODES)}. Got {sync!r} instead. Pass --log-sync full to fsync "
                 "every commit."
@@ -129,7 +129,7 @@ class PredictionLog:
         self.shown_url = _redact(url)
         self.is_sqlite = url.startswith("sqlite")
         if not (self.is_sqlite or url.startswith(("postgresql", "postgres"))):
-            raise LogError(
+            raise ParameterError(
                 f"--log must be a sqlite:///PATH or postgresql://... URL, got {self.shown_url!r}. "
                 "Leave it out for the default SQLite file beside the model."
             )
@@ -200,7 +200,7 @@ class PredictionLog:
                     )
         except sa.exc.SQLAlchemyError as exc:
             reason = _redact_text(str(exc).splitlines()[0], url)
-            raise LogError(
+            raise ServiceUnavailableError(
                 f"Cannot open the prediction log {self.shown_url}: {reason}. Check the URL and "
                 "that the database is up."
             ) from None
@@ -266,10 +266,10 @@ class PredictionLog:
         from datetime import UTC, datetime
 
         if not labels:
-            raise FeedbackError("No labels to store.")
+            raise ParameterError("No labels to store.")
         unknown = self.unknown_ids(list(labels))
         if unknown:
-            raise FeedbackError(
+            raise ParameterError(
                 f"{len(unknown)} of {len(labels)} request ids are not in the prediction log "
                 f"{self.shown_url} (e.g. {unknown[0]!r}); nothing was written. Labels must "
                 "name request ids this model's server logged (the X-Request-ID header)."
@@ -325,7 +325,7 @@ def _values(row: dict[str, Any]) -> dict[str, Any]:
     """A row with every column, in COLUMNS order, its JSON columns as text."""
     unknown = set(row).difference(_NAMES)
     if unknown:
-        raise LogError(f"Unknown prediction log columns {sorted(unknown)}; known: {_NAMES}.")
+        raise ParameterError(f"Unknown prediction log columns {sorted(unknown)}; known: {_NAMES}.")
     values = {name: row.get(name) for name in _NAMES}
     for key in ("input", "output"):
         if values[key] is not None and not isinstance(values[key], str):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mlkit.errors import ServeError
+from mlkit.errors import ParameterError
 
 DEFAULT_REF = "production"
 
@@ -30,31 +30,31 @@ def parse_ab(text: str) -> list[Variant]:
         target, eq, weight_text = part.rpartition("=")
         name, colon, ref = target.partition(":")
         if not (eq and name and colon and ref):
-            raise ServeError(f"--ab item {part!r} must be NAME:ALIAS=WEIGHT. {example}")
+            raise ParameterError(f"--ab item {part!r} must be NAME:ALIAS=WEIGHT. {example}")
         try:
             weight = float(weight_text)
         except ValueError:
             weight = float("nan")
         if not 0.0 < weight <= 1.0:
-            raise ServeError(
+            raise ParameterError(
                 f"--ab item {part!r} has weight {weight_text!r}; it must be a number in (0, 1]. "
                 f"{example}"
             )
         variants.append(Variant(name, ref, weight))
     if len(variants) < 2:
-        raise ServeError(f"--ab needs at least two variants, got {len(variants)}. {example}")
+        raise ParameterError(f"--ab needs at least two variants, got {len(variants)}. {example}")
     names = {v.name for v in variants}
     if len(names) > 1:
-        raise ServeError(
+        raise ParameterError(
             f"--ab variants must be versions of one model, got {', '.join(sorted(names))}. "
             f"{example}"
         )
     refs = [v.ref for v in variants]
     if len(set(refs)) < len(refs):
-        raise ServeError(f"--ab names a variant twice ({', '.join(refs)}). {example}")
+        raise ParameterError(f"--ab names a variant twice ({', '.join(refs)}). {example}")
     total = sum(v.weight for v in variants)
     if abs(total - 1.0) > 1e-6:
-        raise ServeError(f"--ab weights must sum to 1, got {total:g}. {example}")
+        raise ParameterError(f"--ab weights must sum to 1, got {total:g}. {example}")
     return variants
 
 

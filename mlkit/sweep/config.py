@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mlkit._io import redact
-from mlkit.errors import SweepError
+from mlkit.errors import ParameterError
 from mlkit.record_store import check_experiment_name, experiments_root
 from mlkit.run import params as _params
 from mlkit.storage import PRUNERS, _journal_path, default_storage, open_storage
@@ -56,14 +56,16 @@ def parse_objective(text: str) -> tuple[str, str]:
     metric, _, direction = text.partition(":")
     metric = metric.strip()
     if not metric:
-        raise SweepError(f"--objective {text!r} names no metric. Pass --objective val/accuracy.")
+        raise ParameterError(
+            f"--objective {text!r} names no metric. Pass --objective val/accuracy."
+        )
     direction = direction.strip().lower()
     if not direction:
         lowered = metric.lower()
         direction = "minimize" if any(h in lowered for h in MINIMIZE_HINTS) else "maximize"
     aliases = {"min": "minimize", "max": "maximize", "minimize": "minimize", "maximize": "maximize"}
     if direction not in aliases:
-        raise SweepError(
+        raise ParameterError(
             f"--objective {text!r}: direction must be min or max, got {direction!r}. "
             "Pass --objective val/loss:min."
         )
@@ -92,7 +94,7 @@ def make_sampler(name: str, seed: int, dims: list[_space.Dim], n_objectives: int
         return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
-    raise SweepError(f"Unknown sampler {name!r}. Valid: {', '.join(SAMPLERS)}.")
+    raise ParameterError(f"Unknown sampler {name!r}. Valid: {', '.join(SAMPLERS)}.")
 
 
 def prepare(
@@ -123,25 +125,25 @@ def prepare(
     fixed = _params.validate(fixed or {}, signature, from_cli=from_cli)
     overlap = sorted(set(fixed) & {d.name for d in dims})
     if overlap:
-        raise SweepError(
+        raise ParameterError(
             f"Parameter '{overlap[0]}' is both fixed with -p and searched in {space_path}. "
             "Drop one of them."
         )
     for name, value, low in (("--trials", n_trials, 1), ("--jobs", jobs, 1)):
         if not isinstance(value, int) or value < low:
-            raise SweepError(f"{name} must be an int >= {low}, got {value!r}.")
+            raise ParameterError(f"{name} must be an int >= {low}, got {value!r}.")
     for name, value in (("--timeout", timeout), ("--trial-timeout", trial_timeout)):
         if value is not None and not value > 0:
-            raise SweepError(f"{name} must be a number of seconds > 0, got {value!r}.")
+            raise ParameterError(f"{name} must be a number of seconds > 0, got {value!r}.")
     if engine not in ("warm", "papermill"):
-        raise SweepError(f"Unknown engine {engine!r}. Valid: warm, papermill.")
+        raise ParameterError(f"Unknown engine {engine!r}. Valid: warm, papermill.")
     if sampler not in SAMPLERS:
-        raise SweepError(f"Unknown sampler {sampler!r}. Valid: {', '.join(SAMPLERS)}.")
+        raise ParameterError(f"Unknown sampler {sampler!r}. Valid: {', '.join(SAMPLERS)}.")
     if pruner not in PRUNERS:
-        raise SweepError(f"Unknown pruner {pruner!r}. Valid: {', '.join(PRUNERS)}.")
+        raise ParameterError(f"Unknown pruner {pruner!r}. Valid: {', '.join(PRUNERS)}.")
     parsed = [parse_objective(o) for o in (objectives or ["val/accuracy"])]
     if len(parsed) > 2:
-        raise SweepError("At most two objectives (a Pareto front of two metrics).")
+        raise ParameterError("At most two objectives (a Pareto front of two metrics).")
     if len(parsed) == 2 and pruner != "none":
         pruner = "none"  # Optuna cannot prune multi-objective studies
     if sampler == "grid":
@@ -151,7 +153,7 @@ def prepare(
     root = root or experiments_root()
     url = storage or default_storage(name, root)
     if _journal_path(url) is None and "://" not in url:
-        raise SweepError(f"Storage {redact(url)!r} is not understood.")
+        raise ParameterError(f"Storage {redact(url)!r} is not understood.")
     return SweepConfig(
         notebook=str(notebook),
         study=name,
@@ -200,7 +202,7 @@ def _create_or_resume(cfg: SweepConfig) -> Any:
         old = attrs["mlkit"]
         for key, value in identity.items():
             if old.get(key) != json.loads(json.dumps(value)):
-                raise SweepError(
+                raise ParameterError(
                     f"Study {cfg.study!r} already exists with a different {key} "
                     f"({old.get(key)!r}). Resume it with the same settings, or pass "
                     f"--study NEW_NAME."
@@ -211,5 +213,7 @@ def _create_or_resume(cfg: SweepConfig) -> Any:
         else optuna.study.StudyDirection.MAXIMIZE
         for d in cfg.directions
     ]:
-        raise SweepError(f"Study {cfg.study!r} exists with other directions; use a new --study.")
+        raise ParameterError(
+            f"Study {cfg.study!r} exists with other directions; use a new --study."
+        )
     return study

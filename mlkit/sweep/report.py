@@ -16,10 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mlkit import errors
 from mlkit import storage as storages
 from mlkit._contract import TEMPLATES_DIR
 from mlkit._io import redact, write_text
+from mlkit.errors import NotFoundError
 from mlkit.record_store import check_experiment_name, experiments_root
 from mlkit.run import notebook as nbexec
 
@@ -70,7 +70,7 @@ def sweep_report(
         gets its notebook and page, which show the error.
 
     Raises:
-        SweepError: before a kernel starts, when the study or its storage is not found.
+        NotFoundError: before a kernel starts, when the study or its storage is not found.
     """
 
     url = _absolute(storages.find_storage(study, storage=storage))
@@ -125,7 +125,7 @@ def _absolute(url: str) -> str:
         return url
     path = path.expanduser().resolve()
     if not path.is_file():
-        raise errors.SweepError(
+        raise NotFoundError(
             f"Storage file {path} does not exist. Pass --storage with the path or URL that "
             "mlkit sweep used."
         )

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mlkit._io import redact
-from mlkit.errors import SweepError
+from mlkit.errors import ParameterError
 from mlkit.storage import load_study
 
 
@@ -92,9 +92,9 @@ def best_params(name: str, url: str) -> dict[str, Any]:
     try:
         trial = study.best_trial
     except ValueError:
-        raise SweepError(f"Study {name!r} has no completed trial yet.") from None
+        raise ParameterError(f"Study {name!r} has no completed trial yet.") from None
     except RuntimeError:
-        raise SweepError(
+        raise ParameterError(
             f"Study {name!r} has two objectives: pick a trial from the Pareto front "
             "(mlkit sweep report) instead."
         ) from None

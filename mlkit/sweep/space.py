@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlkit.errors import ParameterError
+from mlkit.errors import NotFoundError, ParameterError
 from mlkit.run.params import Signature, validate
 
 KINDS = ("float", "int", "categorical")
 
 
-class SpaceError(ParameterError):
-    """The search space cannot be used with this notebook."""
+# Kept importable under its earlier name; raised as ParameterError.
+SpaceError = ParameterError
 
 
 @dataclass(frozen=True)
@@ -68,18 +68,18 @@ def load(path: str | Path) -> list[Dim]:
 
     path = Path(path)
     if not path.exists():
-        raise SpaceError(f"Search-space file '{path}' does not exist (--space {path}).")
+        raise NotFoundError(f"Search-space file '{path}' does not exist (--space {path}).")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise SpaceError(f"Search-space file '{path}' is not valid YAML: {exc}") from None
+        raise ParameterError(f"Search-space file '{path}' is not valid YAML: {exc}") from None
     return parse(raw, str(path))
 
 
 def parse(raw: Any, source: str = "the search space") -> list[Dim]:
     """Turn the YAML mapping into dimensions, with errors that name the dimension."""
     if not isinstance(raw, dict) or not raw:
-        raise SpaceError(
+        raise ParameterError(
             f"{source} must be a mapping of parameter name to range, such as "
             "'lr: {type: float, low: 0.0001, high: 0.1, log: true}'."
         )
@@ -90,7 +90,7 @@ def parse(raw: Any, source: str = "the search space") -> list[Dim]:
     for i, dim in enumerate(dims):
         for cond, values in dim.when.items():
             if cond not in names[:i]:
-                raise SpaceError(
+                raise ParameterError(
                     f"Dimension '{dim.name}' in {source} depends on '{cond}', which must be a "
                     f"dimension listed before it. Valid: {', '.join(names[:i]) or 'none'}."
                 )
@@ -98,7 +98,7 @@ def parse(raw: Any, source: str = "the search space") -> list[Dim]:
             if parent.kind == "categorical":
                 bad = [v for v in values if v not in parent.choices]
                 if bad:
-                    raise SpaceError(
+                    raise ParameterError(
                         f"Dimension '{dim.name}' in {source} depends on {cond}={bad[0]!r}, "
                         f"but '{cond}' takes only {list(parent.choices)}."
                     )
@@ -109,13 +109,13 @@ def _parse_dim(name: str, spec: Any, source: str) -> Dim:
     if isinstance(spec, list):
         spec = {"type": "categorical", "choices": spec}
     if not isinstance(spec, dict):
-        raise SpaceError(
+        raise ParameterError(
             f"Dimension '{name}' in {source} must be a list of choices or a mapping with "
             f"'type', got {spec!r}."
         )
     kind = spec.get("type")
     if kind not in KINDS:
-        raise SpaceError(
+        raise ParameterError(
             f"Dimension '{name}' in {source} needs 'type' set to one of {', '.join(KINDS)}, "
             f"got {kind!r}."
         )
@@ -124,40 +124,44 @@ def _parse_dim(name: str, spec: Any, source: str) -> Dim:
     )
     unknown = set(spec) - allowed
     if unknown:
-        raise SpaceError(
+        raise ParameterError(
             f"Dimension '{name}' in {source} has unknown key(s) {sorted(unknown)}; a {kind} "
             f"dimension takes {sorted(allowed)}."
         )
     when = spec.get("when") or {}
     if not isinstance(when, dict):
-        raise SpaceError(f"'when' of dimension '{name}' in {source} must map a name to values.")
+        raise ParameterError(f"'when' of dimension '{name}' in {source} must map a name to values.")
     when_t = {str(k): tuple(v) if isinstance(v, list) else (v,) for k, v in when.items()}
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise SpaceError(f"Dimension '{name}' in {source} needs a non-empty list of choices.")
+            raise ParameterError(
+                f"Dimension '{name}' in {source} needs a non-empty list of choices."
+            )
         return Dim(name, kind, choices=tuple(choices), when=when_t)
     low, high = spec.get("low"), spec.get("high")
     for key, value in (("low", low), ("high", high)):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SpaceError(
+            raise ParameterError(
                 f"Dimension '{name}' in {source} needs a number for '{key}', got {value!r}."
             )
     if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
-        raise SpaceError(f"Dimension '{name}' in {source} is an int; low and high must be ints.")
+        raise ParameterError(
+            f"Dimension '{name}' in {source} is an int; low and high must be ints."
+        )
     if not low < high:
-        raise SpaceError(
+        raise ParameterError(
             f"Dimension '{name}' in {source} has an empty range: low={low} must be below "
             f"high={high}."
         )
     log = bool(spec.get("log", False))
     if log and low <= 0:
-        raise SpaceError(f"Dimension '{name}' in {source} is log-scaled, so low must be > 0.")
+        raise ParameterError(f"Dimension '{name}' in {source} is log-scaled, so low must be > 0.")
     step = spec.get("step")
     if step is not None and (not isinstance(step, int | float) or step <= 0):
-        raise SpaceError(f"Dimension '{name}' in {source} needs a step > 0, got {step!r}.")
+        raise ParameterError(f"Dimension '{name}' in {source} needs a step > 0, got {step!r}.")
     if step is not None and log:
-        raise SpaceError(f"Dimension '{name}' in {source} cannot have both 'log' and 'step'.")
+        raise ParameterError(f"Dimension '{name}' in {source} cannot have both 'log' and 'step'.")
     return Dim(
         name,
         kind,
@@ -173,19 +177,19 @@ def check_against(dims: list[Dim], signature: Signature, source: str = "the sear
     """Each dimension must be a parameter of the notebook, of a type that fits it."""
     for dim in dims:
         if dim.name not in signature.names:
-            raise SpaceError(
+            raise ParameterError(
                 f"Dimension '{dim.name}' in {source} is not a parameter of "
                 f"{signature.notebook}. Valid parameters: {', '.join(signature.names)}."
             )
         param = signature[dim.name]
         if dim.kind == "float" and param.type not in ("float", "any"):
-            raise SpaceError(
+            raise ParameterError(
                 f"Dimension '{dim.name}' in {source} is a float range, but parameter "
                 f"'{dim.name}' of {signature.notebook} is {param.type}. "
                 + ("Use type: int." if param.type == "int" else "Use a list of choices.")
             )
         if dim.kind == "int" and param.type not in ("int", "float", "any"):
-            raise SpaceError(
+            raise ParameterError(
                 f"Dimension '{dim.name}' in {source} is an int range, but parameter "
                 f"'{dim.name}' of {signature.notebook} is {param.type}. Use a list of choices."
             )
@@ -195,7 +199,7 @@ def check_against(dims: list[Dim], signature: Signature, source: str = "the sear
             try:
                 validate({dim.name: value}, signature)
             except ParameterError as exc:
-                raise SpaceError(f"Dimension '{dim.name}' in {source}: {exc}") from None
+                raise ParameterError(f"Dimension '{dim.name}' in {source}: {exc}") from None
 
 
 def suggest(trial: Any, dims: list[Dim]) -> dict[str, Any]:
@@ -222,14 +226,14 @@ def grid(dims: list[Dim]) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for dim in dims:
         if dim.when:
-            raise SpaceError(
+            raise ParameterError(
                 f"The grid sampler needs a fixed space, but '{dim.name}' is conditional. "
                 "Use --sampler tpe or random, or drop 'when'."
             )
         if dim.kind == "categorical":
             out[dim.name] = list(dim.choices)
         elif dim.step is None and dim.kind == "float":
-            raise SpaceError(
+            raise ParameterError(
                 f"The grid sampler needs a finite set of values: give float dimension "
                 f"'{dim.name}' a 'step', or list its choices."
             )
