@@ -15,11 +15,18 @@ from typing import Any
 
 from mlkit import lineage, track
 from mlkit._contract import (
+    BUILD,
     ENV_DEFER_FINISH,
     ENV_EXPERIMENT,
     ENV_NOTEBOOK,
     ENV_RUN_DIR,
+    LINEAGE_FILE,
+    METRICS_FILE,
+    PARAMS_FILE,
+    RESULT_FILE,
     RESULT_MIME,
+    RUN_FILE,
+    WEIGHTS,
     spec_from_env,
 )
 from mlkit._io import _jsonable, append_jsonl, fsync_file, hostname, now_iso, read_json, write_json
@@ -95,7 +102,7 @@ class Run:
         self.figures: list[str] = []
 
         trial = spec_from_env()
-        known = (read_json(path / "lineage.json", {}) or {}).get("git")
+        known = (read_json(path / LINEAGE_FILE, {}) or {}).get("git")
         self.tracker = track.Tracker(
             run_dir=path,
             run_id=run_id,
@@ -105,16 +112,16 @@ class Run:
             mode=tracking,
             git=lineage.wandb_git_settings(known),
         )
-        info = read_json(path / "run.json", {}) or {}
+        info = read_json(path / RUN_FILE, {}) or {}
         info.update(self.tracker.describe())
-        write_json(path / "run.json", info)
+        write_json(path / RUN_FILE, info)
 
     # metrics ---------------------------------------------------------------
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         """Log metrics to W&B; per-epoch rows also go to metrics.jsonl (fsynced at the end)."""
         self.tracker.log(metrics, step=step)
         if "epoch" in metrics and any(k.startswith("val/") for k in metrics):
-            append_jsonl(self.path / "metrics.jsonl", {"step": step, **metrics}, sync=False)
+            append_jsonl(self.path / METRICS_FILE, {"step": step, **metrics}, sync=False)
 
     def set_data(self, dataset: Any) -> None:
         """Record the data version (content hash) in the lineage and the W&B config."""
@@ -127,11 +134,11 @@ class Run:
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        target = self.path / "model.safetensors"
+        target = self.path / WEIGHTS
         tmp = target.with_suffix(".tmp")
         save_file(state, str(tmp))
         os.replace(tmp, target)
-        write_json(self.path / "model.json", {"name": name, "build": build})
+        write_json(self.path / BUILD, {"name": name, "build": build})
         return target
 
     def log_figure(self, name: str, figure: Any, *, show: bool = True) -> Path:
@@ -161,13 +168,13 @@ class Run:
         """Record the result: result.json (the sentinel), W&B summary and artifacts."""
         clean = {k: _jsonable(v) for k, v in result.items()}
         bad = [k for k, v in clean.items() if isinstance(v, float) and not math.isfinite(v)]
-        fsync_file(self.path / "metrics.jsonl")  # on disk before the sentinel says done
-        write_json(self.path / "result.json", clean)
+        fsync_file(self.path / METRICS_FILE)  # on disk before the sentinel says done
+        write_json(self.path / RESULT_FILE, clean)
         self.result = clean
         self.tracker.summary(clean)
-        if (self.path / "model.safetensors").exists():
+        if (self.path / WEIGHTS).exists():
             self.tracker.log_artifact(
-                [self.path / "model.safetensors", self.path / "model.json"],
+                [self.path / WEIGHTS, self.path / BUILD],
                 name=f"model-{self.id}",
                 type="model",
             )
@@ -180,7 +187,7 @@ class Run:
     def close(self, notebook_path: str | None = None, failed: bool = False) -> None:
         """Finish the W&B run after the driver saved the executed notebook."""
         if self.result is None:  # finish() did not run: the rows logged so far, to disk
-            fsync_file(self.path / "metrics.jsonl")
+            fsync_file(self.path / METRICS_FILE)
         if notebook_path and Path(notebook_path).exists():
             self.tracker.log_artifact(
                 [Path(notebook_path)], name=f"notebook-{self.id}", type="notebook"
@@ -189,14 +196,14 @@ class Run:
 
     # helpers ---------------------------------------------------------------
     def _update_lineage(self, extra: dict[str, Any]) -> None:
-        lineage = read_json(self.path / "lineage.json", {}) or {}
+        lineage = read_json(self.path / LINEAGE_FILE, {}) or {}
         lineage.update(extra)
-        write_json(self.path / "lineage.json", lineage)
+        write_json(self.path / LINEAGE_FILE, lineage)
 
     def _update_status(self, status: str, reason: str = "") -> None:
-        info = read_json(self.path / "run.json", {}) or {}
+        info = read_json(self.path / RUN_FILE, {}) or {}
         info.update(status=status, reason=reason, ended=now_iso())
-        write_json(self.path / "run.json", info)
+        write_json(self.path / RUN_FILE, info)
 
     def __repr__(self) -> str:
         return f"Run({self.id!r}, experiment={self.experiment!r}, path='{self.path}')"
@@ -252,9 +259,9 @@ def start_run(
         run_id, path = create_run_dir(experiment)
         defer = False
         notebook = os.environ.get(ENV_NOTEBOOK, "")
-        write_json(path / "params.json", {"notebook": notebook, "parameters": params})
+        write_json(path / PARAMS_FILE, {"notebook": notebook, "parameters": params})
         write_json(
-            path / "run.json",
+            path / RUN_FILE,
             {
                 "id": run_id,
                 "experiment": experiment,
@@ -267,7 +274,7 @@ def start_run(
             },
         )
 
-        write_json(path / "lineage.json", lineage.collect(notebook or None))
+        write_json(path / LINEAGE_FILE, lineage.collect(notebook or None))
     run = Run(
         path, run_id, experiment, params, job_type=job_type, tracking=tracking, defer_finish=defer
     )

@@ -20,11 +20,39 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-from mlkit._contract import ENV_ROOT
+from mlkit._contract import ENV_ROOT, METRICS_FILE, PARAMS_FILE, RESULT_FILE, RUN_FILE
 from mlkit._io import hostname, pid_alive, read_json
 from mlkit.errors import MlkitError, ParameterError, RunNotFoundError
+
+
+class RunRecord(TypedDict, total=False):
+    """A run as readers see it: ``run.json`` plus its parameters, result and folder.
+
+    Read once by :func:`load_run`; commands pass it around instead of re-reading the files.
+    """
+
+    id: str
+    experiment: str
+    path: str
+    status: str  # running, completed, failed; crashed when its driver died
+    reason: str
+    notebook: str
+    started: str
+    ended: str
+    duration: float  # seconds of execution
+    error: dict[str, Any]  # the failing cell: index, source, exception name and value
+    pid: int  # while running: the driver's process, to tell "crashed" from "running"
+    host: str
+    driver: str  # mlkit (the runner), kernel (a notebook run by hand)
+    engine: str  # papermill, warm
+    job_type: str  # run, trial, evaluate, report
+    evaluates: str  # an evaluation's evaluated run
+    result_source: str  # scrapbook, when the notebook recorded its result with glue
+    wandb: dict[str, Any]  # mode, id, dir (and url online)
+    params: dict[str, Any]
+    result: dict[str, Any] | None
 
 
 def experiments_root() -> Path:
@@ -77,7 +105,7 @@ def create_run_dir(experiment: str, root: Path | None = None) -> tuple[str, Path
 def find_run(ref: str | Path, root: Path | None = None) -> Path:
     """Resolve a run id, a unique id prefix, or a path to its directory."""
     path = Path(ref)
-    if (path / "run.json").exists() or (path / "params.json").exists():
+    if (path / RUN_FILE).exists() or (path / PARAMS_FILE).exists():
         return path.resolve()
     root = root or experiments_root()
     matches = sorted(root.glob(f"*/runs/{ref}*")) if root.exists() else []
@@ -90,7 +118,7 @@ def find_run(ref: str | Path, root: Path | None = None) -> Path:
     raise ParameterError(f"Run '{ref}' is ambiguous ({names}, ...). Give more of the id.")
 
 
-def list_runs(experiment: str | None = None, root: Path | None = None) -> list[dict[str, Any]]:
+def list_runs(experiment: str | None = None, root: Path | None = None) -> list[RunRecord]:
     """Every run record (newest first), each as run.json plus params and result."""
     root = root or experiments_root()
     pattern = f"{experiment}/runs/*" if experiment else "*/runs/*"
@@ -103,13 +131,14 @@ def list_runs(experiment: str | None = None, root: Path | None = None) -> list[d
     return rows
 
 
-def load_run(path: Path) -> dict[str, Any]:
-    info = read_json(path / "run.json", {}) or {}
+def load_run(path: Path) -> RunRecord:
+    """The run in ``path`` as one record: run.json, its parameters and its result."""
+    info: RunRecord = read_json(path / RUN_FILE, {}) or {}
     info.setdefault("id", path.name)
     info.setdefault("experiment", path.parent.parent.name)
     info["path"] = str(path)
-    info["params"] = (read_json(path / "params.json", {}) or {}).get("parameters", {})
-    info["result"] = read_json(path / "result.json")
+    info["params"] = (read_json(path / PARAMS_FILE, {}) or {}).get("parameters", {})
+    info["result"] = read_json(path / RESULT_FILE)
     if info.get("status") == "running" and info.get("result") is None:
         # A driver that died leaves "running"; say so instead of pretending.
         pid = info.get("pid")
@@ -120,7 +149,7 @@ def load_run(path: Path) -> dict[str, Any]:
 
 def history(ref: str | Path, root: Path | None = None) -> list[dict[str, Any]]:
     """The per-epoch rows a run logged (metrics.jsonl), for curves and comparisons."""
-    path = find_run(ref, root) / "metrics.jsonl"
+    path = find_run(ref, root) / METRICS_FILE
     if not path.exists():
         return []
     rows = []
