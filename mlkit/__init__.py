@@ -55,6 +55,7 @@ _SUBMODULES = {
     "metrics": "mlkit.metrics",
     "models": "mlkit.models",
     "record": "mlkit.record",
+    "rebuild": "mlkit.rebuild",
     "record_store": "mlkit.record_store",
     "storage": "mlkit.storage",
     "track": "mlkit.track",

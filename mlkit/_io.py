@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -118,11 +119,63 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+_HIDDEN = "***"  # what a secret reads as wherever it is shown
+
+
 def redact(url: str) -> str:
-    """The storage URL without its password, for anything that is written down."""
-    if "://" not in url or "@" not in url:
+    """The URL without its secrets, for anything that is written down or shown.
+
+    A URL SQLAlchemy parses comes back as SQLAlchemy renders it with the password hidden
+    (``postgresql://me:***@host/db``), and ``?password=`` query values hidden too. A URL with
+    nothing to hide, a plain path or a journal URL comes back unchanged, so ``redact(url) !=
+    url`` says whether it holds a secret. Never raises: a URL that cannot be parsed keeps
+    only what follows its last ``@``.
+    """
+    if not isinstance(url, str) or "://" not in url:
         return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    parsed = _parse_url(url)
+    if parsed is None:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://{_HIDDEN}@{rest.rpartition('@')[2]}" if "@" in rest else url
+    keys = _secret_keys(parsed)
+    if not parsed.password and not keys:
+        return url
+    if keys:
+        parsed = parsed.update_query_dict(dict.fromkeys(keys, _HIDDEN))
+    # SQLAlchemy percent-encodes query values: the marker reads as *** again.
+    return parsed.render_as_string(hide_password=True).replace(quote(_HIDDEN, safe=""), _HIDDEN)
+
+
+def redact_text(text: str, url: str) -> str:
+    """``text`` with ``url``'s secrets hidden: a driver's error may quote the URL or a password."""
+    shown = redact(url)
+    if shown == url:
+        return text
+    text = text.replace(url, shown)
+    parsed = _parse_url(url)
+    if parsed is None:
+        return text
+    secrets = [parsed.password]
+    for key in _secret_keys(parsed):
+        value = parsed.query[key]
+        secrets.extend([value] if isinstance(value, str) else value)
+    for secret in filter(None, secrets):
+        # As parsed, and percent-encoded as it may be quoted back
+        text = text.replace(secret, _HIDDEN).replace(quote(secret, safe=""), _HIDDEN)
+    return text
+
+
+def _parse_url(url: str) -> Any:
+    """SQLAlchemy's URL object for ``url``, or None when it cannot parse it."""
+    # sqlalchemy takes 0.1 s to import and every module imports this one: only for a URL
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url)
+    except Exception:  # ArgumentError, or ValueError for a port that is not a number
+        return None
+
+
+def _secret_keys(parsed: Any) -> list[str]:
+    """The query keys of a parsed URL that hold a password (``password``, ``sslpassword``)."""
+    return [key for key in parsed.query if key.lower().endswith("password")]

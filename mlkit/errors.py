@@ -125,6 +125,6 @@ def exit_code(exc: BaseException) -> int:
 
 
 # Names of earlier releases, kept importable. Each was raised for bad input.
-SweepError = ParameterError
-ServeError = ParameterError
+SweepError = UsageError
+ServeError = UsageError
 RegistryError = UsageError

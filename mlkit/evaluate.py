@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlkit import data as mdata
-from mlkit import models
+from mlkit._contract import BUILD, WEIGHTS
 from mlkit._io import read_json
 from mlkit.errors import ParameterError, StateError
+from mlkit.rebuild import build_model, data_options, load_data
 from mlkit.record_store import find_run
 
 if TYPE_CHECKING:
@@ -358,22 +358,6 @@ def curve_area(curve: Sequence[float]) -> float:
 
 # --- runs --------------------------------------------------------------------
 
-_DATA_OPTIONS = ("n_samples", "n_features", "noise", "bias")
-
-
-def data_options(dataset: str, /, **values: Any) -> dict[str, Any]:
-    """The synthetic-data options of ``values`` that ``mlkit.data.load`` accepts for ``dataset``.
-
-    Bundled datasets take none of them, and only ``synthetic_fairness`` takes ``bias``; a run's
-    parameters may carry them anyway (templates declare them for every dataset).
-    """
-    if not dataset.startswith("synthetic_"):
-        return {}
-    keep = {k: v for k, v in values.items() if k in _DATA_OPTIONS and v is not None}
-    if dataset != "synthetic_fairness":
-        keep.pop("bias", None)
-    return keep
-
 
 def load_run_model(run_ref: str | Path, root: Path | None = None) -> tuple[nn.Module, Dataset]:
     """Rebuild a recorded run's model from its weights and reload the exact data it used.
@@ -384,24 +368,21 @@ def load_run_model(run_ref: str | Path, root: Path | None = None) -> tuple[nn.Mo
     from safetensors.torch import load_file
 
     run_dir = find_run(run_ref, root)
-    spec = read_json(run_dir / "model.json")
-    weights = run_dir / "model.safetensors"
+    spec = read_json(run_dir / BUILD)
+    weights = run_dir / WEIGHTS
     if not spec or not weights.exists():
         raise StateError(
-            f"Run {run_dir.name} saved no model (model.json and model.safetensors), so there "
+            f"Run {run_dir.name} saved no model ({BUILD} and {WEIGHTS}), so there "
             "is nothing to evaluate. Evaluate a run of templates/classify.ipynb, or pass no "
             "run to train a small model in the evaluation itself."
         )
     dataset = _run_dataset(run_dir)
-    build = dict(spec["build"])
-    net = models.build(
-        spec["name"],
-        input_shape=tuple(build.pop("input_shape")),
-        n_outputs=build.pop("n_outputs"),
-        **build,
+    net = build_model(
+        spec,
+        load_file(str(weights)),
+        what=f"run {run_dir.name}",
+        fix="Run it again to save weights and model.json together.",
     )
-    net.load_state_dict(load_file(str(weights)))
-    net.eval()
     return net, dataset
 
 
@@ -415,8 +396,7 @@ def _run_dataset(run_dir: Path, *, check: bool = True) -> Dataset:
             f"Run {run_dir.name} records no 'dataset' parameter, so its test split cannot be "
             "rebuilt. Evaluate a run of a template that takes -p dataset."
         )
-    options = data_options(name, **params)
-    dataset = mdata.load(name, seed=int(params.get("data_seed", 0)), check=check, **options)
+    dataset = load_data(name, params, check=check)
     if dataset.task != "classification":
         raise StateError(
             f"Run {run_dir.name} is {dataset.task} on '{name}'; evaluation covers classifiers "

@@ -18,7 +18,6 @@ build it from its name with :func:`make_pruner`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -27,6 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from mlkit._io import redact
 from mlkit.errors import NotFoundError, ParameterError
@@ -146,12 +147,8 @@ def ask_lock(url: str, study: str) -> Iterator[None]:
         yield
         return
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(lock_path):
+        yield
 
 
 def make_pruner(name: str) -> Any:

@@ -180,6 +180,39 @@ def test_bounds_command_sets_shows_and_clears(exp_root: Path) -> None:
     )
 
 
+def test_card_and_evaluation_reload_the_same_data(exp_root: Path) -> None:
+    # Rule: the card reloads the run's data with its synthetic options, bias included, and
+    # verifies its version; the evaluation reloads the very same split.
+    from mlkit import data
+
+    run_dir = model_run(exp_root, 0.3)
+    trained_on = data.load("synthetic_fairness", bias=0.3, n_samples=N_SAMPLES)
+    write_json(run_dir / "lineage.json", {"data": trained_on.spec()})
+    entry = store.register(run_dir, "fair")
+    card = json.loads((Path(entry["path"]) / "card.json").read_text())["data"]
+    assert card.get("verified") is True, card.get("details")
+    assert card["settings"]["bias"] == 0.3 and card["settings"]["n_samples"] == N_SAMPLES
+    _, evaluated_on = evaluate.load_run_model(run_dir, exp_root)
+    assert evaluated_on.version == card["version"] == trained_on.version
+
+
+def test_weights_that_do_not_fit_model_json_are_refused(exp_root: Path) -> None:
+    # Rule: weights that do not fit the module model.json describes are an unsafe artifact,
+    # named as such, whether a run is evaluated or a registered version is loaded.
+    from mlkit.registry import loading
+
+    run_dir = model_run(exp_root, 0.0)
+    entry = store.register(run_dir, "fair")
+    for path in (run_dir / BUILD, Path(entry["path"]) / BUILD):
+        spec = json.loads(path.read_text())
+        spec["build"]["n_outputs"] = 3
+        write_json(path, spec)
+    with pytest.raises(errors.UnsafeArtifactError, match=f"run {run_dir.name} do not fit"):
+        evaluate.load_run_model(run_dir, exp_root)
+    with pytest.raises(errors.UnsafeArtifactError, match="fair v1 do not fit"):
+        loading.load_model("fair", "v1")
+
+
 def _wandb_records(path: Path) -> list[Any]:
     """The protobuf records of an offline run's .wandb file.
 

@@ -10,6 +10,7 @@ import pytest
 
 from mlkit import errors
 from mlkit import storage as storages
+from mlkit._io import redact, redact_text
 from mlkit.run.notebook import read_result
 from mlkit.sweep import report
 
@@ -156,6 +157,45 @@ def test_storage_with_password_goes_in_env(url: str, secret: bool) -> None:
         assert parameters == {} and env == {report.ENV_STORAGE: url}
     else:
         assert parameters == {"storage": url} and env == {}
+
+
+# One redaction for every URL written down: the password hidden, user and host kept, a URL
+# with nothing to hide (a path, a journal) unchanged, and odd input never raising.
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            f"postgresql://me:{SECRET}@db.example:5432/optuna",
+            "postgresql://me:***@db.example:5432/optuna",
+        ),
+        (
+            f"postgresql://db.example/optuna?user=me&password={SECRET}",
+            "postgresql://db.example/optuna?password=***&user=me",
+        ),
+        (
+            f"postgresql://me:{SECRET}@db.example:port/optuna",
+            "postgresql://***@db.example:port/optuna",
+        ),
+        ("postgresql://me@db.example/optuna", "postgresql://me@db.example/optuna"),
+        ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+        ("journal:///tmp/study.journal", "journal:///tmp/study.journal"),
+        ("/tmp/study.journal", "/tmp/study.journal"),
+        ("postgresql://", "postgresql://"),
+        (f"://me:{SECRET}@", "://***@"),
+    ],
+)
+def test_redact_hides_the_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+# A driver's error may quote the URL or the bare password: neither reaches the message shown.
+def test_redact_text_hides_the_password_in_a_message() -> None:
+    url = f"postgresql+psycopg://me:{SECRET}@db.example/optuna"
+    text = f'connection to {url} failed: password "{SECRET}" was refused'
+    shown = redact_text(text, url)
+    assert SECRET not in shown
+    assert shown.startswith("connection to postgresql+psycopg://me:***@db.example/optuna failed")
+    assert redact_text(text, "postgresql://me@db.example/optuna") == text
 
 
 # The environment route works end to end: the URL is in neither the notebook's parameters nor

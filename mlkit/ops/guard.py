@@ -242,49 +242,12 @@ def check(
     rules = {**policy(name, alias, root), **(overrides or {})}
     since = aliases.alias_since(name, alias, root) or ""
     task = loading.task_of(name, version, root)
-    log = predlog.open_log(name, log_url, root)
-    try:
-        rows = log.rows(since=since, role="primary", model=name, version=version)
-        labels = log.feedback() if task == "classification" else {}
-    finally:
-        log.close()
-    answered = sum(r["status"] == 200 for r in rows)
+    rows, labels = _evidence(name, version, since, task, log_url, root)
     monitor_run = None
     if run_monitor and rules["drift"] != "off":
-        window = min(int(rules["monitor_window"]), answered)
-        if window >= 2:
-            info = monitor.monitor(
-                name, alias, window=window, log=log_url, root=root, tracking=tracking
-            )
-            monitor_run = info["id"]
-    checks = []
-    if task == "classification":
-        wrong, labelled = _labelled(rows, labels)
-        checks.append(
-            _rate_check(
-                "error_rate",
-                wrong,
-                labelled,
-                rules["max_error_rate"],
-                rules["min_labels"],
-                "labelled examples",
-            )
-        )
-    else:
-        checks.append(
-            {"check": "error_rate", "crossed": False, "note": "regression model: not judged"}
-        )
-    server_errors = sum(r["status"] >= 500 for r in rows)
-    checks.append(
-        _rate_check(
-            "server_error_rate",
-            server_errors,
-            len(rows),
-            rules["max_server_error_rate"],
-            rules["min_requests"],
-            "responses",
-        )
-    )
+        answered = sum(r["status"] == 200 for r in rows)
+        monitor_run = _run_monitor(name, alias, rules, answered, log_url, root, tracking)
+    checks = _rate_checks(task, rows, labels, rules)
     drift = _drift_check(
         rules["drift"], _newest_monitor(name, alias, version, since, root) if since else None
     )
@@ -306,26 +269,96 @@ def check(
         "reason": None,
     }
     if crossed:
-        reason = "; ".join(f"{c['check']} {c['note']}" for c in crossed)
-        report["reason"] = reason
-        if dry_run:
-            report["action"] = "would roll back"
-        else:
-            try:
-                moved = aliases.rollback(
-                    name,
-                    alias,
-                    expect=version,
-                    reason=reason,
-                    by="guard",
-                    root=root,
-                    tracking=tracking,
-                )
-                report.update(action="rolled back", to=moved["version"])
-            except errors.MlkitError as exc:
-                report.update(action="cannot roll back", note=str(exc))
+        report["reason"] = "; ".join(f"{c['check']} {c['note']}" for c in crossed)
+        _roll_back(report, dry_run=dry_run, root=root, tracking=tracking)
     append_jsonl(store.model_dir(name, root) / "guard.jsonl", report)
     return report
+
+
+def _evidence(
+    name: str, version: int, since: str, task: str, log_url: str | None, root: Path | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(rows ``version`` answered as primary since ``since``, labels) from the prediction log.
+
+    Labels are read for classification models only: a regression model's are not judged.
+    """
+    log = predlog.open_log(name, log_url, root)
+    try:
+        rows = log.rows(since=since, role="primary", model=name, version=version)
+        labels = log.feedback() if task == "classification" else {}
+    finally:
+        log.close()
+    return rows, labels
+
+
+def _run_monitor(
+    name: str,
+    alias: str,
+    rules: dict[str, Any],
+    answered: int,
+    log_url: str | None,
+    root: Path | None,
+    tracking: str | None,
+) -> str | None:
+    """Run ``mlkit monitor`` over the newest answers; its run id, or None when too few."""
+    window = min(int(rules["monitor_window"]), answered)
+    if window < 2:
+        return None
+    info = monitor.monitor(name, alias, window=window, log=log_url, root=root, tracking=tracking)
+    return info["id"]
+
+
+def _rate_checks(
+    task: str, rows: list[dict[str, Any]], labels: dict[str, Any], rules: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The error-rate check (classification only) and the server-error-rate check."""
+    if task == "classification":
+        wrong, labelled = _labelled(rows, labels)
+        error_rate = _rate_check(
+            "error_rate",
+            wrong,
+            labelled,
+            rules["max_error_rate"],
+            rules["min_labels"],
+            "labelled examples",
+        )
+    else:
+        error_rate = {
+            "check": "error_rate",
+            "crossed": False,
+            "note": "regression model: not judged",
+        }
+    server_errors = _rate_check(
+        "server_error_rate",
+        sum(r["status"] >= 500 for r in rows),
+        len(rows),
+        rules["max_server_error_rate"],
+        rules["min_requests"],
+        "responses",
+    )
+    return [error_rate, server_errors]
+
+
+def _roll_back(
+    report: dict[str, Any], *, dry_run: bool, root: Path | None, tracking: str | None
+) -> None:
+    """Move the alias back (or say it would, or why it cannot), recording it in ``report``."""
+    if dry_run:
+        report["action"] = "would roll back"
+        return
+    try:
+        moved = aliases.rollback(
+            report["name"],
+            report["alias"],
+            expect=report["version"],
+            reason=report["reason"],
+            by="guard",
+            root=root,
+            tracking=tracking,
+        )
+        report.update(action="rolled back", to=moved["version"])
+    except errors.MlkitError as exc:
+        report.update(action="cannot roll back", note=str(exc))
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -1,36 +1,39 @@
-"""Statistics for operations: intervals, tests, corrections and drift (PSI)."""
+"""Statistics for operations: intervals, tests, corrections and drift (PSI).
+
+The interval, the test and the correction are statsmodels' own; PSI is computed here, since
+no library has it in this form (quantile bins of the reference, a floor for empty bins).
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
-Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """The Wilson score interval of a proportion (95% by default); (0, 1) when ``n`` is 0."""
     if n <= 0:
         return 0.0, 1.0
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # statsmodels takes 1 s to import: only when an interval is computed
+    from statsmodels.stats.proportion import proportion_confint
+
+    low, high = proportion_confint(successes, n, alpha=alpha, method="wilson")
+    return max(0.0, float(low)), min(1.0, float(high))
 
 
 def two_proportion_test(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
-    """Two-sided pooled two-proportion z-test: (z, p-value). (0, 1) when it is undefined."""
-    if n1 <= 0 or n2 <= 0:
+    """Two-sided pooled two-proportion z-test of ``k2/n2`` against ``k1/n1``: (z, p-value).
+
+    (0, 1) when it is undefined: an empty group, or every outcome the same (no variance).
+    """
+    if n1 <= 0 or n2 <= 0 or k1 + k2 in (0, n1 + n2):
         return 0.0, 1.0
-    pooled = (k1 + k2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se == 0:
-        return 0.0, 1.0
-    z = (k2 / n2 - k1 / n1) / se
-    return z, math.erfc(abs(z) / math.sqrt(2))
+    # statsmodels takes 1 s to import: only when a test is computed
+    from statsmodels.stats.proportion import proportions_ztest
+
+    z, p = proportions_ztest([k2, k1], [n2, n1], alternative="two-sided", prop_var=False)
+    return float(z), float(p)
 
 
 PSI_BINS = 10
@@ -42,14 +45,12 @@ _EPS = 1e-4  # floor for empty PSI bins: log(0) would make one empty bin infinit
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm-adjusted p-values: reject ``adjusted < alpha`` keeps the FWER at ``alpha``."""
     p = np.asarray(pvalues, dtype=float)
-    m = len(p)
-    if m == 0:
+    if not len(p):
         return p
-    order = np.argsort(p)
-    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    adjusted = np.empty(m)
-    adjusted[order] = np.maximum.accumulate(scaled)
-    return adjusted
+    # statsmodels takes 1 s to import: only when a correction is computed
+    from statsmodels.stats.multitest import multipletests
+
+    return np.asarray(multipletests(p, method="holm")[1], dtype=float)
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> float:

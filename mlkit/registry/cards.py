@@ -7,10 +7,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from mlkit import data as mdata
 from mlkit import track
 from mlkit._contract import BUILD, WEIGHTS
 from mlkit._io import now_iso, read_json
+from mlkit.rebuild import load_data
 
 
 def _data_details(lineage: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -23,12 +23,10 @@ def _data_details(lineage: dict[str, Any], params: dict[str, Any]) -> dict[str, 
     if not spec.get("name"):
         return spec
 
-    kwargs = {k: params[k] for k in ("n_samples", "n_features", "noise") if k in params}
-    seed = params.get("data_seed", params.get("seed", 0))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = mdata.load(spec["name"], seed=seed, check=False, **kwargs)
+            ds = load_data(spec["name"], params, check=False)
     except Exception as exc:  # a dataset this mlkit no longer has: the card says so
         spec["details"] = f"not reloaded: {exc}"
         return spec

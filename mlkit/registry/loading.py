@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from mlkit import models
-from mlkit.errors import StateError, UnsafeArtifactError
-from mlkit.lineage import sha256_file
-
-if TYPE_CHECKING:
-    from torch import nn
-
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlkit._contract import BUILD, WEIGHTS
 from mlkit._io import read_json
-from mlkit.errors import ModelNotFoundError, UnsafeModelError
+from mlkit.errors import ModelNotFoundError, StateError, UnsafeModelError
+from mlkit.lineage import sha256_file
+from mlkit.rebuild import build_model, model_shape
 from mlkit.registry.store import _VERSION_RE, model_dir, resolve
+
+if TYPE_CHECKING:
+    from torch import nn
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl")
 
@@ -190,20 +186,14 @@ def load_model(name: str, ref: str | int | None = None, *, root: Path | None = N
             f"{folder / BUILD} is missing: version v{number} of {name!r} cannot be rebuilt. "
             f"Register the run again: mlkit model register RUN --name {name}"
         )
-    build = dict(spec["build"])
-    input_shape = tuple(int(s) for s in build.pop("input_shape"))
-    n_outputs = int(build.pop("n_outputs"))
+    input_shape, n_outputs = model_shape(spec)
     expected = (card.get("weights") or {}).get("sha256")
-    state = _load_state(folder, expected)
-    module = models.build(spec["name"], input_shape=input_shape, n_outputs=n_outputs, **build)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise UnsafeArtifactError(
-            f"The weights of {name} v{number} do not fit the module model.json describes: "
-            f"{str(exc).splitlines()[0]} Register the run again."
-        ) from None
-    module.eval()
+    module = build_model(
+        spec,
+        _load_state(folder, expected),
+        what=f"{name} v{number}",
+        fix="Register the run again.",
+    )
     data = card.get("data") or {}
     task = _task(card, n_outputs)
     classes = data.get("class_names") or (

@@ -5,7 +5,7 @@ Layout, under ``experiments/registry/<name>/``::
     registry.json        versions, aliases, every alias move, the promotion bounds and the
                          rollback policy (the source of truth)
     guard.jsonl          every check of the rollback guard (mlkit.guard), one line each
-    .lock                fcntl lock: one registration or alias move at a time
+    .lock                file lock: one registration or alias move at a time
     v1/, v2/, ...        model.safetensors, model.json, card.json, card.md
     predictions.sqlite   the server's prediction log (mlkit.predlog)
 
@@ -27,14 +27,15 @@ W&B is a projection, as everywhere in mlkit: each registration and promotion is 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from filelock import FileLock
 
 from mlkit import storage as storages
 from mlkit._contract import BUILD, WEIGHTS
@@ -49,10 +50,6 @@ from mlkit.errors import (
 from mlkit.lineage import sha256_file
 from mlkit.record_store import experiments_root, find_run, load_run
 from mlkit.registry.cards import _card, _card_md, log_wandb_artifact
-
-if TYPE_CHECKING:
-    pass
-
 
 DEFAULT_ALIAS = "production"
 _VERSION_RE = re.compile(r"^v?(\d+)$")
@@ -104,12 +101,8 @@ def _locked(name: str, root: Path | None = None) -> Iterator[Path]:
     """Hold the model's lock: read-modify-write of registry.json is one step for everyone."""
     folder = model_dir(name, root)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield folder
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(folder / ".lock"):
+        yield folder
 
 
 # --- register -----------------------------------------------------------------

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlkit._io import redact
+from mlkit._io import redact, redact_text
 from mlkit.errors import ParameterError, ServiceUnavailableError
 from mlkit.registry.store import model_dir
 
@@ -86,14 +86,6 @@ END $$
 """
 
 
-def _redact_text(text: str, url: str) -> str:
-    """``text`` with the URL's password, if any, replaced: driver errors may quote it."""
-    from urllib.parse import urlsplit
-
-    password = urlsplit(url).password
-    return text.replace(password, "***") if password else text
-
-
 # Kept importable under its earlier name; raised as ParameterError.
 LogError = ParameterError
 
@@ -105,11 +97,6 @@ FeedbackError = ParameterError
 def default_url(name: str, root: Path | None = None) -> str:
 
     return f"sqlite:///{model_dir(name, root) / 'predictions.sqlite'}"
-
-
-def _redact(url: str) -> str:
-
-    return redact(url)
 
 
 class PredictionLog:
@@ -126,80 +113,29 @@ class PredictionLog:
             )
         self.sync = sync
         self.url = url
-        self.shown_url = _redact(url)
+        self.shown_url = redact(url)
         self.is_sqlite = url.startswith("sqlite")
         if not (self.is_sqlite or url.startswith(("postgresql", "postgres"))):
             raise ParameterError(
                 f"--log must be a sqlite:///PATH or postgresql://... URL, got {self.shown_url!r}. "
                 "Leave it out for the default SQLite file beside the model."
             )
-        if url.startswith("postgres://"):
-            url = "postgresql://" + url[len("postgres://") :]
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url[len("postgresql://") :]
-        if self.is_sqlite:
-            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        kwargs: dict[str, Any] = {}
-        if self.is_sqlite:
-            # Writers in other processes wait instead of failing with "database is locked".
-            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
-        self.engine = sa.create_engine(url, **kwargs)
-        if self.is_sqlite:
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas(sync))
+        url = _driver_url(url)
         self._sqlite_path = url[len("sqlite:///") :] if self.is_sqlite else None
+        self.engine = _engine(url, sync, self._sqlite_path)
         self._writer: Any = None  # the raw sqlite3 connection rows are inserted through
         meta = sa.MetaData()
-        self.table = sa.Table(
-            TABLE,
-            meta,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            *[sa.Column(col, getattr(sa, kind)) for col, kind, _ in COLUMNS],
-        )
-        self.feedback_table = sa.Table(
-            FEEDBACK_TABLE,
-            meta,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            *[sa.Column(col, getattr(sa, kind)) for col, kind, _ in FEEDBACK_COLUMNS],
-        )
+        self.table = _table(meta, TABLE, COLUMNS)
+        self.feedback_table = _table(meta, FEEDBACK_TABLE, FEEDBACK_COLUMNS)
         self._insert = self.table.insert()
         # One writer per process: SQLite serialises writers anyway, and a Python lock is
         # cheaper than its busy-wait.
         self._lock = threading.Lock() if self.is_sqlite else None
         try:
             with self.engine.begin() as conn:
-                if not self.is_sqlite:
-                    # Servers starting together would race to create the table (a duplicate
-                    # key in pg_type): one at a time, for this transaction only.
-                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
-                meta.create_all(conn, checkfirst=True)
-                have = {c["name"] for c in sa.inspect(conn).get_columns(TABLE)}
-                for col, kind, _ in COLUMNS:
-                    if col in ADDED_COLUMNS and col not in have:
-                        sql_type = getattr(sa, kind)().compile(dialect=self.engine.dialect)
-                        conn.exec_driver_sql(f"ALTER TABLE {TABLE} ADD COLUMN {col} {sql_type}")
-                if not self.is_sqlite:
-                    conn.exec_driver_sql(_PG_REFUSE)
-                for table in (TABLE, FEEDBACK_TABLE):
-                    if self.is_sqlite:
-                        for verb in ("UPDATE", "DELETE"):
-                            conn.exec_driver_sql(
-                                f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE "
-                                f"{verb} ON {table} BEGIN SELECT RAISE(ABORT, "
-                                f"'the prediction log is append-only'); END"
-                            )
-                    else:
-                        guards = (("ROW", "UPDATE OR DELETE"), ("STATEMENT", "TRUNCATE"))
-                        for level, verbs in guards:
-                            conn.exec_driver_sql(
-                                f"CREATE OR REPLACE TRIGGER {table}_append_only_{level.lower()} "
-                                f"BEFORE {verbs} ON {table} FOR EACH {level} "
-                                "EXECUTE FUNCTION mlkit_refuse_change()"
-                            )
-                    conn.exec_driver_sql(
-                        f"CREATE INDEX IF NOT EXISTS {table}_request_id ON {table} (request_id)"
-                    )
+                _create_schema(conn, meta, postgres=not self.is_sqlite)
         except sa.exc.SQLAlchemyError as exc:
-            reason = _redact_text(str(exc).splitlines()[0], url)
+            reason = redact_text(str(exc).splitlines()[0], url)
             raise ServiceUnavailableError(
                 f"Cannot open the prediction log {self.shown_url}: {reason}. Check the URL and "
                 "that the database is up."
@@ -305,7 +241,7 @@ class PredictionLog:
 
     def redact(self, text: str) -> str:
         """``text`` safe to print: the log URL's password replaced."""
-        return _redact_text(text, self.url)
+        return redact_text(text, self.url)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -316,6 +252,79 @@ class PredictionLog:
 
     def __repr__(self) -> str:
         return f"PredictionLog({self.shown_url!r})"
+
+
+def _driver_url(url: str) -> str:
+    """The URL SQLAlchemy is given: PostgreSQL through psycopg 3, whichever spelling was used."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def _engine(url: str, sync: str, sqlite_path: str | None) -> Any:
+    """The SQLAlchemy engine of the log; a SQLite file gets its folder, WAL and ``sync``."""
+    import sqlalchemy as sa
+
+    if sqlite_path is None:
+        return sa.create_engine(url)
+    Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+    # Writers in other processes wait instead of failing with "database is locked".
+    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    sa.event.listen(engine, "connect", _sqlite_pragmas(sync))
+    return engine
+
+
+def _table(meta: Any, name: str, columns: Sequence[tuple[str, str, str]]) -> Any:
+    """A table of ``columns`` (name, SQLAlchemy type, help) behind an autoincrement id."""
+    import sqlalchemy as sa
+
+    return sa.Table(
+        name,
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        *[sa.Column(col, getattr(sa, kind)) for col, kind, _ in columns],
+    )
+
+
+def _create_schema(conn: Any, meta: Any, *, postgres: bool) -> None:
+    """Create both tables if missing, add later columns, and make them append-only."""
+    import sqlalchemy as sa
+
+    if postgres:
+        # Servers starting together would race to create the table (a duplicate key in
+        # pg_type): one at a time, for this transaction only.
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
+    meta.create_all(conn, checkfirst=True)
+    have = {c["name"] for c in sa.inspect(conn).get_columns(TABLE)}
+    for col, kind, _ in COLUMNS:
+        if col in ADDED_COLUMNS and col not in have:
+            sql_type = getattr(sa, kind)().compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {TABLE} ADD COLUMN {col} {sql_type}")
+    if postgres:
+        conn.exec_driver_sql(_PG_REFUSE)
+    for table in (TABLE, FEEDBACK_TABLE):
+        _refuse_changes(conn, table, postgres=postgres)
+        conn.exec_driver_sql(
+            f"CREATE INDEX IF NOT EXISTS {table}_request_id ON {table} (request_id)"
+        )
+
+
+def _refuse_changes(conn: Any, table: str, *, postgres: bool) -> None:
+    """Triggers that abort UPDATE and DELETE of ``table`` (and TRUNCATE on PostgreSQL)."""
+    if not postgres:
+        for verb in ("UPDATE", "DELETE"):
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE {verb} ON "
+                f"{table} BEGIN SELECT RAISE(ABORT, 'the prediction log is append-only'); END"
+            )
+        return
+    for level, verbs in (("ROW", "UPDATE OR DELETE"), ("STATEMENT", "TRUNCATE")):
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE TRIGGER {table}_append_only_{level.lower()} BEFORE {verbs} ON "
+            f"{table} FOR EACH {level} EXECUTE FUNCTION mlkit_refuse_change()"
+        )
 
 
 _INSERT_SQL = f"INSERT INTO {TABLE} ({', '.join(_NAMES)}) VALUES ({', '.join('?' * len(_NAMES))})"
