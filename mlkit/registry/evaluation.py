@@ -10,7 +10,7 @@ from mlkit._contract import TEMPLATES_DIR
 from mlkit._io import read_json
 from mlkit.errors import RunNotFoundError
 from mlkit.evaluate import _run_dataset
-from mlkit.record_store import find_run, list_runs
+from mlkit.record_store import RunRecord, find_run, list_runs
 from mlkit.registry import store
 from mlkit.run import runner
 
@@ -59,7 +59,7 @@ def evaluate_run(
     progress: bool = False,
     engine: str = "papermill",
     cell_timeout: float | None = None,
-) -> dict[str, Any]:
+) -> RunRecord:
     """Execute ``templates/evaluate.ipynb`` on a recorded run; return the evaluation's record.
 
     The evaluation is a run of its own under experiment ``evaluate`` whose run.json names the
@@ -87,7 +87,7 @@ def evaluate_run(
     )
 
 
-def find_evaluation(run_ref: str | Path, root: Path | None = None) -> dict[str, Any] | None:
+def find_evaluation(run_ref: str | Path, root: Path | None = None) -> RunRecord | None:
     """The newest completed evaluation of a run (its record), or None when there is none."""
 
     run_id = find_run(run_ref, root).name

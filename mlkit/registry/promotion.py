@@ -11,7 +11,7 @@ from mlkit._io import write_json
 from mlkit.errors import ParameterError, RunNotFoundError
 from mlkit.evaluate import promotion_gate
 from mlkit.registry import evaluation
-from mlkit.registry.store import _locked, _read, _version_number
+from mlkit.registry.store import RegistryFile, _locked, _read, _version_number
 
 _BOUND_RE = re.compile(r"^\s*([^<>=\s]+)\s*(>=|<=|=)\s*(\S+)\s*$")
 
@@ -97,7 +97,7 @@ def gate(
     version: str | int,
     *,
     root: Path | None = None,
-    reg: dict[str, Any] | None = None,
+    reg: RegistryFile | None = None,
 ) -> dict[str, Any]:
     """Check a version against its model's bounds, using its run's newest evaluation.
 

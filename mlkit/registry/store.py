@@ -33,7 +33,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from filelock import FileLock
 
@@ -48,7 +48,7 @@ from mlkit.errors import (
     UnsafeArtifactError,
 )
 from mlkit.lineage import sha256_file
-from mlkit.record_store import experiments_root, find_run, load_run
+from mlkit.record_store import RunRecord, experiments_root, find_run, load_run
 from mlkit.registry.cards import _card, _card_md, log_wandb_artifact
 
 DEFAULT_ALIAS = "production"
@@ -56,6 +56,42 @@ _VERSION_RE = re.compile(r"^v?(\d+)$")
 
 
 # --- where models live ----------------------------------------------------------
+
+
+class VersionEntry(TypedDict, total=False):
+    """One registered version, as ``registry.json`` lists it (the card has the rest)."""
+
+    version: int
+    created: str
+    run_id: str
+    sha256: str  # of model.safetensors: loading refuses weights that differ
+    model: str  # the model's builder name (linear, mlp, cnn, ...)
+    metrics: dict[str, Any]  # the run's test/ metrics
+    card: str  # card.md's path, added by show()
+
+
+class AliasEvent(TypedDict, total=False):
+    """One move of an alias: every promotion and rollback, with who decided and why."""
+
+    action: str  # promote or rollback
+    to: int
+    at: str
+    reason: str
+    by: str  # guard for the automatic policy
+    evaluation: str  # the evaluation record the gate checked
+    forced: bool
+    violations: list[str]
+
+
+class RegistryFile(TypedDict, total=False):
+    """``registry.json``: the source of truth of one model, read once per operation."""
+
+    name: str
+    versions: list[VersionEntry]
+    aliases: dict[str, int]
+    alias_history: dict[str, list[AliasEvent]]  # also holds "from" (a keyword in Python)
+    bounds: dict[str, Any]  # metric -> upper bound, or {"min": .., "max": ..}
+    policy: dict[str, dict[str, Any]]  # alias -> rollback policy values
 
 
 def registry_root(root: Path | None = None) -> Path:
@@ -86,7 +122,7 @@ def model_dir(name: str, root: Path | None = None) -> Path:
     return registry_root(root) / check_model_name(name)
 
 
-def _read(name: str, root: Path | None = None) -> dict[str, Any]:
+def _read(name: str, root: Path | None = None) -> RegistryFile:
     data = read_json(model_dir(name, root) / "registry.json")
     if data is None:
         raise ModelNotFoundError(
@@ -108,7 +144,7 @@ def _locked(name: str, root: Path | None = None) -> Iterator[Path]:
 # --- register -----------------------------------------------------------------
 
 
-def _check_run(run_dir: Path) -> dict[str, Any]:
+def _check_run(run_dir: Path) -> RunRecord:
     info = load_run(run_dir)
     missing = [f for f in (WEIGHTS, BUILD, "result.json") if not (run_dir / f).exists()]
     if info.get("status") != "completed" or "result.json" in missing:
@@ -131,7 +167,7 @@ def _check_run(run_dir: Path) -> dict[str, Any]:
     return info
 
 
-def _version_entry(card: dict[str, Any]) -> dict[str, Any]:
+def _version_entry(card: dict[str, Any]) -> VersionEntry:
     return {
         "version": card["version"],
         "created": card["created"],
@@ -248,7 +284,7 @@ def _fsync_tree(folder: Path) -> None:
 # --- aliases ------------------------------------------------------------------
 
 
-def _version_number(ref: str | int, reg: dict[str, Any]) -> int:
+def _version_number(ref: str | int, reg: RegistryFile) -> int:
     known = sorted(v["version"] for v in reg["versions"])
     match = _VERSION_RE.match(str(ref))
     if not match or int(match.group(1)) not in known:
@@ -287,7 +323,7 @@ def list_models(root: Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def show(name: str, root: Path | None = None) -> dict[str, Any]:
+def show(name: str, root: Path | None = None) -> RegistryFile:
     """registry.json of ``name``, with each version's card path added."""
     reg = _read(name, root)
     folder = model_dir(name, root)
