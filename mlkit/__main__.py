@@ -1,3 +1,5 @@
+"""``python -m mlkit``: the ``mlkit`` command."""
+
 import sys
 
 from mlkit.cli import main

@@ -2,29 +2,130 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from mlkit import cli
+from mlkit.cli import _common, build_parser, runs, sweep
+from mlkit.errors import ServiceUnavailableError, UnsafeModelError
 from mlkit.run import runner
-from tests.conftest import ROOT, SCENARIOS, run_cli
+from tests.helpers import ROOT, SCENARIOS, run_cli
 
 HEAVY = ("torch", "wandb", "papermill", "ipywidgets", "optuna", "nbclient", "IPython")
 
 
-# `import mlkit` and `mlkit --help` stay instant: no heavy library is imported.
+# `import mlkit` and `mlkit --help` (of the groups too) stay instant: nothing heavy is imported.
 def test_import_and_help_import_nothing_heavy() -> None:
     code = (
         "import sys, mlkit, mlkit.cli, mlkit.run.params, mlkit.record\n"
-        "try:\n    mlkit.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "for argv in (['--help'], ['sweep', '--help'], ['sweep', 'report', '--help']):\n"
+        "    try:\n        mlkit.cli.main(argv)\n    except SystemExit:\n        pass\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
         "print('HEAVY=' + ','.join(heavy))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    assert "usage: mlkit" in proc.stdout
+    assert "usage: mlkit" in proc.stdout and "usage: mlkit sweep report" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(sweep.expand_shorthand(list(argv)))
+
+
+# `mlkit sweep NOTEBOOK ...` (flags before or after the notebook) is `mlkit sweep run NOTEBOOK`.
+def test_sweep_shorthand_is_sweep_run() -> None:
+    spelled = ("--space", "s.yaml", "--study", "demo", "--trials", "30", "--jobs", "2")
+    longhand = parse("sweep", "run", "templates/classify.ipynb", *spelled)
+    assert longhand.func is sweep.cmd_sweep and longhand.notebook == "templates/classify.ipynb"
+    assert (longhand.space, longhand.study) == ("s.yaml", "demo")
+    assert (longhand.trials, longhand.jobs) == (30, 2)
+    for argv in (
+        ("sweep", "templates/classify.ipynb", *spelled),
+        ("sweep", *spelled, "templates/classify.ipynb"),
+    ):
+        assert vars(parse(*argv)) == vars(longhand), argv
+
+
+# `sweep best` and `sweep report` are subcommands, listed by `mlkit sweep --help`.
+def test_sweep_subcommands() -> None:
+    best = parse("sweep", "best", "demo", "--storage", "sqlite:///x.db")
+    assert best.func is sweep.cmd_sweep_best
+    assert (best.study, best.storage) == ("demo", "sqlite:///x.db")
+    report = parse("sweep", "report", "demo", "-q")
+    assert report.func is sweep.cmd_sweep_report and report.quiet and report.storage is None
+    proc = run_cli("sweep", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert all(f"    {name} " in proc.stdout for name in ("run", "best", "report"))
+
+
+# A group or the command alone prints its help and exits 2, as argparse's usage errors do.
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2 and "usage: mlkit [-h]" in capsys.readouterr().out
+    assert cli.main(["sweep"]) == 2 and "usage: mlkit sweep [-h]" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["sweep", "templates/classify.ipynb"])
+    assert exc.value.code == 2
+    assert "mlkit sweep run: error: the following arguments are required: --space" in (
+        capsys.readouterr().err
+    )
+
+
+# An error exits with its family's code, in one line that names the command; Ctrl-C is 130.
+@pytest.mark.parametrize(
+    ("raised", "code", "message"),
+    [
+        (UnsafeModelError("bad checksum"), 3, "mlkit show: error: bad checksum"),
+        (ServiceUnavailableError("log unreachable"), 4, "mlkit show: error: log unreachable"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)
+def test_errors_exit_by_meaning(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    raised: BaseException,
+    code: int,
+    message: str,
+) -> None:
+    def fails(_args: argparse.Namespace) -> int:
+        raise raised
+
+    monkeypatch.setattr(runs, "cmd_show", fails)
+    assert cli.main(["show", "some-run"]) == code
+    assert capsys.readouterr().err == message + "\n"
+
+
+# A subcommand's error names the whole command, as argparse's own usage errors do.
+def test_sweep_best_error_names_the_subcommand(exp_root: Path) -> None:
+    proc = run_cli("sweep", "best", "nosuch")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("mlkit sweep best: error: No study 'nosuch'")
+
+
+# A flag shared by several commands reads the same in each: it is declared once.
+def test_shared_flags_are_declared_once() -> None:
+    helps: dict[str, set[str | None]] = {}
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if isinstance(action.choices, dict):  # the parsers of a command's subcommands
+                for child in set(action.choices.values()):
+                    walk(child)
+            for flag in set(action.option_strings) & {"--tracking", "--quiet", "--json", "--log"}:
+                helps.setdefault(flag, set()).add(action.help)
+
+    walk(cli.build_parser())
+    assert {flag: len(texts) for flag, texts in helps.items()} == {
+        "--tracking": 1,
+        "--quiet": 1,
+        "--json": 1,
+        "--log": 2,  # mlkit monitor also reads a plain SQLite file
+    }
 
 
 # `mlkit inspect` shows every parameter with its help, from the cell alone.
@@ -84,3 +185,26 @@ def test_params_file_and_override(exp_root: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(next(exp_root.glob("*/runs/*/result.json")).read_text())
     assert result == {"value": 0.001, "text": "cli"}
+
+
+# `mlkit --help` lists every command from the table without importing any group module, and
+# each group builds exactly the commands the table gives it.
+def test_help_builds_no_group_and_the_table_matches_the_groups() -> None:
+    code = (
+        "import sys, mlkit.cli\n"
+        "try:\n    mlkit.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('GROUPS=' + ','.join(sorted(m for m in sys.modules if m.startswith('mlkit.cli.')"
+        " and m != 'mlkit.cli._common')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "GROUPS="
+    for name in _common.COMMANDS:
+        assert f"    {name}" in proc.stdout, name
+    for name, (group, help) in _common.COMMANDS.items():
+        parser = build_parser(name)
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        built = {n for n, (g, _) in _common.COMMANDS.items() if g == group}
+        # the group's own parsers carry their arguments; the rest are bare entries
+        assert built <= set(commands.choices), (name, group)
+        assert commands.choices[name].description == help
