@@ -7,7 +7,7 @@ STAMP := $(VENV)/.mlkit-installed
 TORCH ?= torch==2.13.0
 export WANDB_SILENT ?= true
 
-.PHONY: demo test lint format venv clean-venv
+.PHONY: demo test test-fast lint format venv clean-venv
 
 venv: $(STAMP)
 
@@ -37,6 +37,11 @@ test: lint
 	$(VENV)/bin/pytest tests
 	$(VENV)/bin/pytest --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg \
 		-p no:cacheprovider
+
+# The fast tier, for the edit-test loop: everything but the tests marked slow (real kernels
+# running long, real training, sweeps, the browser, PostgreSQL). `make test` runs them all.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest tests -m "not slow"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,10 +1,11 @@
-"""Shared fixtures: every test writes runs into its own temporary experiments folder."""
+"""Shared fixtures: every test writes runs into its own temporary experiments folder.
+
+Plain helpers (paths, the CLI, ``wait_until``, servers, fake runs) are in ``helpers.py``.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,8 @@ import pytest
 # while another test's background thread was parsing). Import it before any thread starts.
 import wandb  # noqa: F401
 
-ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ROOT / "tests" / "notebooks"
-TEMPLATES = ROOT / "templates"
+from mlkit._io import redact
+from tests.helpers import ROOT
 
 
 @pytest.fixture
@@ -31,20 +31,29 @@ def exp_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
-    """Run the real ``mlkit`` command in a subprocess, as a user would."""
-    full_env = dict(os.environ)
-    full_env["COLUMNS"] = "200"  # rich tables fold to 80 columns in a pipe
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "mlkit", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=ROOT,
-        timeout=timeout,
-    )
+@pytest.fixture
+def pg_url() -> str:
+    """The URL of a reachable PostgreSQL (MLKIT_TEST_POSTGRES); skips without one, fails in CI."""
+    url = os.environ.get("MLKIT_TEST_POSTGRES")
+    reason = ""
+    if not url:
+        reason = "MLKIT_TEST_POSTGRES is not set"
+    else:
+        try:
+            import sqlalchemy  # only a test that needs PostgreSQL pays for the import
 
-
-def all_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+            engine = sqlalchemy.create_engine(url)
+            with engine.connect():
+                pass
+            engine.dispose()
+        except Exception as exc:
+            reason = f"cannot connect to {redact(url)}: {exc}"
+    if reason:
+        message = (
+            f"needs PostgreSQL ({reason}); run `source .ci/postgres.sh` to install and "
+            "start one on 127.0.0.1"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url

@@ -15,9 +15,7 @@ from mlkit.ops import abtest
 from mlkit.ops import stats as opstats
 from mlkit.registry import aliases, store
 from mlkit.serve.routing import bucket, parse_ab, route
-from tests.conftest import run_cli
-from tests.test_registry import fake_run
-from tests.test_serve import log_rows
+from tests.helpers import fake_run, log_rows, run_cli, start_server, stop
 
 httpx = pytest.importorskip("httpx")
 
@@ -100,8 +98,6 @@ def ab_model(exp_root: Path) -> Path:
 # each log row records the variant and the version that answered, /metadata lists the
 # variants, and abtest report joins the log with a labels file and exits 0.
 def test_sticky_variants_logged_and_reported(ab_model: Path, tmp_path: Path) -> None:
-    from tests.test_serve import start_server, stop
-
     proc, url = start_server(ab_model, "", "--ab", "m:production=0.5,m:candidate=0.5")
     try:
         meta = httpx.get(f"{url}/metadata").json()

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -27,8 +26,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT, free_port, wait_until
 
+# A real JupyterLab and a real browser: the slow tier.
+pytestmark = pytest.mark.slow
 NOTEBOOK = "notebooks/explore.ipynb"
 # Known to work as root on a machine whose network is closed: without the background
 # networking flags Chromium's own connections are refused and slow everything down.
@@ -88,12 +89,6 @@ class Lab:
     log: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(url: str) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -110,7 +105,7 @@ def lab(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab
     for name, value in LAB_SETTINGS.items():
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
         (settings / name).write_text(json.dumps(value))
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     env = dict(os.environ)
     env.update(
         MLKIT_EXPERIMENTS=str(tmp / "experiments"),
@@ -137,13 +132,17 @@ def lab(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+
+    def log_tail() -> str:
+        return log.read_text(errors="replace")[-3000:]
+
+    def answering() -> bool:
+        if server.poll() is not None:
+            pytest.fail(f"JupyterLab did not start on {url} (exit {server.poll()}):\n{log_tail()}")
+        return _get(f"{url}/api/status?token={token}") is not None
+
     try:
-        deadline = time.monotonic() + START_S
-        while _get(f"{url}/api/status?token={token}") is None:
-            if server.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-3000:]
-                pytest.fail(f"JupyterLab did not start on {url} (exit {server.poll()}):\n{tail}")
-            time.sleep(0.2)  # poll interval; the deadline above bounds the wait
+        wait_until(answering, START_S, 0.2, lambda: f"JupyterLab on {url}:\n{log_tail()}")
         yield Lab(url, token, tmp / "experiments", log)
     finally:
         # A polite shutdown stops the kernels, which close their warm kernels on exit.

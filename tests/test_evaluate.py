@@ -15,7 +15,7 @@ import pytest
 from mlkit import data, evaluate
 from mlkit.errors import ParameterError, UnknownNameError
 from mlkit.registry import evaluation
-from tests.conftest import TEMPLATES
+from tests.helpers import TEMPLATES
 
 PLANTED = 0.2
 # 8000 rows give a 1200-row test split, about 840 in group 0 and 360 in group 1.
@@ -187,6 +187,7 @@ def test_import_stays_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_template_end_to_end_on_biased_data(exp_root: Path) -> None:
     # Rule: the template runs untouched through the runner and records fairness and figures.
     from mlkit.run import runner
@@ -211,6 +212,7 @@ def test_template_end_to_end_on_biased_data(exp_root: Path) -> None:
     assert set(report["fairness"]["groups"]) == {"0", "1"}
 
 
+@pytest.mark.slow
 def test_evaluate_run_on_a_recorded_cnn(exp_root: Path) -> None:
     # Rule: mlkit evaluate RUN rebuilds a saved image model, and the record names that run.
     from mlkit.run import runner

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mlkit.serve import predlog
-from tests.conftest import run_cli
-from tests.test_serve import log_rows
+from tests.helpers import log_rows, run_cli
 
 
 def ab_log(path: Path) -> str:
@@ -37,12 +36,7 @@ def ab_log(path: Path) -> str:
 
 
 def feedback_table(path: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM feedback ORDER BY id")]
-    finally:
-        conn.close()
+    return log_rows(path, table="feedback")
 
 
 # Labels from a CSV file and a single REQUEST_ID LABEL land in the feedback table (JSON label,

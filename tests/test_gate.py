@@ -21,7 +21,7 @@ from mlkit import errors, evaluate, record_store
 from mlkit._contract import BUILD, WEIGHTS
 from mlkit._io import now_iso, write_json
 from mlkit.registry import aliases, evaluation, promotion, store
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 DP = "fairness/demographic_parity_difference"
 # 8000 rows give a 1200-row test split: the unbiased model's gap (~0.03 noise) stays well
@@ -267,9 +267,8 @@ def test_forced_promotion_reaches_wandb_artifact(
 
 
 # `mlkit evaluate NAME:alias` evaluates the registered version's run, and the gate finds it.
+@pytest.mark.slow
 def test_evaluate_a_registered_model_by_alias(exp_root: Path) -> None:
-    from tests.conftest import run_cli
-
     run_dir = model_run(exp_root, 0.3)
     version = store.register(run_dir, "byalias")["version"]
     aliases.promote("byalias", version, "staging")

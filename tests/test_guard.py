@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,14 @@ from mlkit._io import now_iso
 from mlkit.ops import guard
 from mlkit.registry import aliases, store
 from mlkit.serve import predlog
-from tests.conftest import ROOT, run_cli
-from tests.test_registry import fake_run
-from tests.test_serve import versions_answering
+from tests.helpers import (
+    ROOT,
+    fake_run,
+    registered_digits_flat,
+    run_cli,
+    versions_answering,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -158,12 +162,12 @@ def test_crossed_with_no_earlier_version(exp_root: Path) -> None:
 
 # With --monitor the guard runs the real monitor notebook over the live version's answers;
 # one shifted feature is drift, which rolls back under drift=any and not under drift=off.
+@pytest.mark.slow
 def test_monitor_drift_rolls_back(exp_root: Path) -> None:
     from mlkit.registry import loading
-    from tests.test_monitor import _registered_digits_flat
 
-    _registered_digits_flat(exp_root)
-    loaded, ds = _registered_digits_flat(exp_root)  # v2, same weights
+    registered_digits_flat(exp_root)
+    loaded, ds = registered_digits_flat(exp_root)  # v2, same weights
     aliases.promote("digits", "v2", root=exp_root)
     loaded = loading.load_model("digits", "production", root=exp_root)
     X = np.concatenate([ds.val.X, ds.test.X]).astype(np.float32)
@@ -204,29 +208,23 @@ def test_guard_every_keeps_watching(live: Path) -> None:
         text = checks.read_text() if checks.exists() else ""
         return [json.loads(line) for line in text.splitlines()]
 
-    def wait_for(condition: Any, what: str) -> None:
-        deadline = time.monotonic() + 60
-        while not condition():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.05)
-
     cmd = [sys.executable, "-m", "mlkit", "model", "guard", "m", "--every", "0.2"]
     out_path, err_path = live / "guard.out", live / "guard.err"
     db = live / "registry" / "m" / "predictions.sqlite"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=err)
         try:
-            wait_for(lambda: len(rows()) >= 2, "two checks")
+            wait_until(lambda: len(rows()) >= 2, message="two checks")
             assert store.resolve("m", "production", live) == 2
             assert all(r["action"] == "none" for r in rows())
             db.rename(db.with_suffix(".away"))
             db.mkdir()  # SQLite cannot open a directory: the next checks fail
-            wait_for(lambda: "check failed" in out_path.read_text(), "a failed check")
+            wait_until(lambda: "check failed" in out_path.read_text(), message="a failed check")
             db.rmdir()
             db.with_suffix(".away").rename(db)
             write_rows(live, 2, [500] * 40, first=40)
-            wait_for(lambda: store.resolve("m", "production", live) == 1, "the rollback")
-            wait_for(lambda: rows()[-1]["version"] == 1, "a check of v1")
+            wait_until(lambda: store.resolve("m", "production", live) == 1, message="the rollback")
+            wait_until(lambda: rows()[-1]["version"] == 1, message="a check of v1")
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=30)

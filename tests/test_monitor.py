@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from mlkit import record_store
-from mlkit._contract import BUILD, WEIGHTS
-from mlkit._io import write_json
 from mlkit.ops import monitor, stats
-from mlkit.registry import aliases, loading, store
-from tests.conftest import run_cli
+from mlkit.registry import loading
+from tests.helpers import registered_digits_flat, run_cli
 
 N_FEATURES = 12
 WINDOW = 1000
@@ -122,30 +118,6 @@ def test_bad_input_is_refused_with_a_fix() -> None:
         monitor.window_from_log("/nonexistent.sqlite", "m", last=10)
 
 
-def _registered_digits_flat(root: Path) -> tuple[loading.LoadedModel, Any]:
-    """A linear model on digits_flat registered by hand (fast: no training) and promoted."""
-    from safetensors.torch import save_file
-
-    from mlkit import data, models
-
-    ds = data.load("digits_flat", seed=0, check=False)
-    run_id, path = record_store.create_run_dir("fake", root)
-    write_json(path / "run.json", {"id": run_id, "status": "completed"})
-    write_json(path / "params.json", {"notebook": "x.ipynb", "parameters": {}})
-    write_json(path / "result.json", {"test/accuracy": 0.5})
-    write_json(path / "lineage.json", {"data": ds.spec()})
-    import torch
-
-    torch.manual_seed(0)
-    net = models.build("linear", input_shape=(64,), n_outputs=10)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path / WEIGHTS)
-    build = {"name": "linear", "build": {"input_shape": [64], "n_outputs": 10}}
-    write_json(path / BUILD, build)
-    store.register(path, "digits")
-    aliases.promote("digits", "v1")
-    return loading.load_model("digits", "production"), ds
-
-
 def _serve_into_log(loaded: loading.LoadedModel, X: np.ndarray, url: str) -> None:
     """Rows as the server writes them (batches of 10, plus a refused request to skip)."""
     from mlkit.registry import loading
@@ -164,9 +136,10 @@ def _serve_into_log(loaded: loading.LoadedModel, X: np.ndarray, url: str) -> Non
     log.close()
 
 
+@pytest.mark.slow
 def test_monitor_a_registered_model_from_its_log_and_cli_exit_codes(exp_root: Path) -> None:
     # A registered model's logged traffic: unshifted exits 0; one shifted feature exits 1.
-    loaded, ds = _registered_digits_flat(exp_root)
+    loaded, ds = registered_digits_flat(exp_root)
     X = np.concatenate([ds.val.X, ds.test.X])
     calm = exp_root / "calm.sqlite"
     _serve_into_log(loaded, X, f"sqlite:///{calm}")
@@ -192,6 +165,7 @@ def test_monitor_a_registered_model_from_its_log_and_cli_exit_codes(exp_root: Pa
     assert missing.returncode == 2 and "No registered model" in missing.stderr
 
 
+@pytest.mark.slow
 def test_template_demo_run_flags_the_shifted_feature(exp_root: Path) -> None:
     # The template's demo through mlkit.runner.run: a shift of 2 sd on one pixel is flagged.
     info = monitor.monitor("", params={"shift": 2.0, "shift_feature": "pixel_2_5"})

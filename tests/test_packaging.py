@@ -6,7 +6,7 @@ import tomllib
 import yaml
 from packaging.requirements import Requirement
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _pyproject() -> dict[str, Requirement]:

@@ -13,6 +13,7 @@ from mlkit.run.params import (
     read_signature,
     validate,
 )
+from tests.helpers import SCENARIOS, TEMPLATES
 
 CELL = """
 %matplotlib inline
@@ -106,16 +107,12 @@ def test_read_signature_errors(tmp_path) -> None:
     bad.write_text("{not json")
     with pytest.raises(NotebookError, match="not valid JSON"):
         read_signature(bad)
-    from tests.conftest import SCENARIOS
-
     with pytest.raises(NotebookError, match="no cell tagged 'parameters'"):
         read_signature(SCENARIOS / "no_parameters.ipynb")
 
 
 # The templates' signatures are what the docs promise.
 def test_template_signatures() -> None:
-    from tests.conftest import TEMPLATES
-
     classify = read_signature(TEMPLATES / "classify.ipynb")
     for name in (
         "dataset",

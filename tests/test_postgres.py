@@ -17,37 +17,11 @@ import pytest
 import yaml
 
 from mlkit import storage as storages
-from mlkit._io import redact
-from tests.conftest import ROOT, SCENARIOS, all_files
+from tests.helpers import ROOT, SCENARIOS, all_files
 
+# Real sweeps on a real PostgreSQL server: the slow tier (the fixture pg_url is in conftest).
+pytestmark = pytest.mark.slow
 NOTEBOOK = str(SCENARIOS / "objective.ipynb")
-
-
-@pytest.fixture
-def pg_url() -> str:
-    url = os.environ.get("MLKIT_TEST_POSTGRES")
-    reason = ""
-    if not url:
-        reason = "MLKIT_TEST_POSTGRES is not set"
-    else:
-        try:
-            import sqlalchemy
-
-            engine = sqlalchemy.create_engine(url)
-            with engine.connect():
-                pass
-            engine.dispose()
-        except Exception as exc:
-            reason = f"cannot connect to {redact(url)}: {exc}"
-    if reason:
-        message = (
-            f"needs PostgreSQL ({reason}); run `source .ci/postgres.sh` to install and "
-            "start one on 127.0.0.1"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return url
 
 
 def start_machine(url: str, study: str, space: str, trials: int, jobs: int, sampler: str):

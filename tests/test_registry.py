@@ -12,70 +12,15 @@ from typing import Any
 
 import pytest
 
-from mlkit import errors, record_store
-from mlkit._contract import BUILD, WEIGHTS
-from mlkit._io import write_json
+from mlkit import errors
+from mlkit._contract import WEIGHTS
 from mlkit.registry import aliases, loading, store
-from tests.conftest import ROOT, TEMPLATES, run_cli
-
-_RUN: dict[str, Any] = {}
-
-
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One real run of templates/classify.ipynb per test session (2 epochs, warm kernel).
-
-    Shared by test_registry and test_serve: it is the slowest thing either needs.
-    """
-    if not _RUN:
-        from mlkit.run import runner
-
-        root = tmp_path_factory.mktemp("trained") / "experiments"
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("MLKIT_EXPERIMENTS", str(root))
-            mp.setenv("WANDB_MODE", "disabled")
-            mp.chdir(ROOT)
-            info = runner.run(
-                TEMPLATES / "classify.ipynb",
-                {"epochs": 2, "hidden": "32"},
-                progress=False,
-                engine="warm",
-                root=root,
-            )
-        assert info["status"] == "completed", info.get("reason")
-        _RUN.update(info)
-    return dict(_RUN)
+from tests.helpers import ROOT, fake_run, run_cli, trained_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return trained_run(tmp_path_factory)
-
-
-def fake_run(
-    root: Path,
-    *,
-    status: str = "completed",
-    weights: bool = True,
-    input_shape: tuple = (4,),
-    n_outputs: int = 3,
-) -> Path:
-    """A run record made by hand: fast, for the cases a real run cannot show (failed runs)."""
-    run_id, path = record_store.create_run_dir("fake", root)
-    write_json(path / "run.json", {"id": run_id, "status": status})
-    write_json(path / "params.json", {"notebook": "x.ipynb", "parameters": {"lr": 0.1}})
-    if status == "completed":
-        write_json(path / "result.json", {"test/accuracy": 0.5})
-    if weights:
-        from safetensors.torch import save_file
-
-        from mlkit import models
-
-        net = models.build("linear", input_shape=input_shape, n_outputs=n_outputs)
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path / WEIGHTS)
-        shape = list(input_shape)
-        build = {"name": "linear", "build": {"input_shape": shape, "n_outputs": n_outputs}}
-        write_json(path / BUILD, build)
-    return path
 
 
 # Each registration of a run is the next version, with a card holding parameters, metrics,

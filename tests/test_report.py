@@ -85,6 +85,7 @@ def page_and_notebook(out: dict[str, Any]) -> tuple[str, str]:
 
 
 # The report of a journal study: completed, plots embedded, links to records, right counts.
+@pytest.mark.slow
 def test_report_single_objective(exp_root: Path) -> None:
     _, best = make_study(exp_root, "quad-sweep")
     out = report.sweep_report("quad-sweep", progress=False)
@@ -101,6 +102,7 @@ def test_report_single_objective(exp_root: Path) -> None:
 
 
 # Two objectives: a Pareto front instead of one best value; the plots still render.
+@pytest.mark.slow
 def test_report_two_objectives(exp_root: Path) -> None:
     import optuna
 
@@ -200,6 +202,7 @@ def test_redact_text_hides_the_password_in_a_message() -> None:
 
 # The environment route works end to end: the URL is in neither the notebook's parameters nor
 # its cells, and the report still loads the study (sqlite here; PostgreSQL is not at hand).
+@pytest.mark.slow
 def test_env_route_keeps_url_out_of_notebook(
     exp_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from mlkit._io import read_json
 from mlkit.run import runner
-from tests.conftest import ROOT, SCENARIOS, all_files, run_cli
+from tests.helpers import ROOT, SCENARIOS, all_files, run_cli
 
 
 def scenario(name: str) -> str:
@@ -59,7 +59,9 @@ def test_raising_cell_is_failed_and_kept(exp_root: Path) -> None:
         ("no_result", None, "finished without recording a result"),
         ("nan_result", None, "non-finite result: value"),
         ("kernel_dies", None, "kernel died while running cell 2 `import os`"),
-        ("hangs", 3, "cell 2 `import time` timed out after 3 s"),
+        pytest.param(
+            "hangs", 3, "cell 2 `import time` timed out after 3 s", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_failure_reasons(exp_root: Path, name: str, timeout: float | None, reason: str) -> None:
@@ -70,6 +72,7 @@ def test_failure_reasons(exp_root: Path, name: str, timeout: float | None, reaso
 
 
 # A papermill notebook that never imports mlkit records its result with scrapbook.
+@pytest.mark.slow
 def test_scrapbook_results_are_read(exp_root: Path) -> None:
     info = runner.run(scenario("scrapbook_glue"), {"value": 4}, progress=False)
     assert info["status"] == "completed", info.get("reason")
@@ -191,7 +194,7 @@ def test_offline_run_starts_no_telemetry(tmp_path: Path) -> None:
         "from mlkit import record\n"
         "run = record.start_run({'x': 1}, experiment='quiet', tracking='offline')\n"
         "run.log({'epoch': 1, 'val/loss': 0.5}, step=1)\n"
-        "time.sleep(0.3)\n"
+        "time.sleep(0.3)\n"  # room for an exporter thread to start, were one started
         "print([t.name for t in threading.enumerate()])\n"
         "run.finish({'x': 1})\n"
     )

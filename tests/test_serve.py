@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,67 +18,23 @@ from typing import Any
 import pytest
 
 from mlkit.registry import aliases, loading, store
-from tests.conftest import ROOT, run_cli
-from tests.test_postgres import pg_url  # noqa: F401 (a fixture: skips without PostgreSQL)
-from tests.test_registry import fake_run, trained_run
+from tests.helpers import (
+    ROOT,
+    TEMPLATES,
+    fake_run,
+    log_rows,
+    registered_digits_flat,
+    run_cli,
+    start_server,
+    stop,
+    trained_run,
+    versions_answering,
+    wait_until,
+)
 
 httpx = pytest.importorskip("httpx")
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(
-    root: Path, target: str, *extra: str, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen, str]:
-    """`python -m mlkit serve ...` on a free port; returns once /health answers."""
-    port = free_port()
-    full_env = {**os.environ, "MLKIT_EXPERIMENTS": str(root), "WANDB_MODE": "disabled"}
-    full_env.update(env or {})
-    stderr = open(root / f"serve-{port}.log", "w")  # noqa: SIM115 (closed with the process)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlkit", "serve", target, "--port", str(port), *extra],
-        cwd=ROOT,
-        env=full_env,
-        stdout=stderr,
-        stderr=stderr,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {(root / f'serve-{port}.log').read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("server did not answer /health within 60 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def log_rows(path: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM predictions ORDER BY id")]
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -242,9 +197,7 @@ def test_sigkill_loses_no_answered_row(served: dict[str, Any], tmp_path: Path) -
     try:
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 30
-        while len(answered) < 300 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(answered) >= 300, 30, 0.01, "300 answered requests")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
@@ -300,13 +253,7 @@ def shadow_app(root: Path, shadow: str | None) -> Any:
 
 
 def rows_when(log: Any, deadline_s: float = 10, **where: Any) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        rows = log.rows(**where)
-        if rows:
-            return rows
-        time.sleep(0.02)
-    return []
+    return wait_until(lambda: log.rows(**where), deadline_s, 0.02, f"log rows where {where}")
 
 
 @pytest.fixture
@@ -314,16 +261,6 @@ def two_versions(exp_root: Path) -> Path:
     store.register(fake_run(exp_root), "m")
     store.register(fake_run(exp_root), "m")
     return exp_root
-
-
-def versions_answering(client: Any, want: int, deadline_s: float = 10) -> list[int]:
-    """Versions of successive answers, until one is ``want`` (or the deadline passes)."""
-    seen: list[int] = []
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline and (not seen or seen[-1] != want):
-        seen.append(client.post("/predict", json={"input": [1.0, 2.0, 3.0, 4.0]}).json()["version"])
-        time.sleep(0.01)
-    return seen
 
 
 # A running server follows its alias: a rollback (and a promotion back) reaches it without a
@@ -424,7 +361,7 @@ def test_shadow_trouble_never_touches_primary(two_versions: Path, trouble: str) 
 
     def broken(x: Any) -> Any:
         if trouble == "slow":
-            time.sleep(0.5)
+            time.sleep(0.5)  # the slow shadow under test
             return x[:, :3]
         raise RuntimeError("shadow exploded")
 
@@ -456,8 +393,9 @@ def test_shadow_of_another_shape_is_refused(two_versions: Path) -> None:
 
 # With --log postgresql://..., two servers write one table with the SQLite schema; the
 # password never appears in what the server shows.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
-def test_postgres_log_same_schema(two_versions: Path, pg_url: str) -> None:  # noqa: F811
+def test_postgres_log_same_schema(two_versions: Path, pg_url: str) -> None:
     import sqlalchemy as sa
     from fastapi.testclient import TestClient
 
@@ -488,7 +426,8 @@ def test_postgres_log_same_schema(two_versions: Path, pg_url: str) -> None:  # n
 
 # On PostgreSQL too the database refuses UPDATE, DELETE and TRUNCATE of both tables, whoever
 # connects, and appends still work after the refusal.
-def test_postgres_log_is_append_only(pg_url: str) -> None:  # noqa: F811
+@pytest.mark.slow
+def test_postgres_log_is_append_only(pg_url: str) -> None:
     import sqlalchemy as sa
 
     from mlkit.serve import predlog
@@ -533,10 +472,10 @@ def test_regression_answers_values(exp_root: Path) -> None:
 
 # The whole path: a sweep, its best trial registered by study name, promoted and served;
 # every answer carries that version and has its log row, refusals included.
+@pytest.mark.slow
 def test_sweep_best_trial_to_served_model(exp_root: Path, tmp_path: Path) -> None:
     from mlkit import data
     from mlkit.sweep import config, driver
-    from tests.conftest import TEMPLATES
 
     space = tmp_path / "space.yaml"
     space.write_text("lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n")
@@ -590,9 +529,8 @@ def test_raw_inputs_are_scaled_like_training(exp_root: Path) -> None:
     from mlkit import data
     from mlkit.ops import monitor
     from mlkit.serve import app as serve_app
-    from tests.test_monitor import _registered_digits_flat
 
-    loaded, ds = _registered_digits_flat(exp_root)  # standardised features
+    loaded, ds = registered_digits_flat(exp_root)  # standardised features
     raw = data.load("digits_flat", seed=0, scale=False, check=False).test.X[:6]
     scaled = ds.test.X[:6]
     assert not np.allclose(raw, scaled)

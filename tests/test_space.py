@@ -6,7 +6,7 @@ import pytest
 
 from mlkit.run.params import read_signature
 from mlkit.sweep import space
-from tests.conftest import SCENARIOS, TEMPLATES
+from tests.helpers import SCENARIOS, TEMPLATES
 
 SIG = read_signature(SCENARIOS / "objective.ipynb")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mlkit.run import runner
-from tests.conftest import TEMPLATES, run_cli
+from tests.helpers import TEMPLATES, run_cli
 
 TINY = {
     "classify": {"epochs": 2, "hidden": "32", "batch_size": 128},
@@ -37,7 +37,7 @@ def leet_summary(wandb_dir: str) -> dict:
 
 
 # Smoke: each template trains, evaluates, plots, saves weights and records a W&B run.
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", ["classify", pytest.param("regress", marks=pytest.mark.slow)])
 def test_template_smoke(exp_root: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     info = runner.run(TEMPLATES / f"{name}.ipynb", TINY[name], progress=False)
@@ -58,6 +58,7 @@ def test_template_smoke(exp_root: Path, monkeypatch: pytest.MonkeyPatch, name: s
 
 
 # The saved model loads without pickle and gives the recorded test metric.
+@pytest.mark.slow
 def test_model_loads_weights_only(exp_root: Path) -> None:
     import torch
     from safetensors.torch import load_file
@@ -82,6 +83,7 @@ def test_model_loads_weights_only(exp_root: Path) -> None:
 
 
 # `mlkit reproduce RUN` re-executes from the record and the metrics match exactly.
+@pytest.mark.slow
 def test_reproduce_matches_exactly(exp_root: Path) -> None:
     args = [x for k, v in TINY["classify"].items() for x in ("-p", k, str(v))]
     first = run_cli("run", "templates/classify.ipynb", *args, "-q")

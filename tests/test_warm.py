@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mlkit.run import runner, warm
-from tests.conftest import ROOT, SCENARIOS
+from tests.helpers import ROOT, SCENARIOS, wait_until
 
 
 def warm_run(name: str, **params):
@@ -46,6 +48,7 @@ def test_second_run_sees_none_of_the_first(exp_root: Path) -> None:
 
 
 # A kernel killed while idle in the pool is replaced; the next run succeeds.
+@pytest.mark.slow
 def test_kernel_killed_while_idle(exp_root: Path) -> None:
     assert warm_run("echo")["status"] == "completed"
     kernel = idle_kernel()
@@ -71,6 +74,7 @@ def test_code_between_runs_keeps_the_kernel_usable(exp_root: Path) -> None:
 
 
 # A kernel killed mid-run: that run fails with the reason, the pool recovers.
+@pytest.mark.slow
 def test_kernel_killed_mid_run(exp_root: Path) -> None:
     dead = warm_run("kernel_dies")
     assert dead["status"] == "failed" and "kernel died" in dead["reason"]
@@ -81,6 +85,7 @@ def test_kernel_killed_mid_run(exp_root: Path) -> None:
 
 # An interrupt the kernel never answers (lost in ipykernel's own code, or ignored) does not
 # hang the run: KILL_AFTER_S later its kernel is killed, the run fails, the next succeeds.
+@pytest.mark.slow
 def test_run_that_outlives_its_interrupt_is_killed(exp_root: Path) -> None:
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -88,10 +93,12 @@ def test_run_that_outlives_its_interrupt_is_killed(exp_root: Path) -> None:
     pool = ThreadPoolExecutor(1)
     future = pool.submit(warm_run, "ignores_interrupt")
     try:
-        wait_until = time.monotonic() + 120
-        while not (warm.pool().busy and _in_cell(exp_root)):
-            assert time.monotonic() < wait_until, "the run never reached its hanging cell"
-            time.sleep(0.1)
+        wait_until(
+            lambda: warm.pool().busy and _in_cell(exp_root),
+            120,
+            0.1,
+            "the run to reach its hanging cell",
+        )
         interrupted = time.monotonic()
         assert warm.pool().interrupt() == 1
         info = future.result(timeout=60)
@@ -131,6 +138,7 @@ def test_failed_run_retires_the_kernel(exp_root: Path) -> None:
 
 # A run that leaves a thread running retires its kernel (the thread would go on into the
 # next run). The check rides on the epilogue's request: no request of its own.
+@pytest.mark.slow
 def test_thread_left_running_retires_the_kernel(exp_root: Path, monkeypatch) -> None:
     asked: list[str] = []
     run_code = warm.WarmKernel.run_code
@@ -149,30 +157,32 @@ def test_thread_left_running_retires_the_kernel(exp_root: Path, monkeypatch) -> 
 
 # The executed notebook is written on a clock, not at every cell: a cell still running
 # after a second is on disk as running, and the finished run has every cell.
+@pytest.mark.slow
 def test_long_cell_is_on_disk_while_it_runs(exp_root: Path) -> None:
     import json
     import threading
-    import time
 
     done: list[dict] = []
     runner_thread = threading.Thread(
         target=lambda: done.append(warm_run("objective", sleep=0.5, epochs=8)), daemon=True
     )
     runner_thread.start()
-    seen_running = False
-    deadline = time.monotonic() + 120
-    while runner_thread.is_alive() and time.monotonic() < deadline and not seen_running:
+
+    def sleeping_cell_on_disk() -> bool:
+        assert runner_thread.is_alive(), "the run ended before its sleeping cell was seen"
         for output in exp_root.glob("*/runs/*/output.ipynb"):
             try:
                 cells = json.loads(output.read_text())["cells"]
             except ValueError:  # papermill writes in place: caught mid-write
                 continue
-            seen_running = any(
+            return any(
                 c["metadata"].get("papermill", {}).get("status") == "running"
                 and "time.sleep" in "".join(c["source"])
                 for c in cells
             )
-        time.sleep(0.1)
+        return False
+
+    seen_running = wait_until(sleeping_cell_on_disk, 120, 0.1, "the sleeping cell on disk")
     runner_thread.join(timeout=120)
     assert seen_running, "the sleeping cell was on disk as running before it ended"
     (info,) = done
@@ -186,6 +196,7 @@ def test_long_cell_is_on_disk_while_it_runs(exp_root: Path) -> None:
 
 
 # The engine is a papermill engine: plain papermill uses it by name.
+@pytest.mark.slow
 def test_papermill_cli_uses_the_warm_engine(tmp_path: Path) -> None:
     out = tmp_path / "out.ipynb"
     env = dict(os.environ, MLKIT_EXPERIMENTS=str(tmp_path / "exp"), WANDB_MODE="disabled")
@@ -216,6 +227,7 @@ def test_papermill_cli_uses_the_warm_engine(tmp_path: Path) -> None:
 # one kernel, and W&B starts no telemetry exporters in it: offline sends nothing. A kernel
 # that ran W&B in another mode is not reused: after a "disabled" run, W&B starts its
 # exporters at the next run's first log, whatever the mode.
+@pytest.mark.slow
 def test_offline_default_reuses_the_kernel(exp_root: Path, monkeypatch) -> None:
     assert warm_run("echo")["status"] == "completed"  # WANDB_MODE=disabled (exp_root)
     disabled = idle_kernel()
@@ -240,6 +252,7 @@ def test_offline_default_reuses_the_kernel(exp_root: Path, monkeypatch) -> None:
 # W&B reads its WANDB_* environment once per process and ignores later changes: a run
 # whose WANDB_* variables differ from the last run's gets W&B set up again, in the same
 # kernel, and sees its own.
+@pytest.mark.slow
 def test_wandb_sees_each_runs_environment(exp_root: Path, monkeypatch) -> None:
     notes = []
     for value in ("first", "second"):
@@ -256,6 +269,7 @@ def test_wandb_sees_each_runs_environment(exp_root: Path, monkeypatch) -> None:
 
 # W&B's service starts while a kernel warms, beside the imports, with the W&B mode runs
 # get by default: the first run uses it as it is, not set up a second time.
+@pytest.mark.slow
 def test_wandb_service_starts_while_warming(exp_root: Path, monkeypatch) -> None:
     import psutil
 
