@@ -1,8 +1,9 @@
 """Datasets: sklearn's bundled sets and seeded synthetic data, split and scaled the same way.
 
-Nothing here downloads: every dataset ships with scikit-learn or is generated, so a notebook
-runs offline and a sweep never waits on the network. torch is imported only inside the helpers
-that return tensors, so ``import mlkit.data`` stays cheap.
+Nothing here downloads: every dataset ships with scikit-learn or is generated
+(:mod:`mlkit.data_sources`), so a notebook runs offline and a sweep never waits on the network.
+This module splits and scales what a source gives, and checks the result. torch is imported
+only inside the helpers that return tensors, so ``import mlkit.data`` stays cheap.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import hashlib
 import json
 import numbers
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlkit import data_sources
+from mlkit.data_sources import DATASETS, FAIRNESS_GROUP1_SHARE, Raw, names, param_error
 from mlkit.errors import DataError, ParameterError, UnknownNameError
 
 if TYPE_CHECKING:
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKS",
     "DATASETS",
+    "FAIRNESS_GROUP1_SHARE",
     "IMBALANCE_RATIO",
     "DataWarning",
     "Dataset",
@@ -136,240 +140,16 @@ class Dataset:
         return getattr(self, split).sensitive[column]
 
 
-@dataclass
-class _Raw:
-    """Unsplit data as a loader returns it; ``X`` is float64 of shape (n, *input_shape)."""
-
-    X: np.ndarray
-    y: np.ndarray
-    task: str
-    feature_names: list[str]
-    class_names: list[str]
-    standardize: bool = True  # False for images: per-pixel z-scores would wreck blank borders
-    expected: tuple[str, ...] = ()  # checks whose warning is a known property of this data
-    sensitive: dict[str, np.ndarray] = field(default_factory=dict)  # raw, one value per row
-
-
-def _bundled(loader_name: str) -> Callable[[], _Raw]:
-    def load_bundled() -> _Raw:
-        from sklearn import datasets as skd
-
-        bunch = getattr(skd, loader_name)()
-        task = "regression" if loader_name == "load_diabetes" else "classification"
-        classes = [] if task == "regression" else [str(c) for c in bunch.target_names]
-        return _Raw(
-            X=np.asarray(bunch.data, dtype=np.float64),
-            y=np.asarray(bunch.target),
-            task=task,
-            feature_names=[str(f) for f in bunch.feature_names],
-            class_names=classes,
-        )
-
-    return load_bundled
-
-
-def _digits(image: bool) -> Callable[[], _Raw]:
-    def load_digits() -> _Raw:
-        from sklearn.datasets import load_digits as sk_load_digits
-
-        bunch = sk_load_digits()
-        X = np.asarray(bunch.data, dtype=np.float64) / 16.0  # pixel counts are 0..16
-        if image:
-            X = X.reshape(-1, 1, 8, 8)
-        return _Raw(
-            X=X,
-            y=np.asarray(bunch.target),
-            task="classification",
-            feature_names=[str(f) for f in bunch.feature_names],
-            class_names=[str(c) for c in bunch.target_names],
-            standardize=not image,
-            # Border pixels that are always blank are the nature of handwritten digits.
-            expected=("constant",),
-        )
-
-    return load_digits
-
-
-def _synthetic_classification(
-    *, n_samples: int | None = None, n_features: int | None = None, noise: float | None = None
-) -> _Raw:
-    from sklearn.datasets import make_classification
-
-    n = 1000 if n_samples is None else n_samples
-    d = 20 if n_features is None else n_features
-    informative = max(2, d // 2)
-    X, y = make_classification(
-        n_samples=n,
-        n_features=d,
-        n_informative=informative,
-        n_redundant=min(2, d - informative),
-        n_classes=2,
-        flip_y=0.01 if noise is None else noise,
-        random_state=_SYNTHETIC_SEED,
-    )
-    return _Raw(
-        X=X.astype(np.float64),
-        y=y,
-        task="classification",
-        feature_names=[f"x{i}" for i in range(d)],
-        class_names=["class_0", "class_1"],
-    )
-
-
-def _synthetic_regression(
-    *, n_samples: int | None = None, n_features: int | None = None, noise: float | None = None
-) -> _Raw:
-    from sklearn.datasets import make_regression
-
-    n = 1000 if n_samples is None else n_samples
-    d = 20 if n_features is None else n_features
-    X, y = make_regression(
-        n_samples=n,
-        n_features=d,
-        n_informative=max(1, d // 2),
-        noise=10.0 if noise is None else noise,
-        random_state=_SYNTHETIC_SEED,
-    )
-    return _Raw(
-        X=X.astype(np.float64),
-        y=y,
-        task="regression",
-        feature_names=[f"x{i}" for i in range(d)],
-        class_names=[],
-    )
-
-
-# Share of rows in group 1 of synthetic_fairness: a minority, as protected groups often are.
-FAIRNESS_GROUP1_SHARE = 0.3
-
-
-def _synthetic_fairness(
-    *,
-    n_samples: int | None = None,
-    n_features: int | None = None,
-    noise: float | None = None,
-    bias: float | None = None,
-) -> _Raw:
-    """Binary task with a group column whose positive rate is planted ``bias`` below group 0's.
-
-    A score ``s = w.x`` (standard normal) decides the clean label: ``s > 0`` in group 0 (rate
-    0.5) and ``s > t`` in group 1 with ``t`` chosen so the rate is ``0.5 - bias``. So the
-    Bayes-optimal classifier, which sees the group column, has a demographic parity difference
-    of exactly ``abs(bias)``; ``noise`` then flips that fraction of labels at random, which blurs
-    the labels but not the optimal decision. Only the first half of the features carry signal.
-    """
-    from statistics import NormalDist
-
-    n = 2000 if n_samples is None else n_samples
-    d = 8 if n_features is None else n_features
-    b = 0.0 if bias is None else float(bias)
-    rng = np.random.default_rng(_SYNTHETIC_SEED)
-    X = rng.standard_normal((n, d))
-    group = (rng.random(n) < FAIRNESS_GROUP1_SHARE).astype(np.int64)
-    w = rng.standard_normal(d)
-    w[max(1, d // 2) :] = 0.0
-    score = X @ (w / np.linalg.norm(w))
-    threshold = np.where(group == 1, NormalDist().inv_cdf(0.5 + b), 0.0)
-    y = (score > threshold).astype(np.int64)
-    flip = rng.random(n) < (0.05 if noise is None else noise)
-    y = np.where(flip, 1 - y, y)
-    return _Raw(
-        X=np.column_stack([X, group.astype(np.float64)]),
-        y=y,
-        task="classification",
-        feature_names=[*(f"x{i}" for i in range(d)), "group"],
-        class_names=["negative", "positive"],
-        sensitive={"group": group},
-    )
-
-
-# The synthetic problem is fixed like a bundled dataset: `seed` moves the split (and training),
-# never the data itself, so trials with different seeds are compared on the same problem.
-_SYNTHETIC_SEED = 0
-
-DATASETS: dict[str, Callable[..., _Raw]] = {
-    "breast_cancer": _bundled("load_breast_cancer"),
-    "diabetes": _bundled("load_diabetes"),
-    "digits": _digits(image=True),
-    "digits_flat": _digits(image=False),
-    "synthetic_classification": _synthetic_classification,
-    "synthetic_fairness": _synthetic_fairness,
-    "synthetic_regression": _synthetic_regression,
-    "wine": _bundled("load_wine"),
-}
-_SYNTHETIC = ("synthetic_classification", "synthetic_regression", "synthetic_fairness")
-_LABEL_FLIP = ("synthetic_classification", "synthetic_fairness")
-
-
-def names() -> list[str]:
-    """Dataset names accepted by :func:`load`, sorted."""
-    return sorted(DATASETS)
-
-
-def _bad(param: str, rule: str, value: Any, fix: str) -> ParameterError:
-    return ParameterError(
-        f"The '{param}' parameter of load must be {rule}. Got {value!r} instead. {fix}"
-    )
-
-
-def _validate(
-    val_fraction: Any,
-    test_fraction: Any,
-    seed: Any,
-    n_samples: Any,
-    n_features: Any,
-    noise: Any,
-    name: str,
-    bias: Any = None,
-) -> None:
+def _check_split_settings(val_fraction: Any, test_fraction: Any, seed: Any) -> None:
     for param, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value < 0.5:
-            raise _bad(param, "a float in (0, 0.5)", value, f"Pass -p {param} 0.15.")
+            raise param_error(param, "a float in (0, 0.5)", value, f"Pass -p {param} 0.15.")
     # Both below 0.5 also keeps their sum below 1, so train is never empty.
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise _bad("seed", "an int in [0, 2**32)", seed, "Pass -p seed 0.")
-    if bias is not None and name != "synthetic_fairness":
-        raise ParameterError(
-            f"The 'bias' parameter of load only applies to synthetic_fairness; dataset "
-            f"'{name}' has no planted bias. Leave bias unset (None)."
-        )
-    if bias is not None and (
-        not isinstance(bias, numbers.Real) or isinstance(bias, bool) or not -0.5 < bias < 0.5
-    ):
-        raise _bad("bias", "a float in (-0.5, 0.5)", bias, "Pass -p bias 0.2 (0 for none).")
-    synthetic_opts = {"n_samples": n_samples, "n_features": n_features, "noise": noise}
-    if name not in _SYNTHETIC:
-        given = [k for k, v in synthetic_opts.items() if v is not None]
-        if given:
-            raise ParameterError(
-                f"The '{given[0]}' parameter of load only applies to "
-                f"{', '.join(_SYNTHETIC[:-1])} and {_SYNTHETIC[-1]}; dataset '{name}' has a "
-                f"fixed size and content. Leave {given[0]} unset (None)."
-            )
-        return
-    if n_samples is not None and (
-        not isinstance(n_samples, numbers.Integral) or isinstance(n_samples, bool) or n_samples < 20
-    ):
-        raise _bad("n_samples", "an int >= 20", n_samples, "Pass -p n_samples 1000.")
-    if n_features is not None and (
-        not isinstance(n_features, numbers.Integral)
-        or isinstance(n_features, bool)
-        or n_features < 2
-    ):
-        raise _bad("n_features", "an int >= 2", n_features, "Pass -p n_features 20.")
-    if noise is not None:
-        if not isinstance(noise, numbers.Real) or isinstance(noise, bool) or noise < 0:
-            raise _bad("noise", "a float >= 0", noise, "Pass -p noise 0.1.")
-        if name in _LABEL_FLIP and noise > 1:
-            raise _bad(
-                "noise",
-                f"a label-flip fraction in [0, 1] for {name}",
-                noise,
-                "Pass -p noise 0.01.",
-            )
+        raise param_error("seed", "an int in [0, 2**32)", seed, "Pass -p seed 0.")
 
 
-def _version(raw: _Raw, name: str, settings: dict[str, Any]) -> str:
+def _version(raw: Raw, name: str, settings: dict[str, Any]) -> str:
     h = hashlib.sha256()
     h.update(_FORMAT.encode())
     h.update(json.dumps({"name": name, **settings}, sort_keys=True).encode())
@@ -434,60 +214,35 @@ def load(
     border pixels in digits), which would otherwise fire on every load and teach users to ignore
     the warning.
     """
-    if name not in DATASETS:
-        raise UnknownNameError(
-            f"Unknown dataset {name!r}. Valid names: {', '.join(names())}. "
-            f"Pass -p dataset {_closest(name, names())}."
-        )
-    _validate(val_fraction, test_fraction, seed, n_samples, n_features, noise, name, bias)
-    if name == "synthetic_fairness":
-        raw = DATASETS[name](n_samples=n_samples, n_features=n_features, noise=noise, bias=bias)
-    elif name in _SYNTHETIC:
-        raw = DATASETS[name](n_samples=n_samples, n_features=n_features, noise=noise)
-    else:
-        raw = DATASETS[name]()
+    data_sources.check_name(name)
+    _check_split_settings(val_fraction, test_fraction, seed)
+    options = {"n_samples": n_samples, "n_features": n_features, "noise": noise}
+    data_sources.check_options(name, bias=bias, **options)
+    raw = data_sources.read(name, bias=bias, **options)
     settings = {
         "seed": int(seed),
         "val_fraction": float(val_fraction),
         "test_fraction": float(test_fraction),
         "scale": bool(scale),
-        "n_samples": n_samples,
-        "n_features": n_features,
-        "noise": noise,
+        **options,
     }
     if name == "synthetic_fairness":  # only here, so other datasets keep their version hash
         settings["bias"] = bias
     tr, va, te = _split_indices(raw.y, raw.task, seed, val_fraction, test_fraction)
-    X = raw.X
-    feature_mean = feature_std = None
-    if scale and raw.standardize:
-        flat = X.reshape(len(X), -1)
-        mean = flat[tr].mean(axis=0)
-        std = flat[tr].std(axis=0)
-        std[std == 0] = 1.0  # constant columns stay constant (0) instead of dividing by zero
-        X = ((flat - mean) / std).reshape(X.shape)
-        feature_mean, feature_std = mean.tolist(), std.tolist()
-    X = X.astype(np.float32)
-    target_mean, target_std = 0.0, 1.0
-    if raw.task == "classification":
-        y = raw.y.astype(np.int64)
-        n_outputs = len(raw.class_names)
-    else:
-        y = raw.y.astype(np.float64)
-        if scale:
-            # Standardised targets keep the MSE near 1 so default learning rates just work.
-            target_mean, target_std = float(y[tr].mean()), float(y[tr].std()) or 1.0
-            y = (y - target_mean) / target_std
-        y = y.astype(np.float32)
-        n_outputs = 1
+    X, feature_mean, feature_std = _scaled_features(raw, tr, scale)
+    y, target_mean, target_std = _targets(raw, tr, scale)
+
+    def split(rows: np.ndarray) -> Split:
+        return Split(X[rows], y[rows], {k: v[rows] for k, v in raw.sensitive.items()})
+
     ds = Dataset(
         name=name,
         task=raw.task,
-        train=Split(X[tr], y[tr], {k: v[tr] for k, v in raw.sensitive.items()}),
-        val=Split(X[va], y[va], {k: v[va] for k, v in raw.sensitive.items()}),
-        test=Split(X[te], y[te], {k: v[te] for k, v in raw.sensitive.items()}),
+        train=split(tr),
+        val=split(va),
+        test=split(te),
         input_shape=tuple(int(s) for s in raw.X.shape[1:]),
-        n_outputs=n_outputs,
+        n_outputs=len(raw.class_names) if raw.task == "classification" else 1,
         feature_names=raw.feature_names,
         class_names=raw.class_names,
         version=_version(raw, name, settings),
@@ -502,11 +257,33 @@ def load(
     return ds
 
 
-def _closest(name: str, valid: list[str]) -> str:
-    import difflib
+def _scaled_features(
+    raw: Raw, train: np.ndarray, scale: bool
+) -> tuple[np.ndarray, list[float] | None, list[float] | None]:
+    """float32 features, standardised with the train rows' mean and std when asked for."""
+    X = raw.X
+    feature_mean = feature_std = None
+    if scale and raw.standardize:
+        flat = X.reshape(len(X), -1)
+        mean = flat[train].mean(axis=0)
+        std = flat[train].std(axis=0)
+        std[std == 0] = 1.0  # constant columns stay constant (0) instead of dividing by zero
+        X = ((flat - mean) / std).reshape(X.shape)
+        feature_mean, feature_std = mean.tolist(), std.tolist()
+    return X.astype(np.float32), feature_mean, feature_std
 
-    match = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.0)
-    return match[0] if match else valid[0]
+
+def _targets(raw: Raw, train: np.ndarray, scale: bool) -> tuple[np.ndarray, float, float]:
+    """int64 class indices, or float32 values standardised on train: (y, mean, std)."""
+    if raw.task == "classification":
+        return raw.y.astype(np.int64), 0.0, 1.0
+    y = raw.y.astype(np.float64)
+    target_mean, target_std = 0.0, 1.0
+    if scale:
+        # Standardised targets keep the MSE near 1 so default learning rates just work.
+        target_mean, target_std = float(y[train].mean()), float(y[train].std()) or 1.0
+        y = (y - target_mean) / target_std
+    return y.astype(np.float32), target_mean, target_std
 
 
 def check(dataset: Dataset, *, skip: Collection[str] = ()) -> list[str]:

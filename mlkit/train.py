@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
-import random
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -26,7 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlkit import metrics as _metrics
-from mlkit.data import Dataset, Split
+from mlkit.data import Dataset, Split, as_tensors
+from mlkit.device import (
+    autocast_context,
+    mixed_precision_dtype,
+    model_device,
+    pick_device,
+    seed_everything,
+)
 from mlkit.errors import ParameterError, UnknownNameError
 
 __all__ = [
@@ -56,66 +61,6 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 LOG_INTERVAL_S = 0.25
 
 _MINIMIZE = ("loss", "rmse", "mae", "error")
-
-
-def seed_everything(seed: int, *, deterministic: bool = True) -> None:
-    """Seed Python, numpy and torch (all devices); with ``deterministic`` pin the kernels too.
-
-    Call it before building the model so initial weights repeat. ``CUBLAS_WORKSPACE_CONFIG``
-    only takes effect if set before CUDA's first cuBLAS call, so call this early in a process.
-    Determinism settings are process-global and stay after ``fit`` returns.
-    """
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise ParameterError(
-            f"The 'seed' parameter of seed_everything must be an int in [0, 2**32). Got "
-            f"{seed!r} instead. Pass -p seed 0."
-        )
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # warn_only: an op without a deterministic kernel should warn, not kill a long run.
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing: not repeatable
-
-
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks cuda, then mps, then cpu; an explicit device must exist here."""
-    if isinstance(device, torch.device):
-        dev = device
-    elif device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ParameterError(
-                f"The 'device' parameter must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'. Got "
-                f"{device!r} instead. Pass -p device auto."
-            ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError(
-            f"The 'device' parameter asks for {str(dev)!r} but CUDA is not available here. "
-            "Pass -p device auto or -p device cpu."
-        )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ParameterError(
-            f"The 'device' parameter asks for {str(dev)!r} but this machine has "
-            f"{torch.cuda.device_count()} CUDA device(s). Pass -p device cuda:0."
-        )
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ParameterError(
-            "The 'device' parameter asks for 'mps' but MPS is not available here. "
-            "Pass -p device auto or -p device cpu."
-        )
-    return dev
 
 
 @dataclass
@@ -217,25 +162,6 @@ def _resolve_monitor(monitor: str, task: str) -> tuple[str, str]:
     return key, mode
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if device.type != "cuda":
-        raise ParameterError(
-            f"The 'amp' parameter {amp!r} needs a CUDA device, but fit runs on {device}. "
-            "Pass -p amp auto (mixed precision on CUDA only) or -p amp off."
-        )
-    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Callable[[], Any]:
-    if dtype is None:
-        return nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _make_optimizer(
     name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
@@ -290,12 +216,6 @@ def _evaluate(
     return {"loss": float(loss), **scores}
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def evaluate(
     model: nn.Module,
     split: Split,
@@ -312,7 +232,7 @@ def evaluate(
         raise UnknownNameError(
             f"Unknown task {task!r}. Valid names: classification, regression. Pass task=data.task."
         )
-    dev = _model_device(model) if device is None else pick_device(device)
+    dev = model_device(model) if device is None else pick_device(device)
     model.to(dev)
     X = torch.from_numpy(split.X).to(dev)
     y = torch.from_numpy(split.y).to(dev)
@@ -334,7 +254,7 @@ def predict(
     """
     if isinstance(X, Split):
         X = X.X
-    dev = _model_device(model) if device is None else pick_device(device)
+    dev = model_device(model) if device is None else pick_device(device)
     model.to(dev)
     out = _outputs(model, torch.as_tensor(np.asarray(X, dtype=np.float32)).to(dev), batch_size)
     out_np = out.cpu().numpy()
@@ -361,6 +281,12 @@ def _flush(log: Callable[[dict[str, Any], int], Any], pending: list[tuple[dict, 
     return time.perf_counter()
 
 
+def _progress_bar(epochs: int) -> Any:
+    from tqdm.auto import tqdm  # only a fit that shows progress pays for tqdm
+
+    return tqdm(total=epochs, unit="epoch", desc="fit")
+
+
 def _check_output(model: nn.Module, X: torch.Tensor, data: Dataset) -> None:
     # One tiny eval-mode forward before training: a model built for another dataset fails here
     # with a fixable message instead of deep inside the loop (or, for MSE, silently broadcasting).
@@ -383,6 +309,9 @@ def _check_output(model: nn.Module, X: torch.Tensor, data: Dataset) -> None:
         )
 
 
+# Long on purpose: the training loop reads top to bottom in one place, in a fixed order
+# (learning rate, step, evaluate, keep the best, log, stop), as nanoGPT's does; the argument
+# checks and setup are helpers above, and splitting the loop would scatter its shared state.
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -444,8 +373,8 @@ def fit(
     _validate(locals())
     monitor_key, mode = _resolve_monitor(monitor, data.task)
     dev = pick_device(device)
-    amp_dtype = _amp_dtype(amp, dev)
-    autocast = _autocast(dev, amp_dtype)
+    amp_dtype = mixed_precision_dtype(amp, dev)
+    autocast = autocast_context(dev, amp_dtype)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     regression = data.task == "regression"
     callbacks = list(callbacks)
@@ -455,10 +384,8 @@ def fit(
     model.to(dev)
     # Small datasets live on the device whole: indexing a tensor is far cheaper than a
     # DataLoader's per-batch collation for models whose step takes a millisecond.
-    X_train = torch.from_numpy(data.train.X).to(dev)
-    y_train = torch.from_numpy(data.train.y).to(dev)
-    X_val = torch.from_numpy(data.val.X).to(dev)
-    y_val = torch.from_numpy(data.val.y).to(dev)
+    X_train, y_train = as_tensors(data.train, device=dev)
+    X_val, y_val = as_tensors(data.val, device=dev)
     _check_output(model, X_train, data)
     opt = _make_optimizer(optimizer, model.parameters(), lr, weight_decay, momentum)
 
@@ -482,11 +409,7 @@ def fit(
     # Log calls wait here and go out in bursts: back to back, W&B's I/O thread stays awake and
     # a call costs far less than spread-out calls (see LOG_INTERVAL_S).
     pending: list[tuple[dict[str, float], int]] = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs, unit="epoch", desc="fit")
+    bar = _progress_bar(epochs) if progress else None
 
     model.train()
     try:
@@ -588,7 +511,7 @@ def fit(
             bar.close()
 
     if best_state is None:  # no finite monitored value: keep the final weights
-        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        best_state = _cpu_state(model)
     else:
         model.load_state_dict(best_state)
     return FitResult(

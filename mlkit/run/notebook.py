@@ -110,14 +110,110 @@ def make_client(nb_man: Any, kernel_name: str, kwargs: dict[str, Any], **extra: 
     )
 
 
+class _CellSavingAndEpilogue:
+    """The parts of mlkit's notebook client that need nothing from nbclient at import.
+
+    Mixed into ``MlkitNotebookClient`` (built by :func:`_client_class`, which imports nbclient
+    and papermill on first use): a cell still running after ``SAVE_EVERY_S`` writes the
+    notebook, Ctrl-C settles the cell in the kernel, and the epilogue closes the run.
+    ``self`` is that client: ``nb_man``, ``km``, ``kc`` and ``timeout`` are nbclient's.
+    """
+
+    nb_man: Any
+    km: Any
+    kc: Any
+    timeout: Any
+    epilogue_expressions: dict[str, str]
+    epilogue_values: dict[str, Any] | None
+
+    def _execute_cell_saving(self, cell: Any, index: int) -> None:
+        """Execute a cell; if it is still running after SAVE_EVERY_S, write the notebook
+        (it shows the cell running) as papermill's save at every cell start did."""
+        from jupyter_core.utils import run_sync
+
+        try:
+            run_sync(self._async_execute_cell_saving)(cell, index)
+        except KeyboardInterrupt:
+            run_sync(self._settle_interrupted_cell)()
+            raise
+
+    async def _settle_interrupted_cell(self) -> None:
+        """Ctrl-C stopped this thread's event loop in the middle of a cell: stop the cell
+        in the kernel too and take its reply. Left pending, the cell's task would go on
+        the next time the loop runs, find the kernel shut down, and print "Kernel died
+        while waiting for execute reply" and an unretrieved exception."""
+        import asyncio
+
+        from jupyter_core.utils import ensure_async
+
+        task = getattr(self, "_cell_task", None)
+        if task is None or task.done():
+            return
+        with contextlib.suppress(Exception):
+            await ensure_async(self.km.interrupt_kernel())
+        await asyncio.wait([task], timeout=INTERRUPT_GRACE_S)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=1)
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: the cell's KeyboardInterrupt is in its outputs
+
+    async def _async_execute_cell_saving(self, cell: Any, index: int) -> None:
+        import asyncio
+
+        self._cell_task = asyncio.current_task()
+
+        async def save_later() -> None:
+            await asyncio.sleep(SAVE_EVERY_S)
+            save_pending = getattr(self.nb_man, "save_pending", None)
+            if save_pending is not None:
+                save_pending()
+
+        timer = asyncio.ensure_future(save_later())
+        try:
+            await self.async_execute_cell(cell, index)
+        finally:
+            timer.cancel()
+
+    def _epilogue(self, failed: bool) -> None:
+        """Save the executed notebook, then let the kernel close its W&B run."""
+        output = self.nb_man.output_path
+        if output:
+            self.nb_man.save()
+        code = (
+            "import sys as _s\n"
+            "_r = _s.modules.get('mlkit.record')\n"
+            f"_r and _r.close_active({str(output) if output else None!r}, failed={failed})\n"
+            "del _s, _r"
+        )
+        with contextlib.suppress(Exception):
+            msg_id = self.kc.execute(
+                code,
+                silent=True,
+                store_history=False,
+                user_expressions=self.epilogue_expressions,
+            )
+            deadline = self.timeout
+            self.timeout = EPILOGUE_TIMEOUT_S
+            try:
+                reply = self.wait_for_reply(msg_id)
+            finally:
+                self.timeout = deadline
+            if reply is not None:
+                self.epilogue_values = reply["content"].get("user_expressions")
+
+
 @functools.cache
 def _client_class() -> type:
-    """papermill's notebook client plus a kernel env/cwd/log and a closing epilogue."""
+    """papermill's notebook client plus a kernel env/cwd/log and a closing epilogue.
+
+    Built on first use, so that importing this module loads neither nbclient nor papermill.
+    """
     from nbclient.exceptions import CellExecutionError
     from papermill.clientwrap import PapermillNotebookClient
     from traitlets import Dict, Unicode
 
-    class MlkitNotebookClient(PapermillNotebookClient):
+    class MlkitNotebookClient(_CellSavingAndEpilogue, PapermillNotebookClient):
         """papermill's client with a per-kernel env and cwd, and a closing epilogue."""
 
         kernel_env = Dict(default_value=None, allow_none=True).tag(config=True)
@@ -161,82 +257,6 @@ def _client_class() -> type:
                 exc.mlkit_cell_index = index  # type: ignore[attr-defined]
                 raise
             self._epilogue(failed)
-
-        def _execute_cell_saving(self, cell: Any, index: int) -> None:
-            """Execute a cell; if it is still running after SAVE_EVERY_S, write the notebook
-            (it shows the cell running) as papermill's save at every cell start did."""
-            from jupyter_core.utils import run_sync
-
-            try:
-                run_sync(self._async_execute_cell_saving)(cell, index)
-            except KeyboardInterrupt:
-                run_sync(self._settle_interrupted_cell)()
-                raise
-
-        async def _settle_interrupted_cell(self) -> None:
-            """Ctrl-C stopped this thread's event loop in the middle of a cell: stop the cell
-            in the kernel too and take its reply. Left pending, the cell's task would go on
-            the next time the loop runs, find the kernel shut down, and print "Kernel died
-            while waiting for execute reply" and an unretrieved exception."""
-            import asyncio
-
-            from jupyter_core.utils import ensure_async
-
-            task = getattr(self, "_cell_task", None)
-            if task is None or task.done():
-                return
-            with contextlib.suppress(Exception):
-                await ensure_async(self.km.interrupt_kernel())
-            await asyncio.wait([task], timeout=INTERRUPT_GRACE_S)
-            if not task.done():
-                task.cancel()
-                await asyncio.wait([task], timeout=1)
-            if task.done() and not task.cancelled():
-                task.exception()  # retrieved: the cell's KeyboardInterrupt is in its outputs
-
-        async def _async_execute_cell_saving(self, cell: Any, index: int) -> None:
-            import asyncio
-
-            self._cell_task = asyncio.current_task()
-
-            async def save_later() -> None:
-                await asyncio.sleep(SAVE_EVERY_S)
-                save_pending = getattr(self.nb_man, "save_pending", None)
-                if save_pending is not None:
-                    save_pending()
-
-            timer = asyncio.ensure_future(save_later())
-            try:
-                await self.async_execute_cell(cell, index)
-            finally:
-                timer.cancel()
-
-        def _epilogue(self, failed: bool) -> None:
-            """Save the executed notebook, then let the kernel close its W&B run."""
-            output = self.nb_man.output_path
-            if output:
-                self.nb_man.save()
-            code = (
-                "import sys as _s\n"
-                "_r = _s.modules.get('mlkit.record')\n"
-                f"_r and _r.close_active({str(output) if output else None!r}, failed={failed})\n"
-                "del _s, _r"
-            )
-            with contextlib.suppress(Exception):
-                msg_id = self.kc.execute(
-                    code,
-                    silent=True,
-                    store_history=False,
-                    user_expressions=self.epilogue_expressions,
-                )
-                deadline = self.timeout
-                self.timeout = EPILOGUE_TIMEOUT_S
-                try:
-                    reply = self.wait_for_reply(msg_id)
-                finally:
-                    self.timeout = deadline
-                if reply is not None:
-                    self.epilogue_values = reply["content"].get("user_expressions")
 
     return MlkitNotebookClient
 

@@ -105,63 +105,68 @@ def run(
     sig, values, full = prepare(notebook, given or {}, from_cli=from_cli)
     mode = track.resolve_mode(tracking)
     experiment = experiment or notebook.stem
-
-    check_experiment_name(experiment)
-    if engine not in ENGINES:
-        raise ParameterError(f"Unknown engine {engine!r}. Valid: {', '.join(ENGINES)}.")
-    if cell_timeout is not None and not cell_timeout > 0:
-        raise ParameterError(f"--timeout must be a number of seconds > 0, got {cell_timeout}.")
+    _check_options(experiment, engine, cell_timeout)
 
     run_id, run_dir = create_run_dir(experiment, root)
-    info: dict[str, Any] = {
-        "id": run_id,
-        "experiment": experiment,
-        "notebook": str(notebook),
-        "status": "running",
-        "reason": "",
-        "job_type": job_type,
-        "started": now_iso(),
-        "pid": os.getpid(),
-        "host": hostname(),
-        "driver": "mlkit",
-        "engine": engine,
-        **(extra or {}),
-    }
-    write_json(run_dir / "run.json", info)
-    write_json(
-        run_dir / "params.json",
-        {"notebook": str(notebook), "parameters": full, "given": values},
+    info = _start_record(
+        run_id,
+        run_dir,
+        notebook,
+        experiment=experiment,
+        job_type=job_type,
+        engine=engine,
+        extra=extra or {},
+        parameters=full,
+        given=values,
     )
-    write_json(run_dir / "lineage.json", lineage.collect(notebook))
     if on_start is not None:
         on_start({**info, "path": str(run_dir)})
-
-    kernel_env = dict(os.environ)
-    kernel_env.update(env or {})
-    kernel_env.update(
-        {
-            ENV_RUN_DIR: str(run_dir),
-            ENV_EXPERIMENT: experiment,
-            ENV_NOTEBOOK: str(notebook),
-            ENV_DEFER_FINISH: "1",
-            "WANDB_MODE": mode,
-        }
+    kernel_env = {
+        **os.environ,
+        **(env or {}),
+        ENV_RUN_DIR: str(run_dir),
+        ENV_EXPERIMENT: experiment,
+        ENV_NOTEBOOK: str(notebook),
+        ENV_DEFER_FINISH: "1",
+        "WANDB_MODE": mode,
+    }
+    return _execute(
+        notebook,
+        run_dir,
+        full if inject == "all" else values,
+        env=kernel_env,
+        cell_timeout=cell_timeout,
+        progress=progress,
+        kernel_name=sig.kernel_name,
+        engine=ENGINES[engine],
     )
 
-    output = run_dir / "output.ipynb"
+
+def _execute(
+    notebook: Path,
+    run_dir: Path,
+    parameters: dict[str, Any],
+    *,
+    env: dict[str, str],
+    cell_timeout: float | None,
+    progress: bool,
+    kernel_name: str | None,
+    engine: str,
+) -> dict[str, Any]:
+    """Run the notebook into the record and finish run.json with the outcome, even on error."""
     try:
         outcome = nbexec.execute(
             notebook,
-            output,
-            full if inject == "all" else values,
-            env=kernel_env,
+            run_dir / "output.ipynb",
+            parameters,
+            env=env,
             cwd=Path.cwd(),
             cell_timeout=cell_timeout,
             progress=progress,
-            kernel_name=sig.kernel_name,
+            kernel_name=kernel_name,
             run_dir=run_dir,
             kernel_log=run_dir / "kernel.log",
-            engine=ENGINES[engine],
+            engine=engine,
         )
     except KeyboardInterrupt:
         _finalize(run_dir, status="failed", reason="interrupted by the user")
@@ -177,6 +182,50 @@ def run(
         result=outcome.result,
         duration=outcome.duration,
     )
+
+
+def _check_options(experiment: str, engine: str, cell_timeout: float | None) -> None:
+    check_experiment_name(experiment)
+    if engine not in ENGINES:
+        raise ParameterError(f"Unknown engine {engine!r}. Valid: {', '.join(ENGINES)}.")
+    if cell_timeout is not None and not cell_timeout > 0:
+        raise ParameterError(f"--timeout must be a number of seconds > 0, got {cell_timeout}.")
+
+
+def _start_record(
+    run_id: str,
+    run_dir: Path,
+    notebook: Path,
+    *,
+    experiment: str,
+    job_type: str,
+    engine: str,
+    extra: dict[str, Any],
+    parameters: dict[str, Any],
+    given: dict[str, Any],
+) -> dict[str, Any]:
+    """Write run.json (status running), params.json and lineage.json; return run.json's content."""
+    info: dict[str, Any] = {
+        "id": run_id,
+        "experiment": experiment,
+        "notebook": str(notebook),
+        "status": "running",
+        "reason": "",
+        "job_type": job_type,
+        "started": now_iso(),
+        "pid": os.getpid(),
+        "host": hostname(),
+        "driver": "mlkit",
+        "engine": engine,
+        **extra,
+    }
+    write_json(run_dir / "run.json", info)
+    write_json(
+        run_dir / "params.json",
+        {"notebook": str(notebook), "parameters": parameters, "given": given},
+    )
+    write_json(run_dir / "lineage.json", lineage.collect(notebook))
+    return info
 
 
 def _finalize(run_dir: Path, **fields: Any) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Serving: the HTTP app, A/B routing, shadow scoring, and the prediction log.
 
-Every answer is logged (``predlog``) before it is sent. ``score`` turns rows into the
-answers the server gives; it lives with safe loading in :mod:`mlkit.registry.loading`, so
-evaluation and monitoring use it without importing the HTTP app.
+``app`` assembles a server (``create_app``, ``serve``) from ``schema`` (the /predict body),
+``server`` (models, scoring, log rows, alias following) and ``endpoints`` (the FastAPI routes,
+imported only when an app is built). Every answer is logged (``predlog``) before it is sent.
+``score`` turns rows into the answers the server gives; it lives with safe loading in
+:mod:`mlkit.registry.loading`, so evaluation and monitoring use it without importing the HTTP app.
 """
 
 from mlkit.registry.loading import score

@@ -1,0 +1,209 @@
+"""The HTTP side of the server: the FastAPI app, its lifespan and its three endpoints.
+
+This module imports FastAPI and Starlette at the top, so only building an app pays for them:
+:func:`mlkit.serve.app.create_app` imports it once the models have loaded. Every /predict
+response, refusals included, is logged before it is sent; a response whose row cannot be
+written becomes a 503 (the log is the record of what the server said).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
+
+from mlkit._io import now_iso
+from mlkit.serve.predlog import LogBatch
+from mlkit.serve.schema import read_body, request_ids
+from mlkit.serve.server import Server
+from mlkit.serve.shadow import _warn
+
+if TYPE_CHECKING:
+    from mlkit.registry.loading import LoadedModel
+
+# Which variant answers a request, and with which model; the variant is None without --ab.
+Arm = tuple[str | None, "LoadedModel"]
+UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+WRONG_TOKEN = "missing or wrong bearer token"
+LOG_DOWN = "prediction log unavailable; retry later"
+
+
+def build_app(server: Server, *, follow_s: float) -> FastAPI:
+    """The FastAPI app around ``server``; it checks the served aliases every ``follow_s`` s."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # torch and the app are loaded for good: keep their objects out of every collection
+        # (a full one walks all of them, a pause of milliseconds in the middle of requests).
+        gc.collect()
+        gc.freeze()
+        stop = threading.Event()
+        if follow_s > 0:
+            threading.Thread(
+                target=server.follow_every,
+                args=(follow_s, stop),
+                name="mlkit-follow-alias",
+                daemon=True,
+            ).start()
+        yield
+        stop.set()
+        if server.shadow is not None:
+            server.shadow.close()
+        server.log.close()
+
+    loaded = server.loaded
+    app = FastAPI(
+        title=f"mlkit serve {loaded.name}",
+        version=f"v{loaded.version}",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.server = server
+    endpoints = Endpoints(server)
+    app.add_api_route("/predict", endpoints.predict, methods=["POST"], response_model=None)
+    app.add_api_route("/health", endpoints.health, methods=["GET"], response_model=None)
+    app.add_api_route("/metadata", endpoints.metadata, methods=["GET"], response_model=None)
+    return app
+
+
+class Endpoints:
+    """/predict, /health and /metadata of one server, with its log batch and request ids."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.batch = LogBatch(server.log)
+        self.next_request_id = request_ids()
+
+    def respond(
+        self,
+        rid: str,
+        status: int,
+        payload: dict[str, Any],
+        arm: Arm | None = None,
+        **headers: str,
+    ) -> JSONResponse:
+        """A response that says which request it answers and which version answered."""
+        variant, answered = arm or (None, self.server.loaded)
+        body = {
+            "request_id": rid,
+            "model": answered.name,
+            "version": answered.version,
+            "sha256": answered.sha256,
+            **({"variant": variant} if variant is not None else {}),
+            **payload,
+        }
+        if variant is not None:
+            headers = {**headers, "X-Variant": variant}
+        return JSONResponse(body, status_code=status, headers={"X-Request-ID": rid, **headers})
+
+    async def refuse(
+        self, rid: str, status: int, detail: str, arm: Arm, row: dict[str, Any]
+    ) -> JSONResponse:
+        """A refusal before scoring (401, 413), logged first like every answer."""
+        server = self.server
+        try:
+            await self.batch.write(
+                server.row(
+                    request_id=rid,
+                    status=status,
+                    error=detail,
+                    variant=arm[0],
+                    loaded=arm[1],
+                    **row,
+                )
+            )
+        except Exception as exc:  # no row, no answer: the log is the record of what we said
+            _warn(f"prediction log write failed: {server.log.redact(str(exc))}")
+            return self.respond(rid, 503, {"detail": LOG_DOWN}, arm)
+        headers = UNAUTHORIZED if status == 401 else {}
+        return self.respond(rid, status, {"detail": detail}, arm, **headers)
+
+    async def predict(self, request: Request) -> JSONResponse:
+        """POST /predict: check the token and size, score, log, answer, then shadow."""
+        server = self.server
+        t0, started, rid = time.perf_counter(), now_iso(), self.next_request_id()
+        row: dict[str, Any] = {"started": started, "t0": t0}
+        arm = server.pick(request.headers.get("x-client-id"))
+        if not server.authorized(request.headers.get("authorization")):
+            return await self.refuse(rid, 401, WRONG_TOKEN, arm, row)
+        body = await read_body(request, server.max_body_bytes)
+        if body is None:
+            detail = f"request body over {server.max_body_bytes} bytes; send smaller batches"
+            return await self.refuse(rid, 413, detail, arm, row)
+
+        # Scored on the event loop, as a bare FastAPI app would: a thread hop per request
+        # costs more than a small model's forward pass. max_batch bounds the longest one.
+        try:
+            status, payload, n, output, error, X = server.predict(body, arm[1])
+        except Exception as exc:  # a model error is the server's fault: 500, logged
+            status, payload, n, output, X = 500, {"detail": "prediction failed"}, 0, None, None
+            error = f"{type(exc).__name__}: {exc}"
+        try:
+            row_of_response = server.row(
+                request_id=rid,
+                status=status,
+                n=n,
+                body=body,
+                output=output,
+                error=error,
+                loaded=arm[1],
+                variant=arm[0],
+                **row,
+            )
+            await self.batch.write(row_of_response)
+        except Exception as exc:
+            _warn(f"prediction log write failed: {server.log.redact(str(exc))}")
+            return self.respond(rid, 503, {"detail": LOG_DOWN}, arm)
+        response = self.respond(rid, status, payload, arm)
+        if server.shadow is not None and X is not None:
+            # Runs once the response is sent, and only enqueues: the client never waits on it.
+            response.background = BackgroundTask(server.shadow.submit, rid, X)
+        return response
+
+    def health(self) -> JSONResponse:
+        """GET /health: liveness, no token needed (it says nothing about inputs)."""
+        current = self.server.loaded
+        return JSONResponse({"status": "ok", "model": current.name, "version": current.version})
+
+    def metadata(self, request: Request) -> JSONResponse:
+        """GET /metadata: the served version, the limits, the log, the shadow and the arms."""
+        server = self.server
+        if not server.authorized(request.headers.get("authorization")):
+            return JSONResponse({"detail": WRONG_TOKEN}, status_code=401, headers=UNAUTHORIZED)
+        shadow = server.shadow
+        return JSONResponse(
+            {
+                **server.loaded.metadata(),
+                "ref": server.ref,
+                "max_body_bytes": server.max_body_bytes,
+                "max_batch": server.max_batch,
+                "log": server.log.shown_url,
+                "shadow": None
+                if shadow is None
+                else {
+                    "name": shadow.loaded.name,
+                    "version": shadow.loaded.version,
+                    "sha256": shadow.loaded.sha256,
+                    "dropped": shadow.dropped,
+                },
+                "ab": None
+                if not server.arms
+                else [
+                    {
+                        "variant": variant.ref,
+                        "weight": variant.weight,
+                        "version": arm.version,
+                        "sha256": arm.sha256,
+                    }
+                    for variant, arm in server.arms
+                ],
+            }
+        )
