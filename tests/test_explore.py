@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from mlkit import explore, record_store
 from mlkit.errors import ParameterError
-from tests.conftest import ROOT, SCENARIOS, TEMPLATES
+from tests.helpers import ROOT, SCENARIOS, TEMPLATES, wait_until
 
 WAIT_S = 180  # a cold warm kernel on a busy 2-core machine
 
@@ -39,16 +39,6 @@ def objective_explorer(tmp_path: Path, **kwargs) -> explore.Explorer:
     ex = explore.Explorer(SCENARIOS / "objective.ipynb", space, objective="loss:min", **kwargs)
     ex.controls["epochs"].value = 2
     return ex
-
-
-def wait_for(check, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # `import mlkit` (and its sweep machinery) never imports ipywidgets; mlkit.explore does.
@@ -136,9 +126,9 @@ def cancel_a_hanging_run(env: Path, tmp_path: Path, cancel_once: Path | None = N
     ex = explore.Explorer(SCENARIOS / "hangs.ipynb", space, objective="value")
     future = ex.run()
     runs = env / "hangs-explore" / "runs"
-    wait_for(lambda: runs.exists() and any(runs.iterdir()), "the run record")
+    wait_until(lambda: runs.exists() and any(runs.iterdir()), WAIT_S, message="the run record")
     if cancel_once is not None:
-        wait_for(cancel_once.exists, str(cancel_once))
+        wait_until(cancel_once.exists, WAIT_S, message=str(cancel_once))
     ex.cancel_button.click()
     row = future.result(timeout=WAIT_S)
     (trial,) = ex.study.get_trials()

@@ -17,7 +17,7 @@ from mlkit import storage as storages
 from mlkit import trial as mlkit_trial
 from mlkit._io import read_json, redact
 from mlkit.sweep import config, driver
-from tests.conftest import SCENARIOS, all_files, run_cli
+from tests.helpers import SCENARIOS, all_files, run_cli, wait_until
 
 NOTEBOOK = str(SCENARIOS / "objective.ipynb")
 
@@ -40,6 +40,7 @@ BOWL = {
 
 
 # Two jobs, exactly N trials, each a record linked both ways; seeds come from the trial.
+@pytest.mark.slow
 def test_parallel_sweep_links_trials_and_records(exp_root: Path, tmp_path: Path) -> None:
     proc = run_cli(
         "sweep",
@@ -83,6 +84,7 @@ def test_parallel_sweep_links_trials_and_records(exp_root: Path, tmp_path: Path)
 
 
 # Resume: the same command again continues the study up to the new total.
+@pytest.mark.slow
 def test_resume_continues_the_study(exp_root: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path, BOWL)
     args = ["sweep", NOTEBOOK, "--space", space, "--objective", "loss", "--study", "r", "-q"]
@@ -94,6 +96,7 @@ def test_resume_continues_the_study(exp_root: Path, tmp_path: Path) -> None:
 
 
 # Every kind of failure is FAIL with its reason and notebook, and the sweep goes on.
+@pytest.mark.slow
 def test_failures_are_recorded_and_the_sweep_goes_on(exp_root: Path, tmp_path: Path) -> None:
     space = write_space(
         tmp_path,
@@ -140,6 +143,7 @@ def test_failures_are_recorded_and_the_sweep_goes_on(exp_root: Path, tmp_path: P
 
 
 # A sweep where no trial succeeds exits non-zero.
+@pytest.mark.slow
 def test_all_failed_exits_1(exp_root: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path, {"x": {"type": "float", "low": 0, "high": 1}})
     proc = run_cli(
@@ -216,6 +220,7 @@ def test_killed_worker_trial_is_reaped_and_retried(exp_root: Path, tmp_path: Pat
 
 
 # A torn last line (a write killed midway) never makes the study unreadable.
+@pytest.mark.slow
 def test_torn_journal_tail_is_repaired(exp_root: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path, BOWL)
     args = ["sweep", NOTEBOOK, "--space", space, "--objective", "loss", "--study", "t", "-q"]
@@ -260,6 +265,7 @@ def test_trial_storage_is_kept_per_sweep(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 # The grid sampler with two jobs runs every grid point exactly once.
+@pytest.mark.slow
 def test_grid_with_two_jobs_has_no_duplicates(exp_root: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path, {"y": {"type": "int", "low": 0, "high": 3}})
     proc = run_cli(
@@ -284,6 +290,7 @@ def test_grid_with_two_jobs_has_no_duplicates(exp_root: Path, tmp_path: Path) ->
 
 
 # Two objectives give a Pareto front; best parameters come out as YAML `mlkit run -f` takes.
+@pytest.mark.slow
 def test_pareto_and_best_yaml(exp_root: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path, BOWL)
     proc = run_cli(
@@ -367,6 +374,7 @@ def test_null_trial_outside_a_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # Any papermill notebook sweeps: a notebook that records with scrapbook's glue.
+@pytest.mark.slow
 def test_sweep_scrapbook_notebook(exp_root: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path, {"value": {"type": "float", "low": 0, "high": 1}})
     proc = run_cli(
@@ -388,6 +396,7 @@ def test_sweep_scrapbook_notebook(exp_root: Path, tmp_path: Path) -> None:
 
 
 # --timeout stops asking for new trials; the running ones finish.
+@pytest.mark.slow
 def test_overall_timeout_stops_the_sweep(exp_root: Path, tmp_path: Path) -> None:
     proc = run_cli(
         "sweep",
@@ -410,9 +419,9 @@ def test_overall_timeout_stops_the_sweep(exp_root: Path, tmp_path: Path) -> None
 
 # A worker killed with SIGKILL mid-trial, then the sweep resumed: exactly N trials, none
 # RUNNING, and the killed trial's parameters tried again.
+@pytest.mark.slow
 def test_sigkilled_worker_then_resume(exp_root: Path, tmp_path: Path) -> None:
     import signal
-    import time
 
     space = write_space(tmp_path, {"x": {"type": "float", "low": -4, "high": 4}})
     args = [
@@ -437,20 +446,19 @@ def test_sigkilled_worker_then_resume(exp_root: Path, tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     journal = exp_root / "kill" / "study.journal"
-    deadline = time.monotonic() + 120
-    running = []
-    while time.monotonic() < deadline and not running:
-        time.sleep(0.5)
-        if journal.exists():
-            trials = storages.load_study(str(journal), "kill").trials
-            running = [
-                t
-                for t in trials
-                if t.state == TrialState.RUNNING
-                and "run_path" in t.user_attrs
-                and (Path(t.user_attrs["run_path"]) / "output.ipynb").exists()
-            ]
-    assert running, "a trial started"
+
+    def running_in_a_notebook() -> list[optuna.trial.FrozenTrial]:
+        if not journal.exists():
+            return []
+        return [
+            t
+            for t in storages.load_study(str(journal), "kill").trials
+            if t.state == TrialState.RUNNING
+            and "run_path" in t.user_attrs
+            and (Path(t.user_attrs["run_path"]) / "output.ipynb").exists()
+        ]
+
+    running = wait_until(running_in_a_notebook, 120, 0.5, "a trial started")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed = running[0]
@@ -467,10 +475,10 @@ def test_sigkilled_worker_then_resume(exp_root: Path, tmp_path: Path) -> None:
 
 # A warm kernel killed from outside mid-trial: that trial is FAIL naming the dead kernel,
 # the pool replaces the kernel and the next trial is COMPLETE.
+@pytest.mark.slow
 def test_warm_kernel_killed_mid_trial(exp_root: Path, tmp_path: Path) -> None:
     import signal
     import threading
-    import time
 
     from mlkit.run import warm
 
@@ -490,18 +498,17 @@ def test_warm_kernel_killed_mid_trial(exp_root: Path, tmp_path: Path) -> None:
     study.enqueue_trial({"sleep": 0.0})
     killed: list[int] = []
 
+    def first_reporting() -> bool:
+        first = storages.load_study(cfg.storage, "kk").trials[:1]
+        return bool(first and first[0].state == TrialState.RUNNING and first[0].intermediate_values)
+
     def kill_when_reporting() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            first = storages.load_study(cfg.storage, "kk").trials[:1]
-            busy = list(warm.pool().busy)
-            if first and first[0].state == TrialState.RUNNING and first[0].intermediate_values:
-                if busy:
-                    pid = busy[0].km.provisioner.process.pid
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                return
-            time.sleep(0.2)
+        wait_until(first_reporting, 120, 0.2, "the first trial to report")
+        busy = list(warm.pool().busy)
+        if busy:
+            pid = busy[0].km.provisioner.process.pid
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
 
     killer = threading.Thread(target=kill_when_reporting, daemon=True)
     killer.start()
@@ -517,6 +524,7 @@ def test_warm_kernel_killed_mid_trial(exp_root: Path, tmp_path: Path) -> None:
 
 
 # A trial whose cell runs past --trial-timeout is FAIL with that reason; the sweep goes on.
+@pytest.mark.slow
 def test_trial_timeout(exp_root: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path, {"sleep": [0.0, 30.0]})
     proc = run_cli(
@@ -546,6 +554,7 @@ def test_trial_timeout(exp_root: Path, tmp_path: Path) -> None:
 
 
 # The study opens unchanged in optuna-dashboard (its WSGI app over the same journal file).
+@pytest.mark.slow
 def test_study_opens_in_optuna_dashboard(exp_root: Path, tmp_path: Path) -> None:
     from wsgiref.util import setup_testing_defaults
 
@@ -591,6 +600,7 @@ def start_two_job_sweep(tmp_path: Path, study: str, *extra: str) -> subprocess.P
 
 # Ctrl-C ends a two-job sweep at once: the trial running on the other worker's thread is
 # interrupted and recorded FAIL, the command exits 130, and no kernel outlives it.
+@pytest.mark.slow
 def test_ctrl_c_stops_every_worker(exp_root: Path, tmp_path: Path) -> None:
     import signal
     import time
@@ -600,18 +610,16 @@ def test_ctrl_c_stops_every_worker(exp_root: Path, tmp_path: Path) -> None:
     proc = start_two_job_sweep(tmp_path, "cc", "-p", "epochs", "30")
     journal = exp_root / "cc" / "study.journal"
 
-    def running_on_both() -> bool:
+    def reporting_on_both() -> bool:
+        assert proc.poll() is None, "the sweep ended before both workers started"
         if not journal.exists():
             return False
         trials = storages.load_study(str(journal), "cc").trials
-        started = {t.user_attrs["worker"]["index"] for t in trials if "heartbeat" in t.user_attrs}
-        return started == {0, 1}
+        inside = {t.user_attrs["worker"]["index"] for t in trials if t.intermediate_values}
+        return inside == {0, 1}
 
-    deadline = time.monotonic() + 120
-    while not running_on_both():
-        assert time.monotonic() < deadline and proc.poll() is None, "both workers started"
-        time.sleep(0.2)
-    time.sleep(4)  # both trials are inside their cells (the kernels are warm by now)
+    # A reported epoch shows the trial inside its cell (its kernel warm, its loop running).
+    wait_until(reporting_on_both, 120, 0.2, "both workers to report an epoch")
     kernels = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     stopped = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -628,31 +636,30 @@ def test_ctrl_c_stops_every_worker(exp_root: Path, tmp_path: Path) -> None:
     # left to find a dead kernel and print about it.
     said = err.decode(errors="replace")
     assert "Kernel died" not in said and "never retrieved" not in said, said
-    deadline = time.monotonic() + 30
-    while any(psutil.pid_exists(pid) for pid in kernels):
-        assert time.monotonic() < deadline, "a kernel outlived the sweep"
-        time.sleep(0.2)
+    wait_until(
+        lambda: not any(psutil.pid_exists(pid) for pid in kernels),
+        30,
+        0.2,
+        "every kernel to end with the sweep (a kernel outlived it)",
+    )
 
 
 # Ctrl-C before the kernels have warmed up: the trials waiting for them are cancelled and
 # told FAIL at once; none is left RUNNING for a resume to reap.
 def test_ctrl_c_while_kernels_warm(exp_root: Path, tmp_path: Path) -> None:
     import signal
-    import time
 
     proc = start_two_job_sweep(tmp_path, "cw")
     journal = exp_root / "cw" / "study.journal"
 
     def asked_on_both() -> bool:
+        assert proc.poll() is None, "the sweep ended before both workers asked"
         if not journal.exists():
             return False
         trials = storages.load_study(str(journal), "cw").trials
         return {t.user_attrs.get("worker", {}).get("index") for t in trials} == {0, 1}
 
-    deadline = time.monotonic() + 60
-    while not asked_on_both():
-        assert time.monotonic() < deadline and proc.poll() is None, "both workers asked"
-        time.sleep(0.05)
+    wait_until(asked_on_both, 60, 0.05, "both workers asked")
     proc.send_signal(signal.SIGINT)  # warming a kernel takes seconds: both still wait
     _, err = proc.communicate(timeout=60)
     said = err.decode(errors="replace")
@@ -663,3 +670,48 @@ def test_ctrl_c_while_kernels_warm(exp_root: Path, tmp_path: Path) -> None:
         assert trial.state == TrialState.FAIL, (trial.number, trial.state)
         assert "KeyboardInterrupt" in trial.user_attrs["fail_reason"]
     assert "Traceback" not in said, said
+
+
+# The trial runner's hooks: on_start gets the trial's real record folder the moment it
+# exists, and a trial cancelled in its hanging cell is told FAIL with the cancel's reason.
+@pytest.mark.slow
+def test_trial_hooks_see_the_record_and_cancel(
+    exp_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from mlkit.run import warm
+
+    monkeypatch.setenv("MLKIT_WARM_IMPORTS", "mlkit,mlkit.record,mlkit.trial")  # no torch
+    space = write_space(tmp_path, {"value": {"type": "float", "low": 0.0, "high": 2.0}})
+    cfg = config.prepare(
+        SCENARIOS / "hangs.ipynb", space, study="hooks", objectives=["value"], engine="warm"
+    )
+    study = config._create_or_resume(cfg)
+    trial = driver.ask_trial(cfg, study)
+    seen: list[tuple[int, Path, dict]] = []
+
+    def on_start(number: int, run_dir: Path) -> None:
+        seen.append((number, run_dir, read_json(run_dir / "run.json", {})))
+
+    def cancelled() -> str | None:  # once the notebook's kernel is running it
+        return "stopped by the test" if seen and warm.pool().busy else None
+
+    started = time.monotonic()
+    try:
+        state = driver.run_trial(
+            cfg, study, trial, cfg.dims(), on_start=on_start, cancelled=cancelled
+        )
+    finally:
+        warm.pool().close()
+    assert time.monotonic() - started < 120, "the 600 s cell was interrupted"
+    assert state == "FAIL"
+    (done,) = study.get_trials()
+    run_dir = Path(done.user_attrs["run_path"])
+    assert [(n, d) for n, d, _ in seen] == [(done.number, run_dir)]
+    assert seen[0][2]["status"] == "running" and seen[0][2]["trial"] == done.number
+    assert done.state == TrialState.FAIL
+    assert done.user_attrs["fail_reason"] == "stopped by the test"
+    assert done.user_attrs["cancelled"] is True
+    record = read_json(run_dir / "run.json")
+    assert record["status"] == "failed" and record["reason"] == "stopped by the test"

@@ -10,13 +10,14 @@ from mlkit._io import redact
 from mlkit.errors import SweepError
 from mlkit.storage import find_storage, load_study, open_storage
 from mlkit.sweep.config import SweepConfig, prepare
-from mlkit.sweep.driver import run, run_trial, trial_seed
+from mlkit.sweep.driver import ask_trial, run, run_trial, trial_seed
 from mlkit.sweep.results import Summary, best_params, summarize
 
 __all__ = [
     "Summary",
     "SweepConfig",
     "SweepError",
+    "ask_trial",
     "best_params",
     "find_storage",
     "load_study",

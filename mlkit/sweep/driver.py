@@ -3,7 +3,9 @@
 The only module that creates or loads Optuna studies. A driver asks Optuna for a
 trial, runs the notebook with the suggested parameters (plus the trial's
 coordinates in ``MLKIT_TRIAL``), and tells the outcome: COMPLETE with the
-objective(s), PRUNED, or FAIL with the reason.
+objective(s), PRUNED, or FAIL with the reason. ``ask_trial`` and ``run_trial`` are
+the two steps; the widget explorer drives its trials through them too, following each
+run with ``run_trial``'s hooks (the record as soon as it exists, a cancel with a reason).
 
 Storage is a URL: a journal file by default (``experiments/<study>/study.journal``;
 plain paths and ``journal:///abs/path`` both work), ``sqlite:///...`` for one
@@ -32,13 +34,14 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from mlkit import track
 from mlkit._contract import ENV_TRIAL, PRUNED_FILE
-from mlkit._io import pid_alive
+from mlkit._io import pid_alive, read_json, write_json
 from mlkit.run import runner, warm
 from mlkit.storage import ask_lock, make_pruner
 from mlkit.sweep import space as _space
@@ -47,15 +50,8 @@ from mlkit.sweep.results import Summary, _best_text, _counts, summarize
 
 HEARTBEAT_S = 15.0
 STALE_AFTER_S = 90.0
-
-
-# --- configuration ------------------------------------------------------------
-
-
-# --- storage ------------------------------------------------------------------
-
-
-# --- checking and starting -----------------------------------------------------
+CANCEL_POLL_S = 0.1  # how soon a cancel is seen
+CANCEL_RETRY_S = 0.5  # how often it is sent again, until the run ends
 
 
 # --- the worker loop -------------------------------------------------------------
@@ -138,6 +134,92 @@ class _Heartbeat:
         self.thread.join(timeout=5)
 
 
+class _Canceller:
+    """Interrupts the trial's run once ``cancelled()`` names a reason, until the run ends.
+
+    A cancel that lands before the kernel is acquired, or between two cells, has nothing
+    to interrupt yet, so the interrupt is sent again every ``CANCEL_RETRY_S``.
+    """
+
+    def __init__(self, cancelled: Callable[[], str | None] | None) -> None:
+        self.cancelled = cancelled
+        self._reason: str | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="mlkit-trial-cancel", daemon=True)
+
+    def reason(self) -> str | None:
+        """The cancel reason, or None while the trial is not cancelled (or has no hook).
+
+        The first reason given is kept: a cancelled trial stays cancelled.
+        """
+        if self._reason is None and self.cancelled is not None:
+            self._reason = self.cancelled() or None
+        return self._reason
+
+    def _run(self) -> None:
+        next_at = 0.0
+        while not self.stop.wait(CANCEL_POLL_S):
+            now = time.monotonic()
+            if now >= next_at and self.reason():
+                warm.pool().interrupt()
+                next_at = now + CANCEL_RETRY_S
+
+    def __enter__(self) -> _Canceller:
+        if self.cancelled is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+
+def ask_trial(
+    cfg: SweepConfig,
+    study: Any,
+    index: int = 0,
+    *,
+    budget: int | None = None,
+    enqueue: dict[str, Any] | None = None,
+    user_attrs: dict[str, Any] | None = None,
+) -> Any | None:
+    """Ask the study for the next trial under its ask lock, stamped as this worker's.
+
+    Under one lock, so workers on other machines count the same trials: fail stale
+    trials (see ``reap_stale``), check the budget, ask, and stamp the trial with this
+    worker and a first heartbeat.
+
+    Args:
+        cfg: the sweep's settings (storage and study name give the lock).
+        study: the open study.
+        index: this worker's index in the sweep, recorded on the trial.
+        budget: ask only while fewer trials count against it (reaped ones do not) or a
+            trial waits in the queue; None asks regardless.
+        enqueue: a point chosen by hand: it is enqueued and asked at once. Stale trials
+            are not reaped first, or the retries that reaping enqueues would be handed
+            out in its place.
+        user_attrs: user attributes of the enqueued point (with ``enqueue``).
+
+    Returns:
+        The asked ``optuna.Trial``, or None once the budget is spent.
+    """
+    with ask_lock(cfg.storage, cfg.study):
+        if enqueue is None:
+            reap_stale(study)
+        if budget is not None:
+            counted, waiting = _budget_used(study)
+            if counted >= budget and not waiting:
+                return None
+        if enqueue is not None:
+            study.enqueue_trial(enqueue, user_attrs=user_attrs, skip_if_exists=False)
+        trial = study.ask()
+        storage = study._storage
+        storage.set_trial_user_attr(trial._trial_id, "worker", _worker_tag(index))
+        storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+    return trial
+
+
 def worker(cfg: SweepConfig, index: int = 0, stop: threading.Event | None = None) -> int:
     """Ask, run, tell, until the study has ``n_trials`` trials, time is up or ``stop`` is set.
 
@@ -165,15 +247,9 @@ def worker(cfg: SweepConfig, index: int = 0, stop: threading.Event | None = None
                 break
             if stop is not None and stop.is_set():
                 break
-            with ask_lock(cfg.storage, cfg.study):
-                reap_stale(study)
-                counted, waiting = _budget_used(study)
-                if counted >= cfg.n_trials and not waiting:
-                    break
-                trial = study.ask()
-                storage = study._storage
-                storage.set_trial_user_attr(trial._trial_id, "worker", _worker_tag(index))
-                storage.set_trial_user_attr(trial._trial_id, "heartbeat", time.time())
+            trial = ask_trial(cfg, study, index, budget=cfg.n_trials)
+            if trial is None:
+                break
             run_trial(cfg, study, trial, dims)
             ran += 1
     return ran
@@ -186,20 +262,85 @@ def _prewarm(cfg: SweepConfig) -> None:
     warm.pool().prewarm(runner.signature(cfg.notebook).kernel_name, mode)
 
 
-def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) -> str:
-    """Execute one trial's notebook and tell Optuna how it ended. Returns the state name."""
-    from optuna.trial import TrialState
+def run_trial(
+    cfg: SweepConfig,
+    study: Any,
+    trial: Any,
+    dims: list[_space.Dim],
+    *,
+    on_start: Callable[[int, Path], None] | None = None,
+    cancelled: Callable[[], str | None] | None = None,
+) -> str:
+    """Execute one trial's notebook and tell Optuna how it ended. Returns the state name.
 
-    retry_of = trial.user_attrs.get("retry_of") if hasattr(trial, "user_attrs") else None
+    Args:
+        cfg: the sweep's settings.
+        study: the open study.
+        trial: the trial to run, as ``ask_trial`` gives it.
+        dims: the search space's dimensions (``cfg.dims()``).
+        on_start: called as ``on_start(trial_number, run_dir)`` as soon as the trial's run
+            record exists, before the kernel runs: a live view follows its
+            ``metrics.jsonl`` from there.
+        cancelled: polled while the trial runs; once it returns a reason (a non-empty
+            string, kept from then on) the warm runs of this process are interrupted (a
+            run still waiting for its kernel never runs a cell) and the trial is told FAIL
+            with that reason as ``fail_reason`` and ``cancelled`` set; its run.json says so
+            too. Needs the warm engine. A cancelled trial returns "FAIL" where Ctrl-C
+            raises KeyboardInterrupt.
+    """
+    canceller = _Canceller(cancelled)
+    run_dir: list[Path] = []
+
+    def fail(reason: str | None) -> str:
+        return _fail(study, trial, reason, canceller.reason(), run_dir[0] if run_dir else None)
+
     try:
         suggested = _space.suggest(trial, dims)
     except Exception as exc:
-        _tell(study, trial, state=TrialState.FAIL)
+        fail(None)
         return f"FAIL: could not sample: {exc}"
+    values, seed = _trial_values(cfg, suggested)
+    storage = study._storage
+    storage.set_trial_user_attr(trial._trial_id, "seed", seed)
+
+    def started(record: dict[str, Any]) -> None:  # named while it runs, and if interrupted
+        storage.set_trial_user_attr(trial._trial_id, "run_id", record["id"])
+        storage.set_trial_user_attr(trial._trial_id, "run_path", record["path"])
+        run_dir.append(Path(record["path"]))
+        if on_start is not None:
+            on_start(trial.number, run_dir[0])
+
+    with _Heartbeat(study, trial._trial_id):
+        try:
+            with canceller:
+                info = _run_notebook(cfg, trial, values, started)
+        except Exception as exc:  # the driver itself failed: the trial must not stay RUNNING
+            return fail(f"driver error: {exc}")
+        except KeyboardInterrupt:  # Ctrl-C: the sweep ends, and says why this trial did
+            state = fail("KeyboardInterrupt: interrupted by the user")
+            if canceller.reason() is None:
+                raise
+            return state  # a cancel, not Ctrl-C: the caller goes on
+    return _judge(cfg, study, trial, info, fail)
+
+
+def _trial_values(cfg: SweepConfig, suggested: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The notebook's values for a suggested point, and the seed it runs with."""
     seed = trial_seed(cfg.seed, suggested)
     values = {**cfg.fixed, **suggested}
     if "seed" in runner.signature(cfg.notebook).names and "seed" not in suggested:
         values["seed"] = seed
+    return values, values.get("seed", seed)
+
+
+def _run_notebook(
+    cfg: SweepConfig,
+    trial: Any,
+    values: dict[str, Any],
+    started: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """``runner.run`` for a trial: recorded under its study, its coordinates in the kernel."""
+    retry_of = trial.user_attrs.get("retry_of") if hasattr(trial, "user_attrs") else None
     spec = {
         "storage": cfg.storage,
         "study": cfg.study,
@@ -208,43 +349,33 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
         "pruner": cfg.pruner,
         "session": cfg.started,  # the notebook keeps its storage open for this sweep
     }
+    return runner.run(
+        cfg.notebook,
+        values,
+        experiment=cfg.study,
+        cell_timeout=cfg.trial_timeout,
+        tracking=cfg.tracking,
+        job_type="trial",
+        progress=False,
+        extra={
+            "study": cfg.study,
+            "trial": trial.number,
+            **({"retry_of": retry_of} if retry_of is not None else {}),
+        },
+        env={ENV_TRIAL: json.dumps(spec)},
+        root=Path(cfg.root) if cfg.root else None,
+        engine=cfg.engine,
+        on_start=started,
+    )
+
+
+def _judge(
+    cfg: SweepConfig, study: Any, trial: Any, info: dict[str, Any], fail: Callable[[str], str]
+) -> str:
+    """Tell the outcome of a run that ended: COMPLETE, PRUNED or FAIL with its reason."""
+    from optuna.trial import TrialState
+
     storage = study._storage
-    storage.set_trial_user_attr(trial._trial_id, "seed", values.get("seed", seed))
-
-    def started(record: dict[str, Any]) -> None:  # named while it runs, and if interrupted
-        storage.set_trial_user_attr(trial._trial_id, "run_id", record["id"])
-        storage.set_trial_user_attr(trial._trial_id, "run_path", record["path"])
-
-    with _Heartbeat(study, trial._trial_id):
-        try:
-            info = runner.run(
-                cfg.notebook,
-                values,
-                experiment=cfg.study,
-                cell_timeout=cfg.trial_timeout,
-                tracking=cfg.tracking,
-                job_type="trial",
-                progress=False,
-                extra={
-                    "study": cfg.study,
-                    "trial": trial.number,
-                    **({"retry_of": retry_of} if retry_of is not None else {}),
-                },
-                env={ENV_TRIAL: json.dumps(spec)},
-                root=Path(cfg.root) if cfg.root else None,
-                engine=cfg.engine,
-                on_start=started,
-            )
-        except Exception as exc:  # the driver itself failed: the trial must not stay RUNNING
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"driver error: {exc}")
-            _tell(study, trial, state=TrialState.FAIL)
-            return "FAIL"
-        except KeyboardInterrupt:  # Ctrl-C: the sweep ends, and says why this trial did
-            storage.set_trial_user_attr(
-                trial._trial_id, "fail_reason", "KeyboardInterrupt: interrupted by the user"
-            )
-            _tell(study, trial, state=TrialState.FAIL)
-            raise
     if (info.get("wandb") or {}).get("id"):
         storage.set_trial_user_attr(trial._trial_id, "wandb_id", info["wandb"]["id"])
     result = info.get("result") or {}
@@ -254,25 +385,42 @@ def run_trial(cfg: SweepConfig, study: Any, trial: Any, dims: list[_space.Dim]) 
         _tell(study, trial, state=TrialState.PRUNED)
         return "PRUNED"
     if info["status"] != "completed":
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", info.get("reason", ""))
-        _tell(study, trial, state=TrialState.FAIL)
-        return "FAIL"
+        return fail(info.get("reason", ""))
     missing = [m for m in cfg.objectives if m not in result]
     if missing:
-        storage.set_trial_user_attr(
-            trial._trial_id,
-            "fail_reason",
-            f"objective {missing[0]!r} not in the result (it has: {', '.join(result)})",
-        )
-        _tell(study, trial, state=TrialState.FAIL)
-        return "FAIL"
+        return fail(f"objective {missing[0]!r} not in the result (it has: {', '.join(result)})")
     objective = [float(result[m]) for m in cfg.objectives]
     if not all(math.isfinite(v) for v in objective):
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", "non-finite objective")
-        _tell(study, trial, state=TrialState.FAIL)
-        return "FAIL"
+        return fail("non-finite objective")
     _tell(study, trial, objective if len(objective) > 1 else objective[0])
     return "COMPLETE"
+
+
+def _fail(
+    study: Any, trial: Any, reason: str | None, cancel_reason: str | None, run_dir: Path | None
+) -> str:
+    """Tell FAIL with its reason; a cancelled trial gives the cancel's, and its record too."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    if cancel_reason:
+        reason = cancel_reason
+        storage.set_trial_user_attr(trial._trial_id, "cancelled", True)
+        if run_dir is not None:
+            _mark_cancelled(run_dir, cancel_reason)
+    if reason is not None:
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    _tell(study, trial, state=TrialState.FAIL)
+    return "FAIL"
+
+
+def _mark_cancelled(run_dir: Path, reason: str) -> None:
+    """run.json says the run failed as cancelled, and what the interrupt looked like."""
+    info = read_json(run_dir / "run.json", {}) or {}
+    if info.get("reason") != reason:
+        info["interrupted_as"] = info.get("reason", "")
+    info.update(status="failed", reason=reason, cancelled=True)
+    write_json(run_dir / "run.json", info)
 
 
 def _tell(study: Any, trial: Any, *args: Any, **kwargs: Any) -> None:
