@@ -29,6 +29,9 @@ OUTPUT_NOTEBOOK = "output.ipynb"
 PRUNED_FILE = "pruned.json"
 WEIGHTS = "model.safetensors"
 BUILD = "model.json"
+# The files of a registered model, under experiments/registry/<name>/.
+REGISTRY_FILE = "registry.json"
+CARD_FILE = "card.json"
 
 # The templates shipped beside the package (evaluate, monitor, sweep report).
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlkit._contract import BUILD, WEIGHTS
+from mlkit._contract import BUILD, PARAMS_FILE, WEIGHTS
 from mlkit._io import read_json
 from mlkit.errors import ParameterError, StateError
 from mlkit.rebuild import build_model, data_options, load_data
@@ -389,7 +389,7 @@ def load_run_model(run_ref: str | Path, root: Path | None = None) -> tuple[nn.Mo
 def _run_dataset(run_dir: Path, *, check: bool = True) -> Dataset:
     """The dataset a run trained on, rebuilt from its recorded parameters."""
 
-    params = (read_json(run_dir / "params.json", {}) or {}).get("parameters", {})
+    params = (read_json(run_dir / PARAMS_FILE, {}) or {}).get("parameters", {})
     name = params.get("dataset")
     if not name:
         raise StateError(

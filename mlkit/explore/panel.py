@@ -22,6 +22,7 @@ import traitlets
 
 from mlkit import record_store
 from mlkit import storage as storages
+from mlkit._contract import PARAMS_FILE
 from mlkit._io import read_json, write_text
 from mlkit.errors import MlkitError, ParameterError
 from mlkit.explore import domains, jobs, plots, table
@@ -383,7 +384,7 @@ class Explorer:
         chosen = dict(best.params)
         run_path = best.user_attrs.get("run_path")
         if run_path:
-            recorded = read_json(Path(run_path) / "params.json", {}) or {}
+            recorded = read_json(Path(run_path) / PARAMS_FILE, {}) or {}
             chosen = {**recorded.get("parameters", {}), **chosen}
         for name, value in chosen.items():
             control = self.controls.get(name)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mlkit._contract import TEMPLATES_DIR
+from mlkit._contract import OUTPUT_NOTEBOOK, TEMPLATES_DIR
 from mlkit._io import write_text
 from mlkit.errors import MlkitError, ParameterError
 from mlkit.ops.stats import _psi_shares, holm, psi
@@ -338,7 +338,7 @@ def monitor(
         job_type="monitor",
         root=root,
     )
-    output = Path(info["path"]) / "output.ipynb"
+    output = Path(info["path"]) / OUTPUT_NOTEBOOK
     if output.exists():  # the page to send to whoever acts on the alarm
         page = Path(info["path"]) / "report.html"
         write_text(page, to_html(output))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mlkit._contract import REGISTRY_FILE
 from mlkit._io import now_iso, write_json
 from mlkit.errors import (
     CheckFailedError,
@@ -89,7 +90,7 @@ def promote(
                 event["reason"] = reason
             reg["aliases"][alias] = number
             reg["alias_history"].setdefault(alias, []).append(event)
-            write_json(folder / "registry.json", reg)
+            write_json(folder / REGISTRY_FILE, reg)
     if previous != number:
         log_wandb_artifact(
             name,
@@ -152,7 +153,7 @@ def rollback(
         event.update({k: v for k, v in (("reason", reason), ("by", by)) if v})
         reg["aliases"][alias] = target
         events.append(event)
-        write_json(folder / "registry.json", reg)
+        write_json(folder / REGISTRY_FILE, reg)
     log_wandb_artifact(
         name,
         target,
@@ -187,7 +188,7 @@ def set_policy(
         current = {} if clear else dict(policies.get(alias) or {})
         current.update(values)
         policies[alias] = current
-        write_json(folder / "registry.json", reg)
+        write_json(folder / REGISTRY_FILE, reg)
     return current
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mlkit import track
-from mlkit._contract import BUILD, WEIGHTS
+from mlkit._contract import BUILD, CARD_FILE, LINEAGE_FILE, OUTPUT_NOTEBOOK, WEIGHTS
 from mlkit._io import now_iso, read_json
 from mlkit.rebuild import load_data
 
@@ -49,10 +49,10 @@ def _data_details(lineage: dict[str, Any], params: dict[str, Any]) -> dict[str, 
 
 
 def _card(name: str, number: int, run_dir: Path, info: dict[str, Any], sha: str) -> dict[str, Any]:
-    lineage = read_json(run_dir / "lineage.json", {}) or {}
+    lineage = read_json(run_dir / LINEAGE_FILE, {}) or {}
     params = info.get("params") or {}
     git = lineage.get("git") or {}
-    notebook = run_dir / "output.ipynb"
+    notebook = run_dir / OUTPUT_NOTEBOOK
     return {
         "name": name,
         "version": number,
@@ -162,8 +162,8 @@ def log_wandb_artifact(
     mode = track.resolve_mode(tracking)
     if mode == "disabled":
         return
-    files = [folder / WEIGHTS, folder / BUILD, folder / "card.json", folder / "card.md"]
-    config = read_json(folder / "card.json") or {}
+    files = [folder / WEIGHTS, folder / BUILD, folder / CARD_FILE, folder / "card.md"]
+    config = read_json(folder / CARD_FILE) or {}
     if metadata:
         config["promotion"] = metadata
     try:

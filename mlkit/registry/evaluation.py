@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlkit._contract import TEMPLATES_DIR
+from mlkit._contract import REGISTRY_FILE, RUN_FILE, TEMPLATES_DIR
 from mlkit._io import read_json
 from mlkit.errors import RunNotFoundError
 from mlkit.evaluate import _run_dataset
@@ -36,7 +36,7 @@ def resolve_run(ref: str | Path, root: Path | None = None) -> Path:
         return find_run(ref, root)
     except RunNotFoundError:
         name, _, version_ref = str(ref).partition(":")
-        if not (store.model_dir(name, root) / "registry.json").exists():
+        if not (store.model_dir(name, root) / REGISTRY_FILE).exists():
             raise RunNotFoundError(
                 f"No run and no registered model {str(ref)!r}. Pass a run id (mlkit runs) or "
                 "a model as NAME:alias (mlkit model list)."
@@ -44,7 +44,7 @@ def resolve_run(ref: str | Path, root: Path | None = None) -> Path:
     number = store.resolve(name, version_ref or "latest", root)
     entry = next(v for v in store.show(name, root)["versions"] if v["version"] == number)
     run_dir = find_run(entry["run_id"], root)
-    if not read_json(run_dir / "run.json"):
+    if not read_json(run_dir / RUN_FILE):
         raise RunNotFoundError(f"The run of {name} v{number} ({entry['run_id']}) has no record.")
     return run_dir
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlkit._contract import BUILD, WEIGHTS
+from mlkit._contract import BUILD, CARD_FILE, WEIGHTS
 from mlkit._io import read_json
 from mlkit.errors import ModelNotFoundError, StateError, UnsafeModelError
 from mlkit.lineage import sha256_file
@@ -166,7 +166,7 @@ def task_of(name: str, ref: str | int | None = None, root: Path | None = None) -
     """``classification`` or ``regression`` for a version, read from its files without torch."""
     folder = model_dir(name, root) / f"v{resolve(name, ref, root)}"
     build = (read_json(folder / BUILD) or {}).get("build") or {}
-    return _task(read_json(folder / "card.json") or {}, int(build.get("n_outputs", 0)))
+    return _task(read_json(folder / CARD_FILE) or {}, int(build.get("n_outputs", 0)))
 
 
 def is_pinned(ref: str | int) -> bool:
@@ -179,7 +179,7 @@ def load_model(name: str, ref: str | int | None = None, *, root: Path | None = N
 
     number = resolve(name, ref, root)
     folder = model_dir(name, root) / f"v{number}"
-    card = read_json(folder / "card.json") or {}
+    card = read_json(folder / CARD_FILE) or {}
     spec = read_json(folder / BUILD)
     if not spec:
         raise ModelNotFoundError(

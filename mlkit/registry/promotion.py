@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mlkit._contract import REGISTRY_FILE
 from mlkit._io import write_json
 from mlkit.errors import ParameterError, RunNotFoundError
 from mlkit.evaluate import promotion_gate
@@ -88,7 +89,7 @@ def set_bounds(
         for metric, bound in parsed.items():
             current[metric] = _bound_value(bound)
         reg["bounds"] = current
-        write_json(folder / "registry.json", reg)
+        write_json(folder / REGISTRY_FILE, reg)
     return current
 
 

@@ -38,7 +38,7 @@ from typing import Any, TypedDict
 from filelock import FileLock
 
 from mlkit import storage as storages
-from mlkit._contract import BUILD, WEIGHTS
+from mlkit._contract import BUILD, CARD_FILE, REGISTRY_FILE, RESULT_FILE, WEIGHTS
 from mlkit._io import now_iso, read_json, write_json
 from mlkit.errors import (
     CheckFailedError,
@@ -123,7 +123,7 @@ def model_dir(name: str, root: Path | None = None) -> Path:
 
 
 def _read(name: str, root: Path | None = None) -> RegistryFile:
-    data = read_json(model_dir(name, root) / "registry.json")
+    data = read_json(model_dir(name, root) / REGISTRY_FILE)
     if data is None:
         raise ModelNotFoundError(
             f"No registered model {name!r} under {registry_root(root)}. List models with: "
@@ -146,8 +146,8 @@ def _locked(name: str, root: Path | None = None) -> Iterator[Path]:
 
 def _check_run(run_dir: Path) -> RunRecord:
     info = load_run(run_dir)
-    missing = [f for f in (WEIGHTS, BUILD, "result.json") if not (run_dir / f).exists()]
-    if info.get("status") != "completed" or "result.json" in missing:
+    missing = [f for f in (WEIGHTS, BUILD, RESULT_FILE) if not (run_dir / f).exists()]
+    if info.get("status") != "completed" or RESULT_FILE in missing:
         raise StateError(
             f"Run {info['id']} is {info.get('status', 'unknown')!r}, not completed; only a "
             "completed run (result.json written) can be registered. Check it with: mlkit show "
@@ -198,7 +198,7 @@ def register(
     sha = sha256_file(run_dir / WEIGHTS)
     card = _card(name, 0, run_dir, info, sha)  # outside the lock: it reloads the data
     with _locked(name, root) as folder:
-        reg = read_json(folder / "registry.json") or {
+        reg = read_json(folder / REGISTRY_FILE) or {
             "name": name,
             "versions": [],
             "aliases": {},
@@ -221,7 +221,7 @@ def register(
                     "again once nothing writes to the run."
                 )
             card.update(version=number, created=now_iso())
-            write_json(staging / "card.json", card)
+            write_json(staging / CARD_FILE, card)
             (staging / "card.md").write_text(_card_md(card), encoding="utf-8")
             _fsync_tree(staging)
             os.replace(staging, target)
@@ -230,7 +230,7 @@ def register(
             raise
         entry = _version_entry(card)
         reg["versions"].append(entry)
-        write_json(folder / "registry.json", reg)
+        write_json(folder / REGISTRY_FILE, reg)
     log_wandb_artifact(name, number, target, aliases=(), job_type="register", tracking=tracking)
     return {**entry, "path": str(target)}
 
@@ -308,7 +308,7 @@ def list_models(root: Path | None = None) -> list[dict[str, Any]]:
     base = registry_root(root)
     rows = []
     for path in sorted(base.iterdir()) if base.exists() else []:
-        reg = read_json(path / "registry.json")
+        reg = read_json(path / REGISTRY_FILE)
         if not reg:
             continue
         versions = [v["version"] for v in reg["versions"]]

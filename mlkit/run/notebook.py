@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlkit._contract import RESULT_MIME
+from mlkit._contract import RESULT_FILE, RESULT_MIME
 from mlkit._io import read_json
 
 EPILOGUE_TIMEOUT_S = 120
@@ -532,7 +532,7 @@ def read_result(output: str | Path, run_dir: Path | None = None) -> dict[str, An
     values are the result.
     """
     if run_dir is not None:
-        result = read_json(Path(run_dir) / "result.json")
+        result = read_json(Path(run_dir) / RESULT_FILE)
         if result is not None:
             return result
     nb = _read_output(output)

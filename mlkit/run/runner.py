@@ -14,10 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from mlkit import lineage, track
-from mlkit._contract import ENV_DEFER_FINISH, ENV_EXPERIMENT, ENV_NOTEBOOK, ENV_RUN_DIR
+from mlkit._contract import (
+    ENV_DEFER_FINISH,
+    ENV_EXPERIMENT,
+    ENV_NOTEBOOK,
+    ENV_RUN_DIR,
+    LINEAGE_FILE,
+    OUTPUT_NOTEBOOK,
+    PARAMS_FILE,
+    RESULT_FILE,
+    RUN_FILE,
+)
 from mlkit._io import hostname, now_iso, read_json, write_json
 from mlkit.errors import ParameterError, StateError
-from mlkit.record_store import check_experiment_name, create_run_dir, find_run, load_run
+from mlkit.record_store import RunRecord, check_experiment_name, create_run_dir, find_run, load_run
 from mlkit.run import notebook as nbexec
 from mlkit.run import params as _params
 
@@ -77,7 +87,7 @@ def run(
     root: Path | None = None,
     engine: str = "papermill",
     on_start: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+) -> RunRecord:
     """Execute ``notebook`` as a recorded run and return its record.
 
     Args:
@@ -157,7 +167,7 @@ def _execute(
     try:
         outcome = nbexec.execute(
             notebook,
-            run_dir / "output.ipynb",
+            run_dir / OUTPUT_NOTEBOOK,
             parameters,
             env=env,
             cwd=Path.cwd(),
@@ -219,45 +229,45 @@ def _start_record(
         "engine": engine,
         **extra,
     }
-    write_json(run_dir / "run.json", info)
+    write_json(run_dir / RUN_FILE, info)
     write_json(
-        run_dir / "params.json",
+        run_dir / PARAMS_FILE,
         {"notebook": str(notebook), "parameters": parameters, "given": given},
     )
-    write_json(run_dir / "lineage.json", lineage.collect(notebook))
+    write_json(run_dir / LINEAGE_FILE, lineage.collect(notebook))
     return info
 
 
-def _finalize(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    info = read_json(run_dir / "run.json", {}) or {}
+def _finalize(run_dir: Path, **fields: Any) -> RunRecord:
+    info = read_json(run_dir / RUN_FILE, {}) or {}
     result = fields.get("result")
-    if result is not None and not (run_dir / "result.json").exists():
+    if result is not None and not (run_dir / RESULT_FILE).exists():
         # Recorded with scrapbook's glue: keep one place where every reader looks.
-        write_json(run_dir / "result.json", result)
+        write_json(run_dir / RESULT_FILE, result)
         info["result_source"] = "scrapbook"
     info.update({k: v for k, v in fields.items() if v is not None})
     info["ended"] = now_iso()
     info.pop("pid", None)
-    write_json(run_dir / "run.json", info)
+    write_json(run_dir / RUN_FILE, info)
     return load_run(run_dir)
 
 
 def reproduce(
     ref: str, *, root: Path | None = None, progress: bool = True, tracking: str | None = None
-) -> dict[str, Any]:
+) -> RunRecord:
     """Re-execute a run from its record and compare the metrics exactly.
 
     Returns a dict with the new run, the per-metric comparison and ``match``.
     """
 
     old_dir = find_run(ref, root)
-    record = read_json(old_dir / "params.json")
+    record = read_json(old_dir / PARAMS_FILE)
     if not record:
         raise StateError(f"Run {old_dir.name} has no params.json, so it cannot be reproduced.")
     notebook = Path(record["notebook"])
     old = load_run(old_dir)
     warnings = []
-    old_lineage = read_json(old_dir / "lineage.json", {}) or {}
+    old_lineage = read_json(old_dir / LINEAGE_FILE, {}) or {}
     recorded_hash = old_lineage.get("notebook_sha256")
     if notebook.exists() and recorded_hash and lineage.notebook_hash(notebook) != recorded_hash:
         warnings.append(f"{notebook} changed since run {old['id']}")

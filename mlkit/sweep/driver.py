@@ -1,9 +1,8 @@
 """Optuna sweeps where every trial is an executed notebook with its own record.
 
-The only module that creates or loads Optuna studies. A driver asks Optuna for a
-trial, runs the notebook with the suggested parameters (plus the trial's
-coordinates in ``MLKIT_TRIAL``), and tells the outcome: COMPLETE with the
-objective(s), PRUNED, or FAIL with the reason. ``ask_trial`` and ``run_trial`` are
+A driver asks Optuna for a trial, runs the notebook with the suggested parameters
+(plus the trial's coordinates in ``MLKIT_TRIAL``), and tells the outcome: COMPLETE
+with the objective(s), PRUNED, or FAIL with the reason. ``ask_trial`` and ``run_trial`` are
 the two steps; the widget explorer drives its trials through them too, following each
 run with ``run_trial``'s hooks (the record as soon as it exists, a cancel with a reason).
 
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from mlkit import track
-from mlkit._contract import ENV_TRIAL, PRUNED_FILE
+from mlkit._contract import ENV_TRIAL, PRUNED_FILE, RUN_FILE
 from mlkit._io import pid_alive, read_json, write_json
 from mlkit.run import runner, warm
 from mlkit.storage import ask_lock, make_pruner
@@ -416,11 +415,11 @@ def _fail(
 
 def _mark_cancelled(run_dir: Path, reason: str) -> None:
     """run.json says the run failed as cancelled, and what the interrupt looked like."""
-    info = read_json(run_dir / "run.json", {}) or {}
+    info = read_json(run_dir / RUN_FILE, {}) or {}
     if info.get("reason") != reason:
         info["interrupted_as"] = info.get("reason", "")
     info.update(status="failed", reason=reason, cancelled=True)
-    write_json(run_dir / "run.json", info)
+    write_json(run_dir / RUN_FILE, info)
 
 
 def _tell(study: Any, trial: Any, *args: Any, **kwargs: Any) -> None:
