@@ -17,7 +17,7 @@ import pytest
 import wandb  # noqa: F401
 
 from mlkit._io import redact
-from tests.helpers import ROOT
+from tests.helpers import ROOT, needs_service
 
 
 @pytest.fixture
@@ -53,7 +53,5 @@ def pg_url() -> str:
             f"needs PostgreSQL ({reason}); run `source .ci/postgres.sh` to install and "
             "start one on 127.0.0.1"
         )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        needs_service(message)
     return url

@@ -30,6 +30,17 @@ TEMPLATES = ROOT / "templates"
 T = TypeVar("T")
 
 
+def needs_service(message: str) -> None:
+    """Skip a test whose system service is missing, saying how to enable it; fail under CI.
+
+    CI installs and starts every service its tests need (``.ci/run``), so there a missing
+    one is a broken set-up, not a reason to skip.
+    """
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
     """Run the real ``mlkit`` command in a subprocess, as a user would."""
     full_env = dict(os.environ)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from mlkit.cli import _common as common
 from mlkit.cli._common import EXIT_FAILED, EXIT_OK, fmt
-from mlkit.errors import NotFoundError, ParameterError
+from mlkit.errors import ParameterError
 
 
 def add_parsers(commands: common.Subcommands) -> None:
@@ -64,15 +63,9 @@ def load_params_file(path: str) -> dict[str, Any]:
         NotFoundError: the file does not exist.
         ParameterError: it is not YAML, or not a mapping.
     """
-    import yaml
+    from mlkit.run.params import read_yaml_file
 
-    file = Path(path)
-    if not file.exists():
-        raise NotFoundError(f"Parameters file '{path}' does not exist (-f {path}).")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ParameterError(f"Parameters file '{path}' is not valid YAML: {exc}") from None
+    data = read_yaml_file(path, "Parameters file", f"-f {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):

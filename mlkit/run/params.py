@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlkit.errors import NotebookError, NotebookNotFoundError, ParameterError
+from mlkit.errors import NotebookError, NotebookNotFoundError, NotFoundError, ParameterError
 
 _TYPES = {"int", "float", "str", "bool", "list", "dict"}
 
@@ -372,3 +372,26 @@ def _check_json_builtin(values: dict[str, Any], notebook: str) -> None:
             f"Parameters for {notebook} must be JSON values (numbers, strings, booleans, "
             f"lists, dicts, null): {exc}. NaN and infinity are not allowed either."
         ) from None
+
+
+def read_yaml_file(path: str | Path, what: str, flag: str) -> Any:
+    """The YAML in ``path``; a missing or malformed file is bad input naming ``flag``.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message ("Parameters file").
+        flag: how it was given, for the message ("-f params.yaml").
+
+    Raises:
+        NotFoundError: the file does not exist.
+        ParameterError: it is not YAML.
+    """
+    import yaml  # pyyaml is only needed by the commands that read such files
+
+    file = Path(path)
+    if not file.exists():
+        raise NotFoundError(f"{what} '{path}' does not exist ({flag}).")
+    try:
+        return yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"{what} '{path}' is not valid YAML: {exc}") from None

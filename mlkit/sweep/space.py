@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlkit.errors import NotFoundError, ParameterError
-from mlkit.run.params import Signature, validate
+from mlkit.errors import ParameterError
+from mlkit.run.params import Signature, read_yaml_file, validate
 
 KINDS = ("float", "int", "categorical")
 
@@ -64,15 +64,7 @@ class Dim:
 
 def load(path: str | Path) -> list[Dim]:
     """Read a search-space YAML file."""
-    import yaml
-
-    path = Path(path)
-    if not path.exists():
-        raise NotFoundError(f"Search-space file '{path}' does not exist (--space {path}).")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ParameterError(f"Search-space file '{path}' is not valid YAML: {exc}") from None
+    raw = read_yaml_file(path, "Search-space file", f"--space {path}")
     return parse(raw, str(path))
 
 
