@@ -182,3 +182,27 @@ def test_mlkit_imports_at_module_top() -> None:
 # Rule: `import mlkit` and importing `mlkit.cli` load none of torch, wandb, papermill, ipywidgets
 # or optuna. That needs a fresh interpreter, so it is checked once, in a subprocess, by
 # tests/test_cli.py::test_import_and_help_import_nothing_heavy, and not repeated here.
+
+
+# Names templates, notebooks and users import keep working after the move into subpackages.
+def test_earlier_names_still_import() -> None:
+    import mlkit
+    from mlkit import abtest, guard, monitor, notebook, params, predlog, report, runner, space
+    from mlkit.ops import abtest as ops_abtest
+    from mlkit.run import runner as run_runner
+
+    assert runner is run_runner and callable(mlkit.runner.run)
+    assert abtest is ops_abtest
+    for module, home in (
+        (guard, "mlkit.ops.guard"),
+        (monitor, "mlkit.ops.monitor"),
+        (notebook, "mlkit.run.notebook"),
+        (params, "mlkit.run.params"),
+        (predlog, "mlkit.serve.predlog"),
+        (report, "mlkit.sweep.report"),
+        (space, "mlkit.sweep.space"),
+    ):
+        assert module.__name__ == home
+    assert callable(mlkit.start_run) and callable(mlkit.parameters)
+    assert callable(mlkit.trial.current)
+    from mlkit.record import list_runs, write_json  # noqa: F401  (used by older notebooks)
