@@ -196,9 +196,41 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-# A checkpoint carrying pickled code is refused with a clear error, and its code never runs;
-# the same file does run code under a plain torch.load, so the test's pickle is real.
-def test_pickled_code_checkpoint_is_refused(exp_root: Path, tmp_path: Path) -> None:
+def _state(folder: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / WEIGHTS)
+
+
+def _altered(state: dict[str, Any]) -> dict[str, Any]:
+    """Other valid weights of the same shapes: every answer of the model changes."""
+    return {k: (v + 1.0).contiguous() for k, v in state.items()}
+
+
+def _name_in_card(folder: Path, file: str) -> str:
+    """Point the version's card and registry.json at ``file``, with its hash: a legacy version."""
+    from mlkit.lineage import sha256_file
+
+    sha = sha256_file(folder / file)
+    card_path = folder / "card.json"
+    card = json.loads(card_path.read_text())
+    card["weights"].update(file=file, sha256=sha)
+    card_path.write_text(json.dumps(card))
+    reg_path = folder.parent / "registry.json"
+    reg = json.loads(reg_path.read_text())
+    for entry in reg["versions"]:
+        if f"v{entry['version']}" == folder.name:
+            entry["sha256"] = sha
+    reg_path.write_text(json.dumps(reg))
+    return sha
+
+
+# A checkpoint carrying pickled code is refused with a clear error, and its code never runs:
+# dropped in beside the card (which names model.safetensors), and even named by the card with
+# its own hash, where torch.load(weights_only=True) is what refuses it. The same file does run
+# code under a plain torch.load, so the test's pickle is real.
+@pytest.mark.parametrize("named", [False, True])
+def test_pickled_code_checkpoint_is_refused(exp_root: Path, tmp_path: Path, named: bool) -> None:
     import torch
 
     store.register(fake_run(exp_root), "m")
@@ -206,8 +238,11 @@ def test_pickled_code_checkpoint_is_refused(exp_root: Path, tmp_path: Path) -> N
     (folder / WEIGHTS).unlink()
     marker = tmp_path / "pwned"
     torch.save({"weight": _Payload(marker)}, folder / "model.pt")
-    with pytest.raises(errors.UnsafeModelError, match=r"Refused to load .*model\.pt"):
+    if named:
+        _name_in_card(folder, "model.pt")
+    with pytest.raises(errors.UnsafeModelError, match=r"Refused to load .*model\.pt") as caught:
         loading.load_model("m", "v1")
+    assert ("not plain weights" in str(caught.value)) is named
     assert not marker.exists(), "the pickled code ran"
     control = tmp_path / "control"
     torch.save({"weight": _Payload(control)}, tmp_path / "evil.pt")
@@ -216,19 +251,94 @@ def test_pickled_code_checkpoint_is_refused(exp_root: Path, tmp_path: Path) -> N
     assert control.exists(), "the payload would run code when unpickled without weights_only"
 
 
-# A legacy .pt holding a plain state_dict loads (weights_only=True allows tensors).
+# A legacy .pt holding a plain state_dict loads (weights_only=True allows tensors) when the
+# card names it with its hash, and the loaded model reports that file's hash.
 def test_plain_state_dict_checkpoint_loads(exp_root: Path) -> None:
     import torch
-    from safetensors.torch import load_file
 
     store.register(fake_run(exp_root), "m")
     folder = exp_root / "registry" / "m" / "v1"
-    state = load_file(folder / WEIGHTS)
+    state = _state(folder)
     (folder / WEIGHTS).unlink()
     torch.save(state, folder / "model.pt")
+    sha = _name_in_card(folder, "model.pt")
     loaded = loading.load_model("m", "v1")
+    assert loaded.sha256 == sha
     for key, value in loaded.module.state_dict().items():
         assert torch.equal(value, state[key])
+
+
+# The attack on a registered version: its safetensors deleted and a weights-only .pt with
+# altered tensors dropped in. It is refused, naming the file, both hashes and the fix.
+def test_swapped_pt_is_refused(exp_root: Path) -> None:
+    import torch
+
+    from mlkit.lineage import sha256_file
+
+    store.register(fake_run(exp_root), "m")
+    folder = exp_root / "registry" / "m" / "v1"
+    registered = json.loads((folder / "card.json").read_text())["weights"]["sha256"]
+    altered = _altered(_state(folder))
+    (folder / WEIGHTS).unlink()
+    torch.save(altered, folder / "model.pt")
+    with pytest.raises(errors.UnsafeModelError) as caught:
+        loading.load_model("m", "v1")
+    message = str(caught.value)
+    assert str(folder / "model.pt") in message and registered in message
+    assert sha256_file(folder / "model.pt") in message
+    assert "mlkit model register" in message
+
+
+# A weights file beside the one the card names is refused too, though the named one matches:
+# nothing in a version folder may be weights the card does not vouch for.
+def test_extra_weights_file_is_refused(exp_root: Path) -> None:
+    import torch
+
+    store.register(fake_run(exp_root), "m")
+    folder = exp_root / "registry" / "m" / "v1"
+    torch.save(_altered(_state(folder)), folder / "model.bin")
+    with pytest.raises(errors.UnsafeModelError, match=r"model\.bin"):
+        loading.load_model("m", "v1")
+
+
+# A legacy .pt the card names is checked against the card like safetensors: altered, refused.
+def test_named_pt_that_changed_is_refused(exp_root: Path) -> None:
+    import torch
+
+    store.register(fake_run(exp_root), "m")
+    folder = exp_root / "registry" / "m" / "v1"
+    state = _state(folder)
+    (folder / WEIGHTS).unlink()
+    torch.save(state, folder / "model.pt")
+    registered = _name_in_card(folder, "model.pt")
+    torch.save(_altered(state), folder / "model.pt")
+    with pytest.raises(errors.UnsafeModelError, match="changed after registration") as caught:
+        loading.load_model("m", "v1")
+    assert registered in str(caught.value) and "model.pt" in str(caught.value)
+
+
+# model.safetensors replaced by other valid weights is refused; so is the same swap with the
+# card rewritten to match, since registry.json still lists the hash that was registered.
+@pytest.mark.parametrize("card_rewritten", [False, True])
+def test_replaced_safetensors_is_refused(exp_root: Path, card_rewritten: bool) -> None:
+    from safetensors.torch import save_file
+
+    from mlkit.lineage import sha256_file
+
+    store.register(fake_run(exp_root), "m")
+    folder = exp_root / "registry" / "m" / "v1"
+    registered = sha256_file(folder / WEIGHTS)
+    save_file(_altered(_state(folder)), folder / WEIGHTS)
+    swapped = sha256_file(folder / WEIGHTS)
+    if card_rewritten:
+        card = json.loads((folder / "card.json").read_text())
+        card["weights"]["sha256"] = swapped
+        (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(errors.UnsafeModelError) as caught:
+        loading.load_model("m", "v1")
+    message = str(caught.value)
+    assert registered in message and swapped in message and WEIGHTS in message
+    assert "mlkit model register" in message
 
 
 # Weights changed after registration are refused: the card's sha256 no longer matches.

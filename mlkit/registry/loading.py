@@ -1,14 +1,22 @@
-"""Loading a registered model safely: weights without pickle, checked against the card."""
+"""Loading a registered model safely: weights without pickle, checked against the card.
+
+A version loads only the weights file its card names, and only once the bytes read match
+the sha256 that both the card and registry.json recorded at registration; any other weights
+file in the version folder is refused. The hash a loaded model reports (the server's banner,
+``/metadata``, every answer and log row) is of the very bytes that were loaded.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlkit._contract import BUILD, CARD_FILE, WEIGHTS
+from mlkit._contract import BUILD, CARD_FILE, REGISTRY_FILE, WEIGHTS
 from mlkit._io import read_json
 from mlkit.errors import ModelNotFoundError, StateError, UnsafeModelError
 from mlkit.lineage import sha256_file
@@ -19,6 +27,17 @@ if TYPE_CHECKING:
     from torch import nn
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl")
+WEIGHT_SUFFIXES = (Path(WEIGHTS).suffix, *PICKLE_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """The weights a version was registered with, and what to say when they do not match."""
+
+    what: str  # "NAME vN", for messages
+    path: Path
+    expected: str  # sha256 recorded at registration
+    fix: str
 
 
 def check_weights_only_env(environ: dict[str, str] | None = None) -> None:
@@ -99,29 +118,75 @@ class LoadedModel:
         }
 
 
-def _load_state(folder: Path, expected_sha: str | None) -> dict[str, Any]:
+def _registered_weights(name: str, number: int, folder: Path, card: dict[str, Any]) -> WeightsRef:
+    """The weights file and sha256 a version was registered with; card and registry agree.
 
-    weights = folder / WEIGHTS
-    if weights.exists():
-        actual = sha256_file(weights)
-        if expected_sha and actual != expected_sha:
-            raise UnsafeModelError(
-                f"{weights} has sha256 {actual}, but its card says {expected_sha}: the file "
-                "changed after registration. Register the run again instead of editing a version."
-            )
-        from safetensors.torch import load_file
-
-        return load_file(str(weights), device="cpu")
-    legacy = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if not legacy:
-        raise ModelNotFoundError(
-            f"{folder} holds no {WEIGHTS}. Register the run again: mlkit model register RUN "
-            f"--name {folder.parent.name}"
+    registry.json is written under the model's lock and lives outside the version folder, so
+    a folder swapped whole (weights and a card to match) still disagrees with it.
+    """
+    weights = card.get("weights") or {}
+    file = str(weights.get("file") or WEIGHTS)
+    expected = weights.get("sha256")
+    reg = read_json(folder.parent / REGISTRY_FILE) or {}
+    entry = next((v for v in reg.get("versions", []) if v.get("version") == number), {})
+    ref = WeightsRef(f"{name} v{number}", folder / file, expected or "", _fix(name, card))
+    if Path(file).name != file or Path(file).suffix not in WEIGHT_SUFFIXES:
+        raise UnsafeModelError(
+            f"{folder / CARD_FILE} names {file!r} as the weights of {ref.what}: not a weights "
+            f"file in the version folder. {ref.fix}"
         )
-    return _torch_load_weights_only(legacy[0])
+    if not expected or entry.get("sha256") != expected:
+        raise UnsafeModelError(
+            f"Refused to load {ref.path}: its card says sha256 {expected}, but "
+            f"{folder.parent / REGISTRY_FILE} lists {entry.get('sha256')} for {ref.what}, so "
+            f"its weights cannot be verified. {ref.fix}"
+        )
+    return ref
 
 
-def _torch_load_weights_only(path: Path) -> dict[str, Any]:
+def _verified_bytes(ref: WeightsRef) -> tuple[bytes, str]:
+    """The registered weights file, read once and checked against its hash before any load.
+
+    Returns:
+        The file's bytes and their sha256: what loads is exactly what was hashed.
+    """
+    for other in sorted(ref.path.parent.iterdir()):
+        if other.name != ref.path.name and other.suffix in WEIGHT_SUFFIXES and other.is_file():
+            raise UnsafeModelError(
+                f"Refused to load {other}: the card of {ref.what} names {ref.path.name} with "
+                f"sha256 {ref.expected}, and this file (sha256 {sha256_file(other)}) was added "
+                f"or swapped in after registration. {ref.fix}"
+            )
+    if not ref.path.is_file():
+        raise ModelNotFoundError(f"{ref.path} is missing: {ref.what} has no weights. {ref.fix}")
+    data = ref.path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != ref.expected:
+        raise UnsafeModelError(
+            f"Refused to load {ref.path}: it has sha256 {actual}, but its card says "
+            f"{ref.expected}: the file changed after registration. {ref.fix}"
+        )
+    return data, actual
+
+
+def _fix(name: str, card: dict[str, Any]) -> str:
+    run_id = (card.get("run") or {}).get("id") or "RUN"
+    return (
+        "Register the run again instead of editing a version: mlkit model register "
+        f"{run_id} --name {name}"
+    )
+
+
+def _decode(path: Path, data: bytes) -> dict[str, Any]:
+    """A state_dict from verified bytes: safetensors, or a legacy file without pickled code."""
+    if path.suffix in PICKLE_SUFFIXES:
+        return _torch_load_weights_only(path, data)
+    from safetensors.torch import load
+
+    return load(data)
+
+
+def _torch_load_weights_only(path: Path, data: bytes) -> dict[str, Any]:
     """``torch.load`` that only ever unpickles tensors and containers, never code."""
     import pickle
 
@@ -129,7 +194,7 @@ def _torch_load_weights_only(path: Path) -> dict[str, Any]:
 
     check_weights_only_env()
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as exc:
         raise UnsafeModelError(
             f"Refused to load {path}: it is not plain weights (torch.load with weights_only=True "
@@ -175,7 +240,13 @@ def is_pinned(ref: str | int) -> bool:
 
 
 def load_model(name: str, ref: str | int | None = None, *, root: Path | None = None) -> LoadedModel:
-    """Build version ``ref`` (``v3``, an alias, or latest) and load its weights without pickle."""
+    """Build version ``ref`` (``v3``, an alias, or latest) and load its weights without pickle.
+
+    Raises:
+        UnsafeModelError: the weights file differs from the sha256 registered for it, the
+            version folder holds weights its card does not name, or loading would need pickle.
+        ModelNotFoundError: the version's weights or model.json are missing.
+    """
 
     number = resolve(name, ref, root)
     folder = model_dir(name, root) / f"v{number}"
@@ -187,10 +258,11 @@ def load_model(name: str, ref: str | int | None = None, *, root: Path | None = N
             f"Register the run again: mlkit model register RUN --name {name}"
         )
     input_shape, n_outputs = model_shape(spec)
-    expected = (card.get("weights") or {}).get("sha256")
+    ref = _registered_weights(name, number, folder, card)
+    data, sha256 = _verified_bytes(ref)
     module = build_model(
         spec,
-        _load_state(folder, expected),
+        _decode(ref.path, data),
         what=f"{name} v{number}",
         fix="Register the run again.",
     )
@@ -202,7 +274,7 @@ def load_model(name: str, ref: str | int | None = None, *, root: Path | None = N
     return LoadedModel(
         name=name,
         version=number,
-        sha256=expected or "",
+        sha256=sha256,
         module=module,
         card=card,
         input_shape=input_shape,
