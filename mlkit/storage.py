@@ -29,7 +29,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from mlkit._io import redact
+from mlkit._io import redact, redact_text
 from mlkit.errors import NotFoundError, ParameterError
 from mlkit.record_store import experiments_root
 
@@ -85,9 +85,12 @@ def open_storage(url: str, *, sync: bool = True) -> Any:
     ``sync=False`` opens a journal whose appends are flushed to the OS (every process
     reads them at once) but not fsynced: for a trial's per-epoch reports (see
     ``_trial_storage``), never for what the driver tells.
-    """
-    import optuna
 
+    Raises:
+        ParameterError: the URL is not understood, or its database refuses the
+            connection (wrong password, no such database, host down): one line, the
+            password hidden.
+    """
     journal = _journal_path(url)
     if journal is not None:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -97,20 +100,50 @@ def open_storage(url: str, *, sync: bool = True) -> Any:
         backend = JournalFileBackend if sync else _unsynced_journal_backend()
         return JournalStorage(backend(str(journal)))
     if url.startswith(("sqlite:", "postgresql", "mysql")):
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite:"):
-            # SQLite locks under concurrent writers; a long busy timeout rides it out.
-            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-        if url.startswith("postgresql"):
-            # Drivers starting at once on a fresh database race to create Optuna's tables
-            # ("duplicate key ... studydirection"): create them one at a time.
-            with _pg_advisory_lock(url, "mlkit:schema"):
-                return optuna.storages.RDBStorage(url, **kwargs)
-        return optuna.storages.RDBStorage(url, **kwargs)
+        import sqlalchemy
+
+        try:
+            return _rdb_storage(url)
+        except sqlalchemy.exc.OperationalError as exc:
+            raise _cannot_connect(url, exc) from None
     raise ParameterError(
         f"Storage {redact(url)!r} is not understood. Use a journal file path (the default), "
         "sqlite:///path.db, or postgresql://user@host/db."
     )
+
+
+def _rdb_storage(url: str) -> Any:
+    """Optuna's storage over SQLAlchemy, for a database URL."""
+    import optuna
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        # SQLite locks under concurrent writers; a long busy timeout rides it out.
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    if url.startswith("postgresql"):
+        # Drivers starting at once on a fresh database race to create Optuna's tables
+        # ("duplicate key ... studydirection"): create them one at a time.
+        with _pg_advisory_lock(url, "mlkit:schema"):
+            return optuna.storages.RDBStorage(url, **kwargs)
+    return optuna.storages.RDBStorage(url, **kwargs)
+
+
+def _cannot_connect(url: str, exc: Exception) -> ParameterError:
+    """One line for a database that refused us: the URL shown without its password.
+
+    The driver's own first line says which of the usual causes it is (password, missing
+    database, host down or unknown); the rest of its text and the traceback add nothing a
+    person can act on.
+    """
+    driver_error = getattr(exc, "orig", None) or exc
+    reason = " ".join(redact_text(str(driver_error).strip().splitlines()[0], url).split())
+    fix = (
+        "Check that its folder exists and is writable."
+        if url.startswith("sqlite:")
+        else "Check the user, password, host and database name in the URL, and that the "
+        "database server is up."
+    )
+    return ParameterError(f"Cannot open the storage {redact(url)}: {reason}. {fix}")
 
 
 @contextlib.contextmanager

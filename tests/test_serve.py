@@ -22,6 +22,7 @@ from tests.helpers import (
     ROOT,
     TEMPLATES,
     fake_run,
+    free_port,
     log_rows,
     registered_digits_flat,
     run_cli,
@@ -228,6 +229,25 @@ def test_serve_unknown_model_or_alias(served: dict[str, Any]) -> None:
     assert proc.returncode == 2 and "No registered model 'nope'" in proc.stderr
     proc = run_cli("serve", "digits:canary", env=env, timeout=60)
     assert proc.returncode == 2 and "mlkit model promote digits VERSION" in proc.stderr
+
+
+# A version whose safetensors was swapped for a weights-only .pt with altered tensors is never
+# served under the registered hash: `mlkit serve` refuses it before it binds (exit 3), naming
+# the file and the fix.
+def test_serve_refuses_swapped_weights(exp_root: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    store.register(fake_run(exp_root), "m")
+    folder = exp_root / "registry" / "m" / "v1"
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save({k: v + 1.0 for k, v in state.items()}, folder / "model.pt")
+    port = str(free_port())
+    env = {"MLKIT_EXPERIMENTS": str(exp_root)}
+    proc = run_cli("serve", "m:v1", "--port", port, env=env, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert str(folder / "model.pt") in proc.stderr and "mlkit model register" in proc.stderr
 
 
 # `mlkit model --help` and `mlkit serve --help` import neither the server stack nor torch.
@@ -633,3 +653,26 @@ def test_sqlite_log_is_append_only(tmp_path: Path) -> None:
     finally:
         conn.close()
     assert log_rows(tmp_path / "p.sqlite")[0]["input"] == '{"input":[1.0]}'
+
+
+# A server other machines can reach needs a token, or the words --allow-unauthenticated.
+def test_serve_on_an_open_host_without_a_token_is_refused(exp_root: Path) -> None:
+    no_token = {"MLKIT_SERVE_TOKEN": ""}  # empty counts as unset
+    proc = run_cli("serve", "digits", "--host", "0.0.0.0", env=no_token, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "MLKIT_SERVE_TOKEN" in proc.stderr and "--allow-unauthenticated" in proc.stderr
+    assert "serving" not in proc.stderr
+
+
+# Loopback needs no token; an open host passes with a token or when explicitly allowed.
+def test_exposure_check_passes_loopback_token_or_explicit_allow() -> None:
+    from mlkit.errors import ParameterError
+    from mlkit.serve.app import check_exposure
+
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):
+        check_exposure(host, token=None)
+    check_exposure("0.0.0.0", token=TOKEN)
+    check_exposure("0.0.0.0", token=None, allow_unauthenticated=True)
+    for host in ("0.0.0.0", "192.168.1.5", "::", "example.org"):
+        with pytest.raises(ParameterError, match="MLKIT_SERVE_TOKEN"):
+            check_exposure(host, token=None)

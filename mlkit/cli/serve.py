@@ -25,6 +25,12 @@ def add_parsers(commands: common.Subcommands) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host without a token (by default that needs "
+        "MLKIT_SERVE_TOKEN)",
+    )
+    p.add_argument(
         "--log-sync",
         choices=["normal", "full"],
         default="normal",
@@ -69,5 +75,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shadow=args.shadow,
         ab=args.ab,
         follow_s=args.follow_every,
+        allow_unauthenticated=args.allow_unauthenticated,
     )
     return EXIT_OK

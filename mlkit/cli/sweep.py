@@ -118,10 +118,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     summary = driver.run(cfg, progress=not args.quiet)
     console = Console(highlight=False, soft_wrap=True)
-    console.print(
-        f"study {summary.study}: {summary.n_complete} complete, {summary.n_pruned} pruned, "
-        f"{summary.n_failed} failed in {summary.seconds:.0f}s  (storage {summary.storage})"
-    )
+    console.print(summary.headline())
     objective = ", ".join(f"{m} ({d})" for m, d in zip(cfg.objectives, cfg.directions, strict=True))
     if summary.best:
         best = summary.best

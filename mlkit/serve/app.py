@@ -31,6 +31,7 @@ its request id in the ``X-Request-ID`` header and the body.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -53,7 +54,9 @@ __all__ = [
     "ENV_TOKEN",
     "LOOPBACK",
     "Server",
+    "check_exposure",
     "create_app",
+    "is_loopback",
     "request_ids",
     "request_model",
     "serve",
@@ -173,6 +176,38 @@ def _add_arm(server: Server, variant: Variant) -> None:
     server.arms.append((variant, arm))
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (``127.0.0.0/8``, ``::1``)."""
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: only ``localhost`` is known to stay on this machine
+        return False
+
+
+def check_exposure(host: str, *, token: str | None, allow_unauthenticated: bool = False) -> None:
+    """Refuse to serve beyond this machine without a token unless told to in so many words.
+
+    Args:
+        host: the address the server would bind.
+        token: the bearer token requests must carry (``$MLKIT_SERVE_TOKEN``), None for none.
+        allow_unauthenticated: serve other machines without a token all the same.
+
+    Raises:
+        ParameterError: ``host`` is not a loopback address, there is no token, and
+            ``allow_unauthenticated`` is False.
+    """
+    if token or allow_unauthenticated or is_loopback(host):
+        return
+    raise ParameterError(
+        f"--host {host} is reachable from other machines and {ENV_TOKEN} is not set, so "
+        "anyone who can reach it could query the model and fill its prediction log. Set "
+        f"{ENV_TOKEN} to require a bearer token, or pass --allow-unauthenticated to serve "
+        "without one."
+    )
+
+
 def serve(
     target: str | None,
     *,
@@ -185,10 +220,19 @@ def serve(
     shadow: str | None = None,
     ab: str | None = None,
     follow_s: float = 2.0,
+    allow_unauthenticated: bool = False,
 ) -> None:
-    """Run ``mlkit serve NAME[:alias]`` (or ``mlkit serve --ab ...``) with uvicorn."""
+    """Run ``mlkit serve NAME[:alias]`` (or ``mlkit serve --ab ...``) with uvicorn.
+
+    Raises:
+        ParameterError: ``host`` is reachable from other machines, ``$MLKIT_SERVE_TOKEN``
+            is unset and ``allow_unauthenticated`` is False (see :func:`check_exposure`).
+    """
     import uvicorn
 
+    check_exposure(
+        host, token=os.environ.get(ENV_TOKEN), allow_unauthenticated=allow_unauthenticated
+    )
     if bool(target) == bool(ab):
         raise ParameterError(
             "mlkit serve needs exactly one of NAME[:ALIAS] or --ab NAME:a=0.9,NAME:b=0.1."
@@ -210,7 +254,7 @@ def serve(
         follow_s=follow_s,
     )
     server: Server = app.state.server
-    if host not in LOOPBACK and server.token is None:
+    if not is_loopback(host) and server.token is None:
         print(
             f"mlkit serve: warning: listening on {host} with no token; set {ENV_TOKEN} to "
             "require one.",

@@ -6,17 +6,26 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mlkit._io import redact
-from mlkit.errors import ParameterError
+from mlkit.errors import ParameterError, UsageError
+from mlkit.run.params import read_signature
 from mlkit.storage import load_study
 
 
 @dataclass
 class Summary:
+    """The end of a sweep in numbers.
+
+    ``n_failed`` counts trials whose notebook failed; ``n_reaped`` those failed because their
+    worker died or went silent (see ``driver.reap_stale``): the notebook is not to blame, a
+    first reap queues the parameters again, and they do not count against the trial budget.
+    """
+
     study: str
     storage: str
     n_complete: int
     n_pruned: int
     n_failed: int
+    n_reaped: int
     best: dict[str, Any] | None
     pareto: list[dict[str, Any]]
     seconds: float
@@ -24,18 +33,26 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def headline(self) -> str:
+        """One line: the study, its trials by outcome, the time taken and the storage."""
+        reaped = f", {self.n_reaped} reaped (worker gone)" if self.n_reaped else ""
+        return (
+            f"study {self.study}: {self.n_complete} complete, {self.n_pruned} pruned, "
+            f"{self.n_failed} failed{reaped} in {self.seconds:.0f}s  (storage {self.storage})"
+        )
+
 
 def _counts(study: Any) -> dict[str, int]:
     from optuna.trial import TrialState
 
-    counts = {"complete": 0, "pruned": 0, "fail": 0, "running": 0}
+    counts = {"complete": 0, "pruned": 0, "fail": 0, "reaped": 0, "running": 0}
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE:
             counts["complete"] += 1
         elif t.state == TrialState.PRUNED:
             counts["pruned"] += 1
-        elif t.state == TrialState.FAIL and not t.user_attrs.get("reaped"):
-            counts["fail"] += 1
+        elif t.state == TrialState.FAIL:
+            counts["reaped" if t.user_attrs.get("reaped") else "fail"] += 1
         elif t.state == TrialState.RUNNING:
             counts["running"] += 1
     return counts
@@ -52,7 +69,12 @@ def _best_text(study: Any) -> str:
 
 def summarize(name: str, url: str, seconds: float = 0.0) -> Summary:
     """Counts, the best trial (or the Pareto front) and where its record is."""
-    study = load_study(url, name)
+    return summarize_study(load_study(url, name), url, seconds)
+
+
+def summarize_study(study: Any, url: str, seconds: float = 0.0) -> Summary:
+    """:func:`summarize` for a study already loaded from the storage at ``url``."""
+    name = study.study_name
     counts = _counts(study)
     best, pareto = None, []
     try:
@@ -63,14 +85,15 @@ def summarize(name: str, url: str, seconds: float = 0.0) -> Summary:
     except ValueError:
         pass
     return Summary(
-        name,
-        redact(url),
-        counts["complete"],
-        counts["pruned"],
-        counts["fail"],
-        best,
-        pareto,
-        seconds,
+        study=name,
+        storage=redact(url),
+        n_complete=counts["complete"],
+        n_pruned=counts["pruned"],
+        n_failed=counts["fail"],
+        n_reaped=counts["reaped"],
+        best=best,
+        pareto=pareto,
+        seconds=seconds,
     )
 
 
@@ -87,7 +110,11 @@ def _trial_dict(trial: Any) -> dict[str, Any]:
 
 
 def best_params(name: str, url: str) -> dict[str, Any]:
-    """The best trial's full parameters (fixed ones and its seed included), for ``mlkit run -f``."""
+    """The best trial's full parameters, for ``mlkit run -f``.
+
+    Fixed parameters and the searched ones, and the trial's seed when the notebook
+    declares a ``seed`` parameter (the driver passes it only then).
+    """
     study = load_study(url, name)
     try:
         trial = study.best_trial
@@ -101,6 +128,21 @@ def best_params(name: str, url: str) -> dict[str, Any]:
     meta = study.user_attrs.get("mlkit", {})
     out = dict(meta.get("fixed", {}))
     out.update(trial.params)
-    if trial.user_attrs.get("seed") is not None and "seed" not in out:
-        out["seed"] = trial.user_attrs["seed"]
+    seed = trial.user_attrs.get("seed")
+    if seed is not None and "seed" not in out and _takes_seed(meta.get("notebook")):
+        out["seed"] = seed
     return out
+
+
+def _takes_seed(notebook: str | None) -> bool:
+    """Whether the swept notebook declares ``seed``: ``mlkit run -f`` refuses unknown names.
+
+    A notebook that cannot be read (moved since the sweep) counts as taking one: an
+    unknown ``seed`` fails loudly when run, a dropped one would silently run another seed.
+    """
+    if not notebook:
+        return True
+    try:
+        return "seed" in read_signature(notebook).names
+    except UsageError:
+        return True
