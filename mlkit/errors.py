@@ -89,6 +89,10 @@ class CheckFailedError(MlkitError, RuntimeError):
     exit_code = EXIT_FAILED
 
 
+class RecordWriteError(CheckFailedError):
+    """A run's record cannot be written (disk full, read-only): the message names the file."""
+
+
 class PromotionBlockedError(CheckFailedError):
     """The version's evaluation breaks the model's bounds; ``violations`` lists how."""
 

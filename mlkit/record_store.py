@@ -24,7 +24,7 @@ from typing import Any, TypedDict
 
 from mlkit._contract import ENV_ROOT, METRICS_FILE, PARAMS_FILE, RESULT_FILE, RUN_FILE
 from mlkit._io import hostname, pid_alive, read_json
-from mlkit.errors import MlkitError, ParameterError, RunNotFoundError
+from mlkit.errors import MlkitError, ParameterError, RecordWriteError, RunNotFoundError
 
 
 class RunRecord(TypedDict, total=False):
@@ -36,7 +36,9 @@ class RunRecord(TypedDict, total=False):
     id: str
     experiment: str
     path: str
-    status: str  # running, completed, failed; crashed when its driver died
+    # running, completed, failed; crashed when its driver died; unreadable when a file of the
+    # record is not valid JSON (reason names the file and the parse error)
+    status: str
     reason: str
     notebook: str
     started: str
@@ -87,10 +89,17 @@ def check_experiment_name(name: str) -> str:
 
 
 def create_run_dir(experiment: str, root: Path | None = None) -> tuple[str, Path]:
-    """Make a fresh run directory; an existing one is never reused or overwritten."""
+    """Make a fresh run directory; an existing one is never reused or overwritten.
+
+    Raises:
+        RecordWriteError: the folder cannot be made (disk full, read-only, ...).
+    """
     root = root or experiments_root()
     runs = root / check_experiment_name(experiment) / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, runs) from None
     for _ in range(10):
         run_id = new_run_id()
         path = runs / run_id
@@ -98,8 +107,23 @@ def create_run_dir(experiment: str, root: Path | None = None) -> tuple[str, Path
             path.mkdir()
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise write_error(exc, path) from None
         return run_id, path
     raise MlkitError(f"Could not create a new run directory under {runs}.")
+
+
+def write_error(exc: OSError, path: str | Path) -> RecordWriteError:
+    """The one-line error for a record file or folder that cannot be written.
+
+    Args:
+        exc: what the write raised (``ENOSPC``, ``EROFS``, ``EACCES``, ...).
+        path: the file or folder being written (not the temp file an atomic write used).
+    """
+    return RecordWriteError(
+        f"{exc.strerror or exc} while writing {path}. Free space there or make it writable, "
+        "or keep runs elsewhere with MLKIT_EXPERIMENTS=<folder>."
+    )
 
 
 def find_run(ref: str | Path, root: Path | None = None) -> Path:
@@ -127,24 +151,68 @@ def list_runs(experiment: str | None = None, root: Path | None = None) -> list[R
         if not path.is_dir():
             continue
         rows.append(load_run(path))
-    rows.sort(key=lambda r: r.get("started") or "", reverse=True)
+    # An unreadable record has no start time; its id starts with the time it was made.
+    rows.sort(key=lambda r: r.get("started") or r["id"], reverse=True)
     return rows
 
 
 def load_run(path: Path) -> RunRecord:
-    """The run in ``path`` as one record: run.json, its parameters and its result."""
-    info: RunRecord = read_json(path / RUN_FILE, {}) or {}
+    """The run in ``path`` as one record: run.json, its parameters and its result.
+
+    Never raises for a damaged record: a file of it that is not valid JSON (a disk that
+    filled up, a hand edit) gives ``status: "unreadable"`` with a ``reason`` naming the
+    file and the parse error, so one bad run never hides the others.
+    """
+    try:
+        info: RunRecord = _read_object(path / RUN_FILE) or {}
+        params = _read_object(path / PARAMS_FILE) or {}
+        result = _read_object(path / RESULT_FILE)
+    except _Unreadable as exc:
+        return {
+            "id": path.name,
+            "experiment": path.parent.parent.name,
+            "path": str(path),
+            "status": "unreadable",
+            "reason": str(exc),
+            "params": {},
+            "result": None,
+        }
     info.setdefault("id", path.name)
     info.setdefault("experiment", path.parent.parent.name)
     info["path"] = str(path)
-    info["params"] = (read_json(path / PARAMS_FILE, {}) or {}).get("parameters", {})
-    info["result"] = read_json(path / RESULT_FILE)
+    info["params"] = params.get("parameters", {})
+    info["result"] = result
     if info.get("status") == "running" and info.get("result") is None:
         # A driver that died leaves "running"; say so instead of pretending.
         pid = info.get("pid")
         if pid and not pid_alive(pid) and info.get("host") == hostname():
             info["status"] = "crashed"
     return info
+
+
+class _Unreadable(Exception):
+    """A record file that exists but cannot be read as a JSON object; says which and why."""
+
+
+def _read_object(path: Path) -> Any:
+    """The JSON object in ``path``; None when the file is missing or holds ``null``."""
+    try:
+        data = read_json(path)
+    except OSError as exc:
+        raise _Unreadable(f"{path} cannot be read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        what = "is empty" if _is_empty(path) else f"is not valid JSON: {exc}"
+        raise _Unreadable(f"{path} {what}") from None
+    if data is not None and not isinstance(data, dict):
+        raise _Unreadable(f"{path} holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def history(ref: str | Path, root: Path | None = None) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from mlkit import cli
 from mlkit.cli import _common, build_parser, runs, sweep
 from mlkit.errors import ServiceUnavailableError, UnsafeModelError
 from mlkit.run import runner
-from tests.helpers import ROOT, SCENARIOS, run_cli
+from tests.helpers import ROOT, SCENARIOS, fake_run, run_cli
 
 HEAVY = ("torch", "wandb", "papermill", "ipywidgets", "optuna", "nbclient", "IPython")
 
@@ -150,6 +150,32 @@ def test_runs_and_show(exp_root: Path) -> None:
     shown = run_cli("show", bad["id"][:-2])  # a unique prefix is enough
     assert shown.returncode == 0, shown.stderr
     assert "ValueError" in shown.stdout and "value = 1.0" in shown.stdout
+
+
+# A corrupt or empty run.json is listed as unreadable, naming the file, and hides no other run;
+# showing it is a one-line error naming the file, not a traceback.
+def test_runs_lists_a_corrupt_record_and_show_names_it(exp_root: Path) -> None:
+    good = [fake_run(exp_root, weights=False).name for _ in range(3)]
+    corrupt, empty = fake_run(exp_root, weights=False), fake_run(exp_root, weights=False)
+    (corrupt / "run.json").write_text('{"id": "x", "status": "runn')
+    (empty / "run.json").write_text("")
+    proc = run_cli("runs")
+    assert proc.returncode == 0, proc.stderr
+    for run_id in good:
+        assert run_id in proc.stdout
+    assert proc.stdout.count("completed") == 3
+    assert f"{corrupt.name}: {corrupt / 'run.json'} is not valid JSON" in proc.stdout
+    assert f"{empty.name}: {empty / 'run.json'} is empty" in proc.stdout
+    listed = {r["id"]: r["status"] for r in json.loads(run_cli("runs", "--json").stdout)}
+    assert listed == {
+        **dict.fromkeys(good, "completed"),
+        corrupt.name: "unreadable",
+        empty.name: "unreadable",
+    }
+    shown = run_cli("show", corrupt.name)
+    assert shown.returncode == 3, shown.stdout  # a corrupt artifact
+    assert "Traceback" not in shown.stderr and len(shown.stderr.strip().splitlines()) == 1
+    assert f"{corrupt / 'run.json'} is not valid JSON" in shown.stderr
 
 
 # An unknown run id is a clear error with exit 2.

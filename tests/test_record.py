@@ -11,8 +11,9 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mlkit import record
+from mlkit import record, record_store
 from mlkit.figures import render_png
+from tests.helpers import fake_run
 
 
 def curves(bottom: float | None) -> Figure:
@@ -127,3 +128,28 @@ def test_epoch_rows_reach_disk_by_the_end(
         assert synced.index(rows.stat().st_ino) < synced.index(result)
     record.close_active(None, failed=not finished)
     assert rows.stat().st_ino in synced
+
+
+# A record file that is not valid JSON makes that run "unreadable", naming the file and the
+# parse error; it never raises, and a good record next to it reads as before.
+@pytest.mark.parametrize(
+    ("name", "content", "said"),
+    [
+        ("run.json", '{"id": "x", "status": "compl', "is not valid JSON: Unterminated string"),
+        ("run.json", "", "is empty"),
+        ("params.json", "{not json", "is not valid JSON: Expecting property name"),
+        ("result.json", "[1, 2]", "holds a JSON list, not an object"),
+    ],
+)
+def test_damaged_record_is_unreadable_not_an_error(
+    exp_root: Path, name: str, content: str, said: str
+) -> None:
+    good = fake_run(exp_root, weights=False)
+    bad = fake_run(exp_root, weights=False)
+    (bad / name).write_text(content)
+    info = record_store.load_run(bad)
+    assert info["status"] == "unreadable"
+    assert info["reason"].startswith(f"{bad / name} {said}")
+    assert info["id"] == bad.name and info["params"] == {} and info["result"] is None
+    listed = {r["id"]: r["status"] for r in record_store.list_runs(root=exp_root)}
+    assert listed == {good.name: "completed", bad.name: "unreadable"}

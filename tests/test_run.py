@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from mlkit import cli
 from mlkit._io import read_json
+from mlkit.errors import RecordWriteError
+from mlkit.run import notebook as nbexec
 from mlkit.run import runner
-from tests.helpers import ROOT, SCENARIOS, all_files, run_cli
+from tests.helpers import ROOT, SCENARIOS, all_files, run_cli, wait_until
 
 
 def scenario(name: str) -> str:
@@ -205,3 +211,147 @@ def test_offline_run_starts_no_telemetry(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "MainThread" in proc.stdout and "Otel" not in proc.stdout, proc.stdout
+
+
+def no_space(path: object) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+# A write of the executed notebook that fails half-way (here the file-size limit, as a full
+# disk would) leaves the previous notebook whole, and says which file it could not write.
+def test_failed_notebook_write_keeps_the_previous_one(tmp_path: Path) -> None:
+    out = tmp_path / "output.ipynb"
+    code = f"""
+import json, resource, signal, nbformat
+from papermill.iorw import write_ipynb
+from mlkit.run import notebook
+notebook.atomic_local_writes()
+nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+write_ipynb(nb, {str(out)!r})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+nb.cells.append(nbformat.v4.new_code_cell("y = 2  # " + "x" * 100_000))
+try:
+    write_ipynb(nb, {str(out)!r})
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert ["".join(c["source"]) for c in json.loads(out.read_text())["cells"]] == ["x = 1"]
+    assert proc.stdout.startswith(f"RecordWriteError File too large while writing {out}.")
+    assert [p.name for p in tmp_path.iterdir()] == ["output.ipynb"], "no temp file is left"
+
+
+# A full disk while the notebook runs: a one-line error naming the file, the run marked failed
+# with that reason, and the executed notebook on disk still the last one written whole.
+def test_full_disk_mid_run_fails_the_run_clearly(
+    exp_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = nbexec.write_text
+    writes: list[str] = []
+
+    def fills_up(path: str, text: str) -> None:
+        writes.append(path)
+        if len(writes) > 1:
+            raise no_space(path)
+        real(path, text)
+
+    monkeypatch.setattr(nbexec, "write_text", fills_up)
+    with pytest.raises(RecordWriteError) as caught:
+        runner.run(scenario("echo"), {"value": 2.5}, progress=False)
+    run_dir = only_run_dir(exp_root)
+    said = f"No space left on device while writing {run_dir / 'output.ipynb'}."
+    assert str(caught.value).startswith(said) and "\n" not in str(caught.value)
+    info = read_json(run_dir / "run.json")
+    assert info["status"] == "failed" and info["reason"].startswith(said)
+    assert json.loads((run_dir / "output.ipynb").read_text())["cells"]
+
+
+# A record that cannot be started exits 1 with one line naming the file, and leaves a run.json
+# marked failed, or, when even that cannot be written, no run folder at all.
+@pytest.mark.parametrize("failing", ["params.json", "every file"])
+def test_unwritable_record_exits_1_in_one_line(
+    exp_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    failing: str,
+) -> None:
+    real = runner.write_json
+
+    def full(path: Path, data: object) -> None:
+        if failing == "every file" or path.name == failing:
+            raise no_space(path)
+        real(path, data)
+
+    monkeypatch.setattr(runner, "write_json", full)
+    assert cli.main(["run", scenario("echo"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert "No space left on device while writing " in err and "Traceback" not in err
+    runs = [p for p in exp_root.glob("*/runs/*")]
+    if failing == "every file":
+        assert runs == []
+        assert "run.json" in err
+    else:
+        assert f"{runs[0] / 'params.json'}." in err
+        info = read_json(runs[0] / "run.json")
+        assert info["status"] == "failed" and "params.json" in info["reason"]
+
+
+# A read-only experiments folder: one line, exit 1, nothing made.
+def test_read_only_experiments_folder(
+    exp_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def read_only(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert cli.main(["run", scenario("echo"), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"mlkit run: error: Read-only file system while writing {exp_root / 'echo' / 'runs'}. "
+        "Free space there or make it writable, or keep runs elsewhere with "
+        "MLKIT_EXPERIMENTS=<folder>."
+    )
+    assert not exp_root.exists()
+
+
+# `kill` (SIGTERM) or a closed terminal (SIGHUP) ends `mlkit run` as Ctrl-C does: the cell
+# is stopped and the record says failed, naming the signal; the exit is 128 + the signal.
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_terminated_run_says_so(exp_root: Path, signum: signal.Signals) -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlkit", "run", scenario("hangs"), "-q"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def sleeping() -> bool:
+        assert proc.poll() is None, proc.communicate()
+        runs = list(exp_root.glob("*/runs/*/output.ipynb"))
+        if not runs:
+            return False
+        try:
+            cell = json.loads(runs[0].read_text())["cells"][2]
+        except ValueError:
+            return False
+        return cell["metadata"].get("papermill", {}).get("status") == "running"
+
+    try:
+        wait_until(sleeping, 120, 0.1, "the kernel to be inside time.sleep")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum, err
+    assert f"terminated by {signum.name}" in err and "Traceback" not in err
+    info = read_json(only_run_dir(exp_root) / "run.json")
+    assert info["status"] == "failed"
+    assert info["reason"] == f"terminated by {signum.name}"

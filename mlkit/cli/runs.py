@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from mlkit.cli import _common as common
 from mlkit.cli._common import EXIT_FAILED, EXIT_OK, fmt
-from mlkit.errors import ParameterError
+from mlkit.errors import ParameterError, UnsafeArtifactError
 
 
 def add_parsers(commands: common.Subcommands) -> None:
@@ -76,7 +77,7 @@ def load_params_file(path: str) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``mlkit run``: exit 0 when the run completed, else 1."""
+    """``mlkit run``: exit 0 when the run completed, 128 + the signal when killed, else 1."""
     from mlkit.run import runner
 
     given: dict[str, Any] = {}
@@ -84,16 +85,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         given.update(load_params_file(path))
     for name, value in args.param or []:
         given[name] = value
-    info = runner.run(
-        args.notebook,
-        given,
-        experiment=args.experiment,
-        from_cli=True,
-        cell_timeout=args.timeout,
-        tracking=args.tracking,
-        progress=not args.quiet,
-        engine=args.engine,
-    )
+    try:
+        with runner.terminate_as_interrupt():
+            info = runner.run(
+                args.notebook,
+                given,
+                experiment=args.experiment,
+                from_cli=True,
+                cell_timeout=args.timeout,
+                tracking=args.tracking,
+                progress=not args.quiet,
+                engine=args.engine,
+            )
+    except runner.Terminated as exc:
+        print(f"{args.prog}: {exc}", file=sys.stderr)
+        return 128 + exc.signum  # what a shell reports for a process the signal killed
     common.print_run_summary(info)
     return EXIT_OK if info["status"] == "completed" else EXIT_FAILED
 
@@ -152,6 +158,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for column in ("experiment", "status", *keys, *metrics, "duration"):
         table.add_column(column, overflow="fold")
     colors = {"completed": "green", "failed": "red", "crashed": "red", "running": "yellow"}
+    colors["unreadable"] = "red"
     for row in rows[: args.limit]:
         color = colors.get(row.get("status", ""), "white")
         table.add_row(
@@ -162,7 +169,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
             *[fmt((row.get("result") or {}).get(m)) for m in metrics],
             _duration(row),
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for row in rows[: args.limit]:
+        if row.get("status") == "unreadable":
+            console.print(f"[red]unreadable[/red] {row['id']}: {row.get('reason')}", soft_wrap=True)
     return EXIT_OK
 
 
@@ -173,6 +184,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     from mlkit.record_store import find_run, load_run
 
     info = load_run(find_run(args.run))
+    if info.get("status") == "unreadable":
+        raise UnsafeArtifactError(
+            f"Run {info['id']} cannot be shown: {info.get('reason')}. Repair or delete that "
+            "file; the other runs are listed by: mlkit runs"
+        )
     if args.json:
         common.print_json(info, default=str)
         return EXIT_OK

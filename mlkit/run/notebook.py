@@ -10,7 +10,8 @@ or when nothing was recorded; mlkit does not.
 default engine it gives the kernel its own environment and working directory
 (papermill's ``cwd=`` changes the driver's), and after the last cell it finishes
 the notebook's W&B run with the executed notebook attached as an artifact. It writes
-the executed notebook on a clock (see ``SAVE_EVERY_S``) instead of twice per cell.
+the executed notebook on a clock (see ``SAVE_EVERY_S``) instead of twice per cell, and
+every write of it is atomic (see ``atomic_local_writes``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from mlkit._contract import RESULT_FILE, RESULT_MIME
-from mlkit._io import read_json
+from mlkit._io import read_json, write_text
+from mlkit.errors import RecordWriteError
+from mlkit.record_store import write_error
 
 EPILOGUE_TIMEOUT_S = 120
 SAVE_EVERY_S = 1.0  # while cells run, the executed notebook on disk is at most this old
@@ -316,9 +320,41 @@ def _manager_class() -> type:
 
 
 @functools.cache
+def atomic_local_writes() -> None:
+    """Make papermill write local notebooks atomically: temp file, fsync, rename.
+
+    papermill rewrites the whole executed notebook in place while cells run and at the
+    end; a kill, a full disk or a crash in the middle of one left a truncated file that is
+    not JSON. Now a reader sees the previous notebook or the new one, never half, and a
+    write that fails raises :class:`RecordWriteError` naming the notebook. Replaces
+    papermill's own local handler, keeping another package's, for this process.
+    """
+    from papermill.iorw import LocalHandler, papermill_io
+    from papermill.utils import chdir
+
+    class AtomicLocalHandler(LocalHandler):
+        def write(self, buf: str, path: str) -> None:
+            with chdir(self._cwd):
+                folder = os.path.dirname(path)
+                if folder and not os.path.exists(folder):  # as papermill: never make folders
+                    raise FileNotFoundError(f"output folder {folder} doesn't exist.")
+                try:
+                    write_text(path, buf)
+                except OSError as exc:
+                    raise write_error(exc, path) from None
+
+    handlers = papermill_io._handlers  # no public way to replace the "local" handler
+    for index, (scheme, handler) in enumerate(handlers):
+        if scheme == "local" and type(handler) is LocalHandler:
+            handlers[index] = (scheme, AtomicLocalHandler())
+
+
+@functools.cache
 def base_engine() -> type:
     """papermill's nbclient engine with mlkit's execution manager; mlkit's engines extend it."""
     from papermill.engines import NBClientEngine
+
+    atomic_local_writes()
 
     class Engine(NBClientEngine):
         @classmethod
@@ -392,10 +428,14 @@ def execute(
         run_dir: where the notebook's mlkit record is, to read its result.
         kernel_log: file that receives the kernel process's stderr.
         engine: "mlkit" for a fresh kernel, "mlkit-warm" for a reused warm one.
+
+    Raises:
+        RecordWriteError: the executed notebook cannot be written (disk full, read-only).
     """
     skip_unused_schema_parsers()
     import papermill as pm
 
+    atomic_local_writes()
     start = time.monotonic()
     outcome = Outcome(status="completed")
     nb: dict[str, Any] | None = None
@@ -412,6 +452,8 @@ def execute(
             kernel_cwd=str(cwd) if cwd else None,
             kernel_log=str(kernel_log) if kernel_log else None,
         )
+    except RecordWriteError:
+        raise  # the disk, not the notebook: the runner says so and marks the run failed
     except Exception as exc:
         nb = _read_output(output)
         outcome = _classify_exception(exc, cell_timeout, nb)

@@ -2,14 +2,21 @@
 
 Everything that can be checked before a kernel starts is checked first, so bad
 input leaves nothing under ``experiments/``. Once the record exists it is never
-deleted: a failed or crashed run keeps its notebook and says why.
+deleted: a failed or crashed run keeps its notebook and says why. A record that
+cannot be written (a full or read-only disk) is a :class:`RecordWriteError` naming the
+file; the run is left marked failed with that reason, or, when even that cannot be
+written before the kernel started, not left at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable
+import shutil
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +33,15 @@ from mlkit._contract import (
     RUN_FILE,
 )
 from mlkit._io import hostname, now_iso, read_json, write_json
-from mlkit.errors import ParameterError, StateError
-from mlkit.record_store import RunRecord, check_experiment_name, create_run_dir, find_run, load_run
+from mlkit.errors import ParameterError, RecordWriteError, StateError
+from mlkit.record_store import (
+    RunRecord,
+    check_experiment_name,
+    create_run_dir,
+    find_run,
+    load_run,
+    write_error,
+)
 from mlkit.run import notebook as nbexec
 from mlkit.run import params as _params
 
@@ -109,6 +123,7 @@ def run(
 
     Raises:
         MlkitError: before anything is written, for any bad input.
+        RecordWriteError: the record cannot be written (disk full, read-only).
     """
 
     notebook = Path(notebook)
@@ -178,11 +193,15 @@ def _execute(
             kernel_log=run_dir / "kernel.log",
             engine=engine,
         )
-    except KeyboardInterrupt:
-        _finalize(run_dir, status="failed", reason="interrupted by the user")
+    except KeyboardInterrupt as exc:
+        reason = str(exc) if isinstance(exc, Terminated) else "interrupted by the user"
+        _finalize_failed(run_dir, reason)
+        raise
+    except RecordWriteError as exc:
+        _finalize_failed(run_dir, str(exc))
         raise
     except BaseException as exc:
-        _finalize(run_dir, status="failed", reason=f"driver error: {type(exc).__name__}: {exc}")
+        _finalize_failed(run_dir, f"driver error: {type(exc).__name__}: {exc}")
         raise
     return _finalize(
         run_dir,
@@ -214,7 +233,10 @@ def _start_record(
     parameters: dict[str, Any],
     given: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write run.json (status running), params.json and lineage.json; return run.json's content."""
+    """Write run.json (status running), params.json and lineage.json; return run.json's content.
+
+    A disk that refuses them leaves run.json marked failed, or no run folder at all.
+    """
     info: dict[str, Any] = {
         "id": run_id,
         "experiment": experiment,
@@ -229,12 +251,16 @@ def _start_record(
         "engine": engine,
         **extra,
     }
-    write_json(run_dir / RUN_FILE, info)
-    write_json(
-        run_dir / PARAMS_FILE,
-        {"notebook": str(notebook), "parameters": parameters, "given": given},
-    )
-    write_json(run_dir / LINEAGE_FILE, lineage.collect(notebook))
+    try:
+        _write_record(run_dir / RUN_FILE, info)
+        _write_record(
+            run_dir / PARAMS_FILE,
+            {"notebook": str(notebook), "parameters": parameters, "given": given},
+        )
+        _write_record(run_dir / LINEAGE_FILE, lineage.collect(notebook))
+    except RecordWriteError as exc:
+        _abandon(run_dir, str(exc))
+        raise
     return info
 
 
@@ -243,13 +269,74 @@ def _finalize(run_dir: Path, **fields: Any) -> RunRecord:
     result = fields.get("result")
     if result is not None and not (run_dir / RESULT_FILE).exists():
         # Recorded with scrapbook's glue: keep one place where every reader looks.
-        write_json(run_dir / RESULT_FILE, result)
+        _write_record(run_dir / RESULT_FILE, result)
         info["result_source"] = "scrapbook"
     info.update({k: v for k, v in fields.items() if v is not None})
     info["ended"] = now_iso()
     info.pop("pid", None)
-    write_json(run_dir / RUN_FILE, info)
+    _write_record(run_dir / RUN_FILE, info)
     return load_run(run_dir)
+
+
+def _finalize_failed(run_dir: Path, reason: str) -> None:
+    """Mark the run failed on the way out of an error, which stays the error to report."""
+    # A disk that refused the notebook may refuse run.json too; it then reads "crashed".
+    with contextlib.suppress(RecordWriteError):
+        _finalize(run_dir, status="failed", reason=reason)
+
+
+def _abandon(run_dir: Path, reason: str) -> None:
+    """A record that could not be started: mark it failed, or leave no folder behind."""
+    if (run_dir / RUN_FILE).exists():
+        info = read_json(run_dir / RUN_FILE, {}) or {}
+        info.update(status="failed", reason=reason, ended=now_iso())
+        info.pop("pid", None)
+        with contextlib.suppress(OSError):
+            write_json(run_dir / RUN_FILE, info)
+            return
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _write_record(path: Path, data: Any) -> None:
+    """``write_json``, with a failing disk reported as a :class:`RecordWriteError`."""
+    try:
+        write_json(path, data)
+    except OSError as exc:
+        raise write_error(exc, path) from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, ended like Ctrl-C: the kernel is stopped, the run marked failed."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While in this block, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread.
+
+    For the command line: ``kill`` or a closed terminal then leaves a record that says
+    "terminated by SIGTERM" instead of "running". A signal already ignored (``nohup``) or
+    handled by the caller is left alone, and so is every signal off the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated(signum)
+
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, terminate)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def reproduce(
