@@ -167,8 +167,9 @@ class Explorer:
         )
         self.dims = self.cfg.dims()
         self.study = config._create_or_resume(self.cfg)
+        seed = config.sampler_seed(self.cfg, self.study)  # a resumed study draws anew
         self.study.sampler = config.make_sampler(
-            self.cfg.sampler, self.cfg.seed, self.dims, len(self.cfg.objectives)
+            self.cfg.sampler, seed, self.dims, len(self.cfg.objectives)
         )
         self.study.pruner = storages.make_pruner(self.cfg.pruner)
         self._job: jobs.Job | None = None

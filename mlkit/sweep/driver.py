@@ -19,6 +19,10 @@ machine, ``postgresql://...`` for many. Known traps and their answers:
   the study is opened;
 - exactly N trials across machines: asking is serialised by a lock (a file lock
   for files, an advisory lock for PostgreSQL) around "count, then ask".
+- two drivers, a resumed one or two jobs drawing the same points: each worker seeds
+  its sampler apart (``config.sampler_seed``), and TPE and random redraw a point the
+  study already has rather than run it again or tell it FAIL, which would spend a trial
+  of the budget (``config.make_sampler`` says how).
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ import socket
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -44,7 +47,7 @@ from mlkit._io import pid_alive, read_json, write_json
 from mlkit.run import runner, warm
 from mlkit.storage import ask_lock, make_pruner
 from mlkit.sweep import space as _space
-from mlkit.sweep.config import SweepConfig, _create_or_resume, make_sampler
+from mlkit.sweep.config import SweepConfig, _create_or_resume, make_sampler, sampler_seed
 from mlkit.sweep.results import Summary, _best_text, _counts, summarize
 
 HEARTBEAT_S = 15.0
@@ -226,15 +229,8 @@ def worker(cfg: SweepConfig, index: int = 0, stop: threading.Event | None = None
     """
     if cfg.engine == "warm":
         _prewarm(cfg)  # the kernel imports torch while this process imports optuna
-    study = _create_or_resume(cfg)
+    study = worker_study(cfg, index)
     dims = cfg.dims()
-    # Grid and QMC map a shared sequence onto trial slots: every worker needs the same
-    # seed. Samplers that draw at random need different ones, or workers on the same
-    # study draw the same start-up points.
-    host = zlib.crc32(socket.gethostname().encode()) % 100_003
-    seed = cfg.seed if cfg.sampler in ("grid", "qmc") else cfg.seed + 7919 * index + host
-    study.sampler = make_sampler(cfg.sampler, seed, dims, len(cfg.objectives))
-    study.pruner = make_pruner(cfg.pruner)
     # After Ctrl-C (stop set) a trial not yet in its first cell is cancelled, not run.
     cancellable: Any = contextlib.nullcontext()
     if cfg.engine == "warm" and stop is not None:
@@ -252,6 +248,19 @@ def worker(cfg: SweepConfig, index: int = 0, stop: threading.Event | None = None
             run_trial(cfg, study, trial, dims)
             ran += 1
     return ran
+
+
+def worker_study(cfg: SweepConfig, index: int = 0) -> Any:
+    """The study as worker ``index`` uses it: the sweep's pruner, a sampler seeded its own way.
+
+    Each worker takes its sampler's seed from ``sampler_seed``, or two workers (or a
+    resumed driver) would draw the same points.
+    """
+    study = _create_or_resume(cfg)
+    seed = sampler_seed(cfg, study, index)
+    study.sampler = make_sampler(cfg.sampler, seed, cfg.dims(), len(cfg.objectives))
+    study.pruner = make_pruner(cfg.pruner)
+    return study
 
 
 def _prewarm(cfg: SweepConfig) -> None:
