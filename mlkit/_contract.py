@@ -29,7 +29,8 @@ OUTPUT_NOTEBOOK = "output.ipynb"
 PRUNED_FILE = "pruned.json"
 WEIGHTS = "model.safetensors"
 BUILD = "model.json"
-# The files of a registered model, under experiments/registry/<name>/.
+# The model registry's folder under experiments/, and the files of a registered model in it.
+REGISTRY_DIR = "registry"
 REGISTRY_FILE = "registry.json"
 CARD_FILE = "card.json"
 

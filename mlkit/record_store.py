@@ -22,7 +22,7 @@ import secrets
 from pathlib import Path
 from typing import Any, TypedDict
 
-from mlkit._contract import ENV_ROOT, METRICS_FILE, PARAMS_FILE, RESULT_FILE, RUN_FILE
+from mlkit._contract import ENV_ROOT, METRICS_FILE, PARAMS_FILE, REGISTRY_DIR, RESULT_FILE, RUN_FILE
 from mlkit._io import hostname, pid_alive, read_json
 from mlkit.errors import MlkitError, ParameterError, RecordWriteError, RunNotFoundError
 
@@ -79,11 +79,17 @@ def new_run_id() -> str:
 
 
 def check_experiment_name(name: str) -> str:
+    """``name`` when it can name a folder under experiments/ of its own, else ParameterError."""
     ok = name and all(c.isalnum() or c in "-_." for c in name) and not name.startswith(".")
     if not ok:
         raise ParameterError(
             f"Experiment name {name!r} must be letters, digits, '-', '_' or '.', and not start "
             "with '.'. Pass --experiment digits-mlp, for example."
+        )
+    if name == REGISTRY_DIR:  # its runs would land among the registered models
+        raise ParameterError(
+            f"Experiment name {name!r} is reserved: experiments/{REGISTRY_DIR}/ holds the model "
+            "registry. Pass another --experiment, such as digits-mlp."
         )
     return name
 

@@ -12,8 +12,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from mlkit import record, record_store
+from mlkit.errors import ParameterError
 from mlkit.figures import render_png
-from tests.helpers import fake_run
+from tests.helpers import fake_run, run_cli
 
 
 def curves(bottom: float | None) -> Figure:
@@ -153,3 +154,13 @@ def test_damaged_record_is_unreadable_not_an_error(
     assert info["id"] == bad.name and info["params"] == {} and info["result"] is None
     listed = {r["id"]: r["status"] for r in record_store.list_runs(root=exp_root)}
     assert listed == {good.name: "completed", bad.name: "unreadable"}
+
+
+# The registry's folder is not an experiment: runs there would land among registered models.
+def test_registry_folder_is_not_an_experiment_name(exp_root: Path) -> None:
+    with pytest.raises(ParameterError, match="reserved"):
+        record_store.check_experiment_name("registry")
+    proc = run_cli("run", "tests/notebooks/echo.ipynb", "--experiment", "registry")
+    assert proc.returncode == 2, proc.stderr
+    assert "reserved" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (exp_root / "registry").exists()

@@ -38,7 +38,7 @@ from typing import Any, TypedDict
 from filelock import FileLock
 
 from mlkit import storage as storages
-from mlkit._contract import BUILD, CARD_FILE, REGISTRY_FILE, RESULT_FILE, WEIGHTS
+from mlkit._contract import BUILD, CARD_FILE, REGISTRY_DIR, REGISTRY_FILE, RESULT_FILE, WEIGHTS
 from mlkit._io import now_iso, read_json, write_json
 from mlkit.errors import (
     CheckFailedError,
@@ -95,7 +95,7 @@ class RegistryFile(TypedDict, total=False):
 
 
 def registry_root(root: Path | None = None) -> Path:
-    return (root or experiments_root()) / "registry"
+    return (root or experiments_root()) / REGISTRY_DIR
 
 
 def check_model_name(name: str) -> str:
