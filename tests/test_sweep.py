@@ -839,3 +839,137 @@ def test_fresh_driver_draws_the_same_points_for_the_same_seed(tmp_path: Path) ->
         study = driver.worker_study(cfg)
         runs.append([draw(cfg, study) for _ in range(8)])
     assert runs[0] == runs[1] != runs[2]
+
+
+def sweep_pids(marker: str) -> list[int]:
+    """Processes (zombies aside) whose environment holds ``marker``, this one excepted."""
+    needle = marker.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+def start_slow_sweep(tmp_path: Path, study: str, engine: str = "papermill") -> subprocess.Popen:
+    """``mlkit sweep`` of many slow trials on 2 workers, in the background."""
+    space = write_space(tmp_path, {"x": {"type": "float", "low": -4, "high": 4}})
+    args = ["sweep", NOTEBOOK, "--space", space, "--trials", "40", "--jobs", "2"]
+    args += ["--engine", engine, "--objective", "loss", "--study", study, "-q"]
+    args += ["-p", "sleep", "0.5", "-p", "epochs", "60"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlkit", *args],
+        cwd=Path(NOTEBOOK).parents[2],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for_both_workers(proc: subprocess.Popen, journal: Path, study: str) -> None:
+    """Until a trial of worker 0 (the driver) and one of worker 1 report an epoch."""
+
+    def reporting_on_both() -> bool:
+        assert proc.poll() is None, "the sweep ended before both workers started"
+        if not journal.exists():
+            return False
+        trials = storages.load_study(str(journal), study).trials
+        inside = {t.user_attrs["worker"]["index"] for t in trials if t.intermediate_values}
+        return inside == {0, 1}
+
+    wait_until(reporting_on_both, 120, 0.2, "both workers to report an epoch")
+
+
+# kill -9 of a sweep's driver ends the whole sweep within seconds: a worker process stops
+# asking for trials, and no kernel of any worker (process or thread) is left running.
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("engine", ["papermill", "warm"])
+def test_sigkilled_driver_leaves_no_process(exp_root: Path, tmp_path: Path, engine: str) -> None:
+    proc = start_slow_sweep(tmp_path, "orphans", engine)
+    journal = exp_root / "orphans" / "study.journal"
+    marker = f"MLKIT_EXPERIMENTS={exp_root}\0"  # in the environment of all the sweep's
+    wait_for_both_workers(proc, journal, "orphans")
+    assert len(sweep_pids(marker)) >= 3, "the driver and a kernel per worker"
+    proc.kill()
+    proc.wait()  # not communicate(): a worker left behind would hold its stderr open
+    proc.stderr.close()
+    wait_until(
+        lambda: not sweep_pids(marker),
+        10,
+        0.2,
+        lambda: f"the sweep's processes to end with its driver; left: {sweep_pids(marker)}",
+    )
+
+
+# SIGTERM ends a papermill sweep as Ctrl-C does: the trials running in the driver and in
+# its worker process are told FAIL naming the signal, and the command exits 128 + 15.
+@pytest.mark.slow
+def test_sigterm_fails_the_running_trials_and_names_it(exp_root: Path, tmp_path: Path) -> None:
+    import signal
+
+    proc = start_slow_sweep(tmp_path, "term")
+    journal = exp_root / "term" / "study.journal"
+    wait_for_both_workers(proc, journal, "term")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    said = err.decode(errors="replace")
+    assert proc.returncode == 128 + signal.SIGTERM, said
+    assert "terminated by SIGTERM" in said
+    trials = storages.load_study(str(journal), "term").trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    for index in (0, 1):
+        last = [t for t in trials if t.user_attrs["worker"]["index"] == index][-1]
+        assert last.state == TrialState.FAIL, (index, last.state)
+        assert "SIGTERM" in last.user_attrs["fail_reason"], last.user_attrs
+    assert "Traceback" not in said, said
+
+
+LIFETIME_CHILD = """
+import os, sys, time
+from mlkit.run import lifetime
+if sys.argv[2] == "poll":  # as where prctl is not there
+    lifetime._set_parent_death_signal = lambda signum: False
+lifetime.die_with_parent(int(sys.argv[1]))
+print(os.getpid(), flush=True)
+time.sleep(60)
+"""
+
+LIFETIME_PARENT = """
+import os, subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid()), sys.argv[2]])
+time.sleep(60)
+"""
+
+
+# A process that called die_with_parent ends when its parent is killed with SIGKILL, with
+# Linux's parent-death signal and with the polling fallback alike.
+@pytest.mark.parametrize("how", ["prctl", "poll"])
+def test_die_with_parent(how: str) -> None:
+    import psutil
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", LIFETIME_PARENT, LIFETIME_CHILD, how],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        child = int(parent.stdout.readline())
+        assert psutil.pid_exists(child)
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(gone, 5, 0.05, "the child to end with its parent")

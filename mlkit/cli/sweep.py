@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mlkit.cli import _common as common
 from mlkit.cli._common import EXIT_FAILED, EXIT_OK, fmt
@@ -93,9 +94,10 @@ def _add_run(sweep: common.Subcommands) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """``mlkit sweep run``: exit 0 when at least one trial completed."""
+    """``mlkit sweep run``: exit 0 when a trial completed, 128 + the signal when terminated."""
     from rich.console import Console
 
+    from mlkit.run import runner
     from mlkit.sweep import config, driver
 
     cfg = config.prepare(
@@ -116,7 +118,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         tracking=args.tracking,
         engine=args.engine,
     )
-    summary = driver.run(cfg, progress=not args.quiet)
+    try:
+        summary = driver.run(cfg, progress=not args.quiet)
+    except runner.Terminated as exc:
+        print(f"{args.prog}: {exc}", file=sys.stderr)
+        return 128 + exc.signum  # what a shell reports for a process the signal killed
     console = Console(highlight=False, soft_wrap=True)
     console.print(summary.headline())
     objective = ", ".join(f"{m} ({d})" for m, d in zip(cfg.objectives, cfg.directions, strict=True))

@@ -2,6 +2,7 @@
 
 ``params`` reads and checks a notebook's parameters cell; ``notebook`` executes through
 papermill and proves success; ``warm`` keeps kernels with the heavy imports done;
-``kernel_state`` resets a reused kernel; ``runner`` makes the record around an execution.
+``kernel_state`` resets a reused kernel; ``runner`` makes the record around an execution;
+``lifetime`` ends a child process with its parent.
 Nothing is imported here: a kernel imports ``mlkit.run.kernel_state`` alone.
 """

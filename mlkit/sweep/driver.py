@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import socket
 import sys
 import threading
@@ -44,7 +45,7 @@ from typing import Any
 from mlkit import track
 from mlkit._contract import ENV_TRIAL, PRUNED_FILE, RUN_FILE
 from mlkit._io import pid_alive, read_json, write_json
-from mlkit.run import runner, warm
+from mlkit.run import lifetime, runner, warm
 from mlkit.storage import ask_lock, make_pruner
 from mlkit.sweep import space as _space
 from mlkit.sweep.config import SweepConfig, _create_or_resume, make_sampler, sampler_seed
@@ -324,8 +325,9 @@ def run_trial(
                 info = _run_notebook(cfg, trial, values, started)
         except Exception as exc:  # the driver itself failed: the trial must not stay RUNNING
             return fail(f"driver error: {exc}")
-        except KeyboardInterrupt:  # Ctrl-C: the sweep ends, and says why this trial did
-            state = fail("KeyboardInterrupt: interrupted by the user")
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: the sweep ends, and says why
+            why = str(exc) if isinstance(exc, runner.Terminated) else "interrupted by the user"
+            state = fail(f"KeyboardInterrupt: {why}")
             if canceller.reason() is None:
                 raise
             return state  # a cancel, not Ctrl-C: the caller goes on
@@ -451,11 +453,13 @@ def _finite_only(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _worker_main(cfg_dict: dict[str, Any], index: int) -> None:
-    """Entry point of a spawned worker process."""
-    import signal
+    """Entry point of a spawned worker process (run through ``lifetime.run_as_child``).
 
+    The driver stops it with SIGTERM: its running trial then fails naming the signal.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    worker(SweepConfig(**cfg_dict), index)
+    with contextlib.suppress(KeyboardInterrupt), runner.terminate_as_interrupt():
+        worker(SweepConfig(**cfg_dict), index)
 
 
 # --- the driver -------------------------------------------------------------------
@@ -493,7 +497,9 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
             thread.start()
             threads.append(thread)
         else:
-            proc = ctx.Process(target=_worker_main, args=(asdict(cfg), index), daemon=False)
+            # It ends with this process, even one killed by SIGKILL (see lifetime).
+            args = (os.getpid(), _worker_main, asdict(cfg), index)
+            proc = ctx.Process(target=lifetime.run_as_child, args=args, daemon=False)
             proc.start()
             procs.append(proc)
     # Worker 0 runs here, on the thread whose kernel _prewarm started (a kernel's channels
@@ -508,28 +514,32 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
     watcher.start()
     interrupted = False
     try:
-        worker(cfg, 0, stop)
-        for thread in threads:
-            thread.join()
-        for proc in procs:
-            proc.join()
-    except KeyboardInterrupt:
+        with runner.terminate_as_interrupt():  # SIGTERM, SIGHUP: as Ctrl-C, named
+            worker(cfg, 0, stop)
+            for thread in threads:
+                thread.join()
+            for proc in procs:
+                proc.join()
+    except KeyboardInterrupt as exc:
         # Ctrl-C ends the whole sweep: no worker asks for another trial, and the trials
         # running on other threads are interrupted (or, still waiting for their kernel,
-        # cancelled), so they fail and say so, like this thread's.
+        # cancelled), so they fail and say so, like this thread's; a worker process is
+        # sent the signal this one got (SIGTERM for Ctrl-C) and fails its trial with it.
         interrupted = True
         stop.set()
-
         warm.pool().interrupt()
         for proc in procs:
-            proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, getattr(exc, "signum", signal.SIGTERM))
         raise
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=10 if interrupted else None)
         for proc in procs:
-            proc.join()
+            proc.join(timeout=30 if interrupted else None)
+            if proc.is_alive():  # it did not stop on the signal: it does not outlive us
+                proc.kill()
         ended.set()
         watcher.join()
     return summarize(cfg.study, cfg.storage, time.time() - cfg.started)
