@@ -5,15 +5,16 @@ One invocation starts both servers (uvicorn, one process each, one torch thread)
 - the baseline, a minimal FastAPI app that parses the JSON body, calls the same torch module
   (loaded through the registry) and returns the class and probabilities;
 - `mlkit serve NAME:production` with everything on: body limit, pydantic shape and dtype
-  checks, the NaN policy, and a prediction log row committed (SQLite in WAL mode, the default
-  ``--log-sync normal``) before each response is sent;
+  checks, the NaN policy, and a hash-chained prediction log row committed (SQLite in WAL
+  mode, the default ``--log-sync normal``) before each response is sent;
 - the same with ``--log-sync full``, which also fsyncs every commit (printed for the record;
   the target is on the default).
 
 The same client drives both: C threads, each with its own keep-alive connection, posting one
 digits-sized example per request. Rounds alternate baseline, mlkit, baseline, mlkit, ... so
 machine noise hits both alike; each server's figures pool its rounds. After the last round the
-benchmark checks that each log holds exactly one row per mlkit request (logging really was on).
+benchmark checks that each log holds exactly one row per mlkit request (logging really was on)
+and that its hash chain verifies over all of them.
 Prints requests/s, p50 and p99 latency per server and the ratio mlkit / baseline of requests/s
 (target: at least 0.8).
 
@@ -220,10 +221,15 @@ def main() -> int:
     for url in (None, f"sqlite:///{full_log}"):
         log = predlog.open_log(MODEL, url, root=root)
         rows = len(log.rows(role="primary"))
+        chain = log.verify()[0]
         log.close()
         print(f"prediction log {log.shown_url}: {rows} rows for {expected} requests")
+        print(f"  hash chain: {chain.summary()}")
         if rows != expected:
             print("FAIL: the log does not hold exactly one row per request")
+            return 1
+        if not chain.ok or chain.verified != expected:
+            print("FAIL: the log's hash chain does not cover every row")
             return 1
 
     rps = {way: args.rounds * args.requests / sum(walls[way]) for way in walls}

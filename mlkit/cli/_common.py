@@ -86,6 +86,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ops",
         "Drift of a served model's logged traffic against its training data; exit 1 on drift.",
     ),
+    "log": ("ops", "Prediction log: verify its hash chain (exit 1 naming the first bad row)."),
 }
 
 

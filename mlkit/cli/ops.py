@@ -1,17 +1,18 @@
-"""Operations on served models: ``mlkit abtest report``, ``feedback`` and ``monitor``."""
+"""Operations on served models: ``mlkit abtest report``, ``feedback``, ``monitor``, ``log``."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from mlkit.cli import _common as common
 from mlkit.cli._common import EXIT_FAILED, EXIT_OK
-from mlkit.errors import ParameterError
+from mlkit.errors import CheckFailedError, ParameterError
 
 
 def add_parsers(commands: common.Subcommands) -> None:
-    """Add ``mlkit abtest``, ``feedback`` and ``monitor``."""
+    """Add ``mlkit abtest``, ``feedback``, ``monitor`` and ``log``."""
     abtest = common.add_group(commands, "abtest")
     p = common.add_command(
         abtest,
@@ -36,6 +37,26 @@ def add_parsers(commands: common.Subcommands) -> None:
     )
     _add_feedback(commands)
     _add_monitor(commands)
+    _add_log(commands)
+
+
+def _add_log(commands: common.Subcommands) -> None:
+    log = common.add_group(commands, "log")
+    p = common.add_command(
+        log,
+        "verify",
+        cmd_log_verify,
+        "Walk the hash chain of a prediction log from its first row; exit 1 naming the first "
+        "row that was changed, removed or inserted out of order.",
+        parents=[common.LOG, common.JSON],
+    )
+    p.add_argument("name", metavar="NAME", help="the registered model whose log to verify")
+    p.add_argument(
+        "--head",
+        metavar="ID:HASH",
+        help="a head printed by an earlier verify: fail if that row is gone or changed (rows "
+        "cut from the end leave a shorter chain that verifies on its own)",
+    )
 
 
 def _add_feedback(commands: common.Subcommands) -> None:
@@ -162,3 +183,61 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     # 1 when any feature or the predictions drifted: a scheduler can act on it.
     return EXIT_FAILED if (info.get("result") or {}).get("drift/detected") else EXIT_OK
+
+
+def cmd_log_verify(args: argparse.Namespace) -> int:
+    """``mlkit log verify``: both tables' chains; exit 1 at the first bad row."""
+    from dataclasses import asdict
+
+    from mlkit.serve import predlog
+
+    url = args.log or predlog.default_url(args.name)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+        raise ParameterError(
+            f"No prediction log at {url[len('sqlite:///') :]}: check NAME ({args.name!r}) or "
+            "pass --log URL."
+        )
+    head = _parse_head(args.head) if args.head else None
+    log = predlog.open_log(args.name, args.log)
+    try:
+        reports = log.verify()
+        problems = [f"table {r.table}, {r.first_break}" for r in reports if not r.ok]
+        if head is not None and reports[0].ok:
+            problems += _head_problems(log, reports[0].head, head)
+    finally:
+        log.close()
+    if args.json:
+        tables = [
+            {**asdict(r), "first_break": r.first_break and str(r.first_break)} for r in reports
+        ]
+        common.print_json(
+            {"log": log.shown_url, "ok": not problems, "problems": problems, "tables": tables}
+        )
+    else:
+        print(f"prediction log {log.shown_url}")
+        for report in reports:
+            print(f"  {report.summary()}")
+    if problems:
+        raise CheckFailedError(
+            f"The prediction log {log.shown_url} has been tampered with: {'; '.join(problems)}."
+        )
+    return EXIT_OK
+
+
+def _parse_head(text: str) -> tuple[int, str]:
+    """``ID:HASH`` as ``mlkit log verify`` prints a head."""
+    row_id, _, digest = text.partition(":")
+    if not row_id.isdigit() or len(digest) != 64:
+        raise ParameterError(
+            f"--head must be ID:HASH as mlkit log verify prints it (e.g. 42:3f9c...), got {text!r}."
+        )
+    return int(row_id), digest
+
+
+def _head_problems(log: Any, now: tuple[int, str] | None, kept: tuple[int, str]) -> list[str]:
+    """Why the verified predictions chain (head ``now``) does not reach the ``kept`` head."""
+    if now is None or now[0] < kept[0]:
+        return [f"row {kept[0]}, the head you kept, is gone: rows were cut from the end"]
+    if log.row_hash(kept[0]) != kept[1]:
+        return [f"row {kept[0]}, the head you kept, has another hash: the log was re-written"]
+    return []

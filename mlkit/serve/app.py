@@ -111,13 +111,19 @@ def create_app(
     if shadow_target:
         store.resolve(*shadow_target, root)
     _check_limits(follow_s=follow_s, max_body_bytes=max_body_bytes, max_batch=max_batch)
-    import torch
+    # Before torch loads: a log whose newest rows do not chain up is refused at once.
+    log = predlog.open_log(name, log_url, root, sync=log_sync, check_tail=True)
+    try:
+        import torch
 
-    torch.set_num_threads(threads)
-    loaded = loading.load_model(name, ref, root=root)
+        torch.set_num_threads(threads)
+        loaded = loading.load_model(name, ref, root=root)
+    except BaseException:
+        log.close()
+        raise
     server = Server(
         loaded,
-        predlog.open_log(name, log_url, root, sync=log_sync),
+        log,
         ref=ref,
         root=root,
         token=os.environ.get(token_env) or None,

@@ -10,7 +10,13 @@ gathers the rows of the requests answered in one turn of its event loop into one
 
 With several server processes or machines, ``--log postgresql://...`` writes the same table to
 PostgreSQL. Append-only is enforced by the database too: triggers abort any UPDATE or DELETE
-(and TRUNCATE on PostgreSQL) of either table, whoever sends it.
+(and TRUNCATE on PostgreSQL) of either table, and SQLite's REPLACE of an existing row, whoever
+sends it. And it is evident: every row carries a SHA-256 chained to the row before it
+(:mod:`mlkit.serve.chain`), so a row changed, removed or slipped in by someone who dropped the
+triggers first is found by ``mlkit log verify``. Readers (:meth:`PredictionLog.rows`,
+:meth:`PredictionLog.feedback`: the monitor, the guard, the A/B report) read rows only up to
+the first break of the chain and say on stderr what they left out; a server checks the newest
+rows when it opens the log and refuses to append to a broken chain.
 
 Labels that arrive later (``mlkit feedback``) go to a second append-only table, ``feedback``, in
 the same database: request id, label (JSON), time, source. A log made before it gets the table
@@ -22,23 +28,27 @@ records is redacted.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mlkit._io import redact, redact_text
-from mlkit.errors import ParameterError, ServiceUnavailableError
+from mlkit.errors import CheckFailedError, ParameterError, ServiceUnavailableError
 from mlkit.registry.store import model_dir
+from mlkit.serve.chain import CHAIN_COLUMNS, ChainReport, link
+from mlkit.serve.chain import verify as verify_chain
+from mlkit.serve.log_batch import LogBatch
 
 __all__ = [
     "COLUMNS",
     "FEEDBACK_COLUMNS",
     "FeedbackError",
+    "LogBatch",
     "PredictionLog",
     "default_url",
     "open_log",
@@ -70,12 +80,22 @@ FEEDBACK_COLUMNS = (
     ("source", "String", "where it came from: the labels file, or cli for a single label"),
 )
 # Columns added after the first release: a log made before them gets them by ALTER TABLE.
-ADDED_COLUMNS = ("variant",)
+ADDED_COLUMNS = ("variant", "prev_hash", "row_hash")
 _NAMES = tuple(name for name, _, _ in COLUMNS)
+_FEEDBACK_NAMES = tuple(name for name, _, _ in FEEDBACK_COLUMNS)
+# What each table's rows hold, as the chain hashes them: (name, SQLAlchemy type) in order.
+_KINDS = {
+    TABLE: tuple((name, kind) for name, kind, _ in COLUMNS),
+    FEEDBACK_TABLE: tuple((name, kind) for name, kind, _ in FEEDBACK_COLUMNS),
+}
 SYNC_MODES = ("normal", "full")
+# How many of the newest rows a server checks when it opens the log.
+TAIL_CHECK = 1000
 
 
 _LOCK_KEY = 0x6D6C6B6974_7072  # "mlkit" "pr": the advisory lock for creating the table
+# One advisory lock per table for appending: the chain needs one writer at a time.
+_APPEND_KEYS = {TABLE: _LOCK_KEY + 1, FEEDBACK_TABLE: _LOCK_KEY + 2}
 # PostgreSQL's append-only guard: triggers call it before UPDATE, DELETE and TRUNCATE.
 _PG_REFUSE = """
 CREATE OR REPLACE FUNCTION mlkit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -100,7 +120,7 @@ def default_url(name: str, root: Path | None = None) -> str:
 
 
 class PredictionLog:
-    """An append-only table of responses; thread-safe, one per server process."""
+    """An append-only, hash-chained table of responses; thread-safe, one per server process."""
 
     def __init__(self, url: str, sync: str = "normal") -> None:
         import sqlalchemy as sa
@@ -127,10 +147,13 @@ class PredictionLog:
         meta = sa.MetaData()
         self.table = _table(meta, TABLE, COLUMNS)
         self.feedback_table = _table(meta, FEEDBACK_TABLE, FEEDBACK_COLUMNS)
-        self._insert = self.table.insert()
+        self._tables = {TABLE: self.table, FEEDBACK_TABLE: self.feedback_table}
         # One writer per process: SQLite serialises writers anyway, and a Python lock is
         # cheaper than its busy-wait.
         self._lock = threading.Lock() if self.is_sqlite else None
+        self._said: set[str] = set()
+        # What the last read of each table found when it walked the chain.
+        self.checks: dict[str, ChainReport] = {}
         try:
             with self.engine.begin() as conn:
                 _create_schema(conn, meta, postgres=not self.is_sqlite)
@@ -147,12 +170,25 @@ class PredictionLog:
 
     def write_many(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert rows in one transaction, committed before returning: all of them or none."""
-        values = [_values(row) for row in rows]
-        if not values:
+        self._append(TABLE, [_values(row) for row in rows])
+
+    def _append(self, table: str, rows: list[tuple[Any, ...]]) -> None:
+        """Chain ``rows`` (values in column order) onto ``table``'s newest row and commit."""
+        if not rows:
             return
         if self._lock is None:
+            import sqlalchemy as sa
+
+            t = self._tables[table]
+            names = ["id", *(n for n, _ in _KINDS[table]), "prev_hash", "row_hash"]
             with self.engine.begin() as conn:
-                conn.execute(self._insert, values)
+                # Writers in other processes or hosts wait here: each links to the row before.
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_APPEND_KEYS[table]})")
+                tail = conn.execute(
+                    sa.select(t.c.id, t.c.row_hash).order_by(t.c.id.desc()).limit(1)
+                ).first()
+                linked = link(tuple(tail) if tail else None, rows)
+                conn.execute(t.insert(), [dict(zip(names, r, strict=True)) for r in linked])
             return
         # SQLite through its own driver: SQLAlchemy's per-statement work would cost more
         # than the insert itself, and the server writes a row per request.
@@ -161,23 +197,71 @@ class PredictionLog:
                 import sqlite3
 
                 self._writer = sqlite3.connect(
-                    self._sqlite_path, timeout=30, check_same_thread=False
+                    self._sqlite_path, timeout=30, check_same_thread=False, isolation_level=None
                 )
                 _sqlite_pragmas(self.sync)(self._writer, None)
-            with self._writer:  # commits, or rolls back on an error
-                self._writer.executemany(_INSERT_SQL, [tuple(v.values()) for v in values])
+            db = self._writer
+            # IMMEDIATE: the write lock before reading the tail, so a server in another
+            # process cannot link to the same row in between.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                tail = db.execute(_TAIL_SQL[table]).fetchone()
+                db.executemany(_INSERT_SQL[table], link(tail, rows))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def rows(self, since: str | None = None, **where: Any) -> list[dict[str, Any]]:
-        """Rows matching column == value (and time >= ``since``), oldest first."""
+        """Rows matching column == value (and time >= ``since``), oldest first.
+
+        Only rows up to the first break of the hash chain are read; what was left out is
+        said on stderr and kept in ``self.checks``.
+        """
+        for key in where:
+            if key not in self.table.c:
+                raise ParameterError(f"Unknown prediction log column {key!r}; known: {_NAMES}.")
+        rows = self._verified(TABLE)
+        if since is not None:
+            rows = [r for r in rows if r["time"] is not None and r["time"] >= since]
+        for key, value in where.items():
+            rows = [r for r in rows if r[key] == value]
+        return rows
+
+    def verify(self) -> list[ChainReport]:
+        """Walk the chain of both tables from their first row; one report per table."""
+        reports = []
+        for table in (TABLE, FEEDBACK_TABLE):
+            with self.engine.connect() as conn:
+                result = conn.execute(self._select(table)).yield_per(2000)
+                reports.append(verify_chain(table, (_chained(table, r._mapping) for r in result)))
+        return reports
+
+    def row_hash(self, row_id: int) -> str | None:
+        """The stored ``row_hash`` of prediction row ``row_id`` (None when there is none)."""
         import sqlalchemy as sa
 
-        query = sa.select(self.table).order_by(self.table.c.id)
-        if since is not None:
-            query = query.where(self.table.c.time >= since)
-        for key, value in where.items():
-            query = query.where(self.table.c[key] == value)
+        query = sa.select(self.table.c.row_hash).where(self.table.c.id == row_id)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(query)]
+            return conn.execute(query).scalar()
+
+    def check_tail(self, newest: int = TAIL_CHECK) -> None:
+        """Refuse (exit 1) a log whose ``newest`` rows of either table do not chain up.
+
+        A server calls this on open: appending to a broken chain would bury the break.
+        """
+        for table, t in self._tables.items():
+            query = self._select(table).order_by(None).order_by(t.c.id.desc()).limit(newest)
+            with self.engine.connect() as conn:
+                rows = [_chained(table, r._mapping) for r in conn.execute(query)]
+            report = verify_chain(table, reversed(rows), start=None)
+            if not report.ok:
+                raise CheckFailedError(
+                    f"The prediction log {self.shown_url} fails its hash chain in table "
+                    f"{table}, {report.first_break}. Nothing was served. Run `mlkit log verify "
+                    "NAME` to see the whole log, keep this file as evidence, and serve with "
+                    "--log URL naming a new log."
+                )
 
     def unknown_ids(self, request_ids: Sequence[str]) -> list[str]:
         """Those of ``request_ids`` that no logged prediction has, in the order given."""
@@ -211,26 +295,13 @@ class PredictionLog:
                 "name request ids this model's server logged (the X-Request-ID header)."
             )
         now = datetime.now(UTC).isoformat()
-        values = [
-            {"request_id": str(rid), "label": _dumps(label), "time": now, "source": source}
-            for rid, label in labels.items()
-        ]
-        insert = self.feedback_table.insert()
-        if self._lock is None:
-            with self.engine.begin() as conn:
-                conn.execute(insert, values)
-        else:
-            with self._lock, self.engine.begin() as conn:
-                conn.execute(insert, values)
+        values = [(str(rid), _dumps(label), now, str(source)) for rid, label in labels.items()]
+        self._append(FEEDBACK_TABLE, values)
         return len(values)
 
     def feedback_rows(self) -> list[dict[str, Any]]:
-        """Every feedback row, oldest first, label decoded from JSON."""
-        import sqlalchemy as sa
-
-        query = sa.select(self.feedback_table).order_by(self.feedback_table.c.id)
-        with self.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(query)]
+        """Every feedback row up to the first break of its chain, oldest first, label decoded."""
+        rows = self._verified(FEEDBACK_TABLE)
         for row in rows:
             row["label"] = json.loads(row["label"]) if row["label"] is not None else None
         return rows
@@ -238,6 +309,38 @@ class PredictionLog:
     def feedback(self) -> dict[str, Any]:
         """request id -> label, the newest stored label of each request id winning."""
         return {row["request_id"]: row["label"] for row in self.feedback_rows()}
+
+    def _select(self, table: str) -> Any:
+        import sqlalchemy as sa
+
+        t = self._tables[table]
+        return sa.select(t).order_by(t.c.id)
+
+    def _verified(self, table: str) -> list[dict[str, Any]]:
+        """``table``'s rows, oldest first, up to the first break of its chain."""
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(self._select(table))]
+        report = verify_chain(table, (_chained(table, r) for r in rows))
+        self.checks[table] = report
+        if report.unchained:
+            self._say(
+                f"{report.unchained} rows of {table} predate the hash chain and are read "
+                "unverified."
+            )
+        kept = report.unchained + report.verified
+        if not report.ok:
+            self._say(
+                f"the hash chain of {table} breaks at {report.first_break}; that row and the "
+                f"{len(rows) - kept - 1} after it are left out. Run `mlkit log verify NAME` "
+                "for the whole log."
+            )
+        return rows[:kept]
+
+    def _say(self, text: str) -> None:
+        """A note on stderr about what a read left out, once per log object and text."""
+        if text not in self._said:
+            self._said.add(text)
+            print(f"mlkit: prediction log {self.shown_url}: {text}", file=sys.stderr)
 
     def redact(self, text: str) -> str:
         """``text`` safe to print: the log URL's password replaced."""
@@ -284,7 +387,7 @@ def _table(meta: Any, name: str, columns: Sequence[tuple[str, str, str]]) -> Any
         name,
         meta,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        *[sa.Column(col, getattr(sa, kind)) for col, kind, _ in columns],
+        *[sa.Column(col, getattr(sa, kind)) for col, kind, _ in (*columns, *CHAIN_COLUMNS)],
     )
 
 
@@ -297,11 +400,12 @@ def _create_schema(conn: Any, meta: Any, *, postgres: bool) -> None:
         # pg_type): one at a time, for this transaction only.
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
     meta.create_all(conn, checkfirst=True)
-    have = {c["name"] for c in sa.inspect(conn).get_columns(TABLE)}
-    for col, kind, _ in COLUMNS:
-        if col in ADDED_COLUMNS and col not in have:
-            sql_type = getattr(sa, kind)().compile(dialect=conn.dialect)
-            conn.exec_driver_sql(f"ALTER TABLE {TABLE} ADD COLUMN {col} {sql_type}")
+    for table, columns in ((TABLE, COLUMNS), (FEEDBACK_TABLE, FEEDBACK_COLUMNS)):
+        have = {c["name"] for c in sa.inspect(conn).get_columns(table)}
+        for col, kind, _ in (*columns, *CHAIN_COLUMNS):
+            if col in ADDED_COLUMNS and col not in have:
+                sql_type = getattr(sa, kind)().compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {col} {sql_type}")
     if postgres:
         conn.exec_driver_sql(_PG_REFUSE)
     for table in (TABLE, FEEDBACK_TABLE):
@@ -312,13 +416,23 @@ def _create_schema(conn: Any, meta: Any, *, postgres: bool) -> None:
 
 
 def _refuse_changes(conn: Any, table: str, *, postgres: bool) -> None:
-    """Triggers that abort UPDATE and DELETE of ``table`` (and TRUNCATE on PostgreSQL)."""
+    """Triggers that abort UPDATE and DELETE of ``table`` (and TRUNCATE on PostgreSQL).
+
+    SQLite's REPLACE deletes the row it conflicts with without firing delete triggers, so
+    an insert whose id is taken is refused before it gets that far. (PostgreSQL's
+    ``ON CONFLICT DO UPDATE`` is an UPDATE, refused by the row trigger.)
+    """
     if not postgres:
+        refuse = "BEGIN SELECT RAISE(ABORT, 'the prediction log is append-only'); END"
         for verb in ("UPDATE", "DELETE"):
             conn.exec_driver_sql(
                 f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE {verb} ON "
-                f"{table} BEGIN SELECT RAISE(ABORT, 'the prediction log is append-only'); END"
+                f"{table} {refuse}"
             )
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table} "
+            f"WHEN EXISTS (SELECT 1 FROM {table} WHERE id = NEW.id) {refuse}"
+        )
         return
     for level, verbs in (("ROW", "UPDATE OR DELETE"), ("STATEMENT", "TRUNCATE")):
         conn.exec_driver_sql(
@@ -327,19 +441,47 @@ def _refuse_changes(conn: Any, table: str, *, postgres: bool) -> None:
         )
 
 
-_INSERT_SQL = f"INSERT INTO {TABLE} ({', '.join(_NAMES)}) VALUES ({', '.join('?' * len(_NAMES))})"
+def _insert_sql(table: str) -> str:
+    names = ["id", *(n for n, _ in _KINDS[table]), "prev_hash", "row_hash"]
+    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
 
 
-def _values(row: dict[str, Any]) -> dict[str, Any]:
-    """A row with every column, in COLUMNS order, its JSON columns as text."""
+_INSERT_SQL = {table: _insert_sql(table) for table in _KINDS}
+_TAIL_SQL = {
+    table: f"SELECT id, row_hash FROM {table} ORDER BY id DESC LIMIT 1" for table in _KINDS
+}
+_CASTS: dict[str, Callable[[Any], Any]] = {"Integer": int, "Float": float}
+
+
+def _values(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A row's values in COLUMNS order, as the database will hand them back: JSON columns as
+    text, numbers as the column's type (so the hash of a row read back is the one written)."""
     unknown = set(row).difference(_NAMES)
     if unknown:
         raise ParameterError(f"Unknown prediction log columns {sorted(unknown)}; known: {_NAMES}.")
-    values = {name: row.get(name) for name in _NAMES}
-    for key in ("input", "output"):
-        if values[key] is not None and not isinstance(values[key], str):
-            values[key] = _dumps(values[key])
-    return values
+    out = []
+    for name, kind in _KINDS[TABLE]:
+        value = row.get(name)
+        if value is not None:
+            if name in ("input", "output") and not isinstance(value, str):
+                value = _dumps(value)
+            else:
+                value = _CASTS.get(kind, str)(value)
+        out.append(value)
+    return tuple(out)
+
+
+def _chained(table: str, row: Any) -> tuple[int, Any, Any, list[Any]]:
+    """(id, prev_hash, row_hash, values) of a row read back, values typed as when written."""
+    values = []
+    for name, kind in _KINDS[table]:
+        value = row[name]
+        if value is not None:
+            # A value that does not cast is not what was written: the hash will say so.
+            with contextlib.suppress(TypeError, ValueError):
+                value = _CASTS.get(kind, str)(value)
+        values.append(value)
+    return row["id"], row["prev_hash"], row["row_hash"], values
 
 
 def _dumps(value: Any) -> str:
@@ -373,70 +515,23 @@ def _sqlite_pragmas(sync: str) -> Callable[[Any, Any], None]:
 
 
 def open_log(
-    name: str, url: str | None = None, root: Path | None = None, sync: str = "normal"
+    name: str,
+    url: str | None = None,
+    root: Path | None = None,
+    sync: str = "normal",
+    *,
+    check_tail: bool = False,
 ) -> PredictionLog:
-    """The log of model ``name``: ``url`` if given, else its SQLite file in the registry."""
-    return PredictionLog(url or default_url(name, root), sync=sync)
+    """The log of model ``name``: ``url`` if given, else its SQLite file in the registry.
 
-
-class LogBatch:
-    """Rows of the responses answered in one turn of the event loop, committed together.
-
-    Each request awaits its row's commit before its response is sent. A SQLite commit under
-    ``--log-sync normal`` only hands pages to the OS (tens of microseconds, less than a
-    thread handoff), so it runs on the loop. A commit that waits on the disk (``full``: an
-    fsync) or the network (PostgreSQL) runs in a worker thread, one at a time, while the rows
-    of requests answered meanwhile gather into the next one.
+    ``check_tail`` (a server opening the log to append) refuses a log whose newest rows do
+    not chain up: :meth:`PredictionLog.check_tail`.
     """
-
-    def __init__(self, log: PredictionLog) -> None:
-        self.log = log
-        self.on_loop = log.is_sqlite and log.sync == "normal"
-        self.rows: list[dict[str, Any]] = []
-        self.waiters: list[asyncio.Future[None]] = []
-        self.flushing = False
-
-    async def write(self, row: dict[str, Any]) -> None:
-        loop = asyncio.get_running_loop()
-        committed = loop.create_future()
-        self.rows.append(row)
-        self.waiters.append(committed)
-        if not self.flushing:
-            self.flushing = True
-            loop.call_soon(self._flush, loop)
-        await committed
-
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        rows, waiters = self.rows, self.waiters
-        self.rows, self.waiters = [], []
-        if self.on_loop:
-            try:
-                self.log.write_many(rows)
-            except Exception as exc:
-                self._settle(waiters, exc)
-            else:
-                self._settle(waiters, None)
-            self.flushing = False
-            return
-        future = loop.run_in_executor(None, self.log.write_many, rows)
-        future.add_done_callback(lambda done: self._committed(loop, waiters, done))
-
-    def _committed(
-        self, loop: asyncio.AbstractEventLoop, waiters: list[asyncio.Future[None]], done: Any
-    ) -> None:
-        failed = RuntimeError("the log commit was cancelled") if done.cancelled() else None
-        self._settle(waiters, failed or done.exception())
-        if self.rows:
-            loop.call_soon(self._flush, loop)
-        else:
-            self.flushing = False
-
-    @staticmethod
-    def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None) -> None:
-        for waiter in waiters:
-            if waiter.done():  # its request was cancelled (the client went away)
-                continue
-            if exc is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(exc)
+    log = PredictionLog(url or default_url(name, root), sync=sync)
+    if check_tail:
+        try:
+            log.check_tail()
+        except BaseException:
+            log.close()
+            raise
+    return log
