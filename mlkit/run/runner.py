@@ -32,7 +32,7 @@ from mlkit._contract import (
     RESULT_FILE,
     RUN_FILE,
 )
-from mlkit._io import hostname, now_iso, read_json, write_json
+from mlkit._io import hostname, now_iso, pid_alive, read_json, write_json
 from mlkit.errors import ParameterError, RecordWriteError, StateError
 from mlkit.record_store import (
     RunRecord,
@@ -283,6 +283,33 @@ def _finalize_failed(run_dir: Path, reason: str) -> None:
     # A disk that refused the notebook may refuse run.json too; it then reads "crashed".
     with contextlib.suppress(RecordWriteError):
         _finalize(run_dir, status="failed", reason=reason)
+
+
+def mark_crashed(run_dir: Path, reason: str) -> bool:
+    """Say why a run whose driver died never ended: run.json becomes ``crashed``, ``reason``.
+
+    A driver killed with SIGKILL leaves run.json ``running`` with no reason; whoever finds
+    the run's driver gone (a sweep reaping its trial) writes why. Only a record still
+    ``running`` whose driver process, on this host, is gone is changed.
+
+    Returns:
+        Whether run.json was changed.
+    """
+    try:
+        info = read_json(run_dir / RUN_FILE, None)
+    except (OSError, ValueError):  # unreadable: load_run already says so, naming the file
+        return False
+    if not isinstance(info, dict) or info.get("status") != "running":
+        return False
+    pid = info.get("pid")
+    if not pid or info.get("host") != hostname() or pid_alive(pid):
+        return False
+    info.update(status="crashed", reason=reason)
+    info.pop("pid", None)
+    with contextlib.suppress(OSError):  # a full disk: it still reads "crashed", without why
+        write_json(run_dir / RUN_FILE, info)
+        return True
+    return False
 
 
 def _abandon(run_dir: Path, reason: str) -> None:

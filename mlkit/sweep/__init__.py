@@ -1,9 +1,10 @@
 """Optuna sweeps where every trial is an executed notebook with its own record.
 
 ``config`` checks a sweep's settings once; ``driver`` asks, runs and tells (with hooks for
-the explorer); ``results`` summarises a study; ``space`` reads search spaces; ``report``
-executes the report notebook. Storages live one floor down, in :mod:`mlkit.storage`,
-because a notebook's trial opens them too.
+the explorer); ``reaper`` fails and retries the trials of dead workers; ``results``
+summarises a study; ``space`` reads search spaces; ``report`` executes the report notebook.
+Storages live one floor down, in :mod:`mlkit.storage`, because a notebook's trial opens
+them too.
 """
 
 from mlkit._io import redact

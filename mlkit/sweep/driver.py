@@ -12,8 +12,9 @@ machine, ``postgresql://...`` for many. Known traps and their answers:
 
 - a killed worker leaves its trial RUNNING forever (journal files have no
   heartbeat): every worker stamps a heartbeat on its running trial; any worker
-  fails trials whose worker process is gone (same host) or whose heartbeat is
-  stale, and enqueues their parameters once more;
+  fails trials whose worker process is gone (same host), that it died before
+  stamping, or whose heartbeat is stale, enqueues their parameters once more, and
+  marks their run records crashed with the reason (``reaper``);
 - a torn last line of a journal file breaks every later read once something is
   appended after it: the tail is checked and cut, under Optuna's own lock, before
   the study is opened;
@@ -44,15 +45,16 @@ from typing import Any
 
 from mlkit import track
 from mlkit._contract import ENV_TRIAL, PRUNED_FILE, RUN_FILE
-from mlkit._io import pid_alive, read_json, write_json
+from mlkit._io import read_json, write_json
 from mlkit.run import lifetime, runner, warm
 from mlkit.storage import ask_lock, make_pruner
 from mlkit.sweep import space as _space
 from mlkit.sweep.config import SweepConfig, _create_or_resume, make_sampler, sampler_seed
+from mlkit.sweep.reaper import STALE_AFTER_S as STALE_AFTER_S  # where tests and tools look
+from mlkit.sweep.reaper import budget_used, holds_lock, reap_stale
 from mlkit.sweep.results import Summary, _best_text, _counts, summarize
 
 HEARTBEAT_S = 15.0
-STALE_AFTER_S = 90.0
 CANCEL_POLL_S = 0.1  # how soon a cancel is seen
 CANCEL_RETRY_S = 0.5  # how often it is sent again, until the run ends
 
@@ -70,49 +72,8 @@ def _worker_tag(index: int = 0) -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "index": index}
 
 
-def reap_stale(study: Any, now: float | None = None) -> list[int]:
-    """Fail RUNNING trials whose worker is gone; enqueue their parameters once more."""
-    from optuna.trial import TrialState
-
-    now = now or time.time()
-    host = socket.gethostname()
-    reaped = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker") or {}
-        beat = trial.user_attrs.get(
-            "heartbeat", trial.datetime_start.timestamp() if trial.datetime_start else now
-        )
-        dead = worker.get("host") == host and worker.get("pid") and not pid_alive(worker["pid"])
-        stale = now - float(beat) > STALE_AFTER_S
-        if not (dead or stale):
-            continue
-        why = (
-            f"worker pid {worker.get('pid')} on {host} is gone"
-            if dead
-            else f"no heartbeat for {now - float(beat):.0f} s"
-        )
-        try:
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"reaped: {why}")
-            study._storage.set_trial_user_attr(trial._trial_id, "reaped", True)
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except Exception:  # another worker reaped it first
-            continue
-        reaped.append(trial.number)
-        if "retry_of" not in trial.user_attrs:
-            study.enqueue_trial(
-                trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False
-            )
-    return reaped
-
-
-def _budget_used(study: Any) -> tuple[int, int]:
-    """(trials that count against --trials, trials waiting in the queue)."""
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    counted = sum(1 for t in trials if not t.user_attrs.get("reaped"))
-    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-    return counted, waiting
+def _root(cfg: SweepConfig) -> Path | None:
+    return Path(cfg.root) if cfg.root else None
 
 
 class _Heartbeat:
@@ -190,7 +151,7 @@ def ask_trial(
     """Ask the study for the next trial under its ask lock, stamped as this worker's.
 
     Under one lock, so workers on other machines count the same trials: fail stale
-    trials (see ``reap_stale``), check the budget, ask, and stamp the trial with this
+    trials (see ``reaper.reap_stale``), check the budget, ask, and stamp the trial with this
     worker and a first heartbeat.
 
     Args:
@@ -209,9 +170,9 @@ def ask_trial(
     """
     with ask_lock(cfg.storage, cfg.study):
         if enqueue is None:
-            reap_stale(study)
+            reap_stale(study, root=_root(cfg), locked=holds_lock(cfg.storage))
         if budget is not None:
-            counted, waiting = _budget_used(study)
+            counted, waiting = budget_used(study)
             if counted >= budget and not waiting:
                 return None
         if enqueue is not None:
@@ -481,7 +442,7 @@ def run(cfg: SweepConfig, *, progress: bool = True) -> Summary:
         _prewarm(cfg)  # for worker 0, which runs on this thread
     study = _create_or_resume(cfg)  # fail fast on a conflicting study, before workers start
     with ask_lock(cfg.storage, cfg.study):
-        reap_stale(study)
+        reap_stale(study, root=_root(cfg), locked=holds_lock(cfg.storage))
     stop = threading.Event()
     threads: list[threading.Thread] = []
     procs = []
