@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -355,3 +356,40 @@ def test_terminated_run_says_so(exp_root: Path, signum: signal.Signals) -> None:
     info = read_json(only_run_dir(exp_root) / "run.json")
     assert info["status"] == "failed"
     assert info["reason"] == f"terminated by {signum.name}"
+
+
+# `mlkit reproduce` stopped with SIGTERM ends as `mlkit run` does: the reproduction's record
+# says failed, naming the signal, the original is untouched, and the exit is 128 + 15.
+@pytest.mark.slow
+def test_terminated_reproduce_says_so(exp_root: Path) -> None:
+    first = run_cli("run", scenario("sleeps_if_asked"), "-q")
+    assert first.returncode == 0, first.stderr
+    original = only_run_dir(exp_root)
+    before = (original / "run.json").read_text()
+    env = {**os.environ, "COLUMNS": "200", "MLKIT_TEST_SLEEP": "600"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlkit", "reproduce", original.name, "-q"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def reproduction() -> Path | None:
+        assert proc.poll() is None, proc.communicate()
+        runs = [p for p in exp_root.glob("*/runs/*") if p != original]
+        return runs[0] if runs and (runs[0] / "output.ipynb").exists() else None
+
+    try:
+        again = wait_until(reproduction, 120, 0.1, "the reproduction to start")
+        time.sleep(1)  # inside the sleeping cell
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "terminated by SIGTERM" in err and "Traceback" not in err
+    info = read_json(again / "run.json")
+    assert info["status"] == "failed" and info["reason"] == "terminated by SIGTERM"
+    assert (original / "run.json").read_text() == before

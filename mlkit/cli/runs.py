@@ -223,7 +223,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     from mlkit.run import runner
 
-    out = runner.reproduce(args.run, progress=not args.quiet, tracking=args.tracking)
+    try:
+        with runner.terminate_as_interrupt():  # SIGTERM, SIGHUP: as Ctrl-C, and named
+            out = runner.reproduce(args.run, progress=not args.quiet, tracking=args.tracking)
+    except runner.Terminated as exc:
+        print(f"{args.prog}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     console = Console(highlight=False)
     for warning in out["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
