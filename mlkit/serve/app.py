@@ -23,8 +23,10 @@ variant; a request without it gets a random one. The body (``variant``), the ``X
 header and the log row's ``variant`` and ``version`` say which answered.
 
 Refusals: 401 missing or wrong bearer token (when ``$MLKIT_SERVE_TOKEN`` is set), 413 body over
-the limit, 422 invalid JSON, wrong shape, a non-number, or NaN/inf anywhere (the error names
-the position), 503 when the prediction log cannot be written. Every /predict response, refusals
+the limit, 422 invalid JSON, not exactly one body key, wrong shape, a non-number, a number
+beyond float32's range, or NaN/inf anywhere (the error names the position), and an input
+whose output overflows float32 (``finite_output``); 500 when the model fails; 503 when the
+prediction log cannot be written. ``/openapi.json`` declares all of them. Every /predict response, refusals
 included, gets a row in the prediction log (:mod:`mlkit.predlog`) before it is sent, and carries
 its request id in the ``X-Request-ID`` header and the body.
 """

@@ -3,7 +3,8 @@
 This module imports FastAPI and Starlette at the top, so only building an app pays for them:
 :func:`mlkit.serve.app.create_app` imports it once the models have loaded. Every /predict
 response, refusals included, is logged before it is sent; a response whose row cannot be
-written becomes a 503 (the log is the record of what the server said).
+written becomes a 503 (the log is the record of what the server said). /openapi.json
+describes the endpoints as they answer (:func:`mlkit.serve.schema.openapi_paths`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
 from mlkit._io import now_iso
 from mlkit.serve.predlog import LogBatch
-from mlkit.serve.schema import read_body, request_ids
+from mlkit.serve.schema import openapi_paths, read_body, request_ids, summary
 from mlkit.serve.server import Server
 from mlkit.serve.shadow import _warn
 
@@ -33,6 +35,16 @@ Arm = tuple[str | None, "LoadedModel"]
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 WRONG_TOKEN = "missing or wrong bearer token"
 LOG_DOWN = "prediction log unavailable; retry later"
+# Inputs far beyond the training range can overflow float32 inside the model; JSON has no
+# number for the NaN or inf that comes out, and the input is what to change.
+NOT_FINITE = [
+    {
+        "type": "finite_output",
+        "loc": ["body"],
+        "msg": "the model's output is not a finite number for this input; send inputs in the "
+        "model's input space (scaled as in training), or raw features in the data's units",
+    }
+]
 
 
 def build_app(server: Server, *, follow_s: float) -> FastAPI:
@@ -71,7 +83,37 @@ def build_app(server: Server, *, follow_s: float) -> FastAPI:
     app.add_api_route("/predict", endpoints.predict, methods=["POST"], response_model=None)
     app.add_api_route("/health", endpoints.health, methods=["GET"], response_model=None)
     app.add_api_route("/metadata", endpoints.metadata, methods=["GET"], response_model=None)
+    # Built on every request, not cached: the version that answers can change while serving.
+    app.openapi = lambda: openapi_document(app, server)  # type: ignore[method-assign]
     return app
+
+
+def openapi_document(app: FastAPI, server: Server) -> dict[str, Any]:
+    """/openapi.json: FastAPI's document with the endpoints described as the server answers.
+
+    /predict reads its body by hand (faster than FastAPI's parsing), so FastAPI alone would
+    declare no request body and no refusal; :func:`openapi_paths` declares both.
+    """
+    answering = [arm for _, arm in server.arms] or [server.loaded]
+    doc = get_openapi(
+        title=app.title,
+        version=f"v{server.loaded.version}",
+        openapi_version=app.openapi_version,
+        routes=app.routes,
+    )
+    doc["paths"].update(
+        openapi_paths(
+            server.schema.model_json_schema(),
+            task=server.loaded.task,
+            raw=all(m.metadata()["raw_inputs"] for m in answering),
+            token=server.token is not None,
+            ab=bool(server.arms),
+        )
+    )
+    if server.token is not None:
+        bearer = {"type": "http", "scheme": "bearer", "description": "$MLKIT_SERVE_TOKEN"}
+        doc.setdefault("components", {})["securitySchemes"] = {"bearer": bearer}
+    return doc
 
 
 class Endpoints:
@@ -146,6 +188,13 @@ class Endpoints:
         except Exception as exc:  # a model error is the server's fault: 500, logged
             status, payload, n, output, X = 500, {"detail": "prediction failed"}, 0, None, None
             error = f"{type(exc).__name__}: {exc}"
+        # Rendered before it is logged, so the row says what the client gets.
+        try:
+            response = self.respond(rid, status, payload, arm)
+        except ValueError:  # NaN or inf in the output
+            status, payload, n, output, X = 422, {"detail": NOT_FINITE}, 0, None, None
+            error = summary(NOT_FINITE)
+            response = self.respond(rid, status, payload, arm)
         try:
             row_of_response = server.row(
                 request_id=rid,
@@ -162,7 +211,6 @@ class Endpoints:
         except Exception as exc:
             _warn(f"prediction log write failed: {server.log.redact(str(exc))}")
             return self.respond(rid, 503, {"detail": LOG_DOWN}, arm)
-        response = self.respond(rid, status, payload, arm)
         if server.shadow is not None and X is not None:
             # Runs once the response is sent, and only enqueues: the client never waits on it.
             response.background = BackgroundTask(server.shadow.submit, rid, X)
