@@ -599,14 +599,21 @@ def start_two_job_sweep(tmp_path: Path, study: str, *extra: str) -> subprocess.P
     )
 
 
-# Ctrl-C ends a two-job sweep at once: the trial running on the other worker's thread is
-# interrupted and recorded FAIL, the command exits 130, and no kernel outlives it.
+# Ctrl-C (or SIGTERM) ends a two-job sweep at once: the trial running on the other worker's
+# thread is interrupted and recorded FAIL naming why, the command exits 128 + the signal,
+# and no kernel outlives it.
 @pytest.mark.slow
-def test_ctrl_c_stops_every_worker(exp_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signame", "why"),
+    [("SIGINT", "interrupted by the user"), ("SIGTERM", "terminated by SIGTERM")],
+)
+def test_ctrl_c_stops_every_worker(exp_root: Path, tmp_path: Path, signame: str, why: str) -> None:
     import signal
     import time
 
     import psutil
+
+    signum = getattr(signal, signame)
 
     proc = start_two_job_sweep(tmp_path, "cc", "-p", "epochs", "30")
     journal = exp_root / "cc" / "study.journal"
@@ -623,15 +630,23 @@ def test_ctrl_c_stops_every_worker(exp_root: Path, tmp_path: Path) -> None:
     wait_until(reporting_on_both, 120, 0.2, "both workers to report an epoch")
     kernels = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     stopped = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signum, err
     assert time.monotonic() - stopped < 20, "the sweep stopped without waiting for trials"
     trials = storages.load_study(str(journal), "cc").trials
+    reasons = {}
     for index in (0, 1):  # the driver thread's trial and the other worker's: both said why
         last = [t for t in trials if t.user_attrs["worker"]["index"] == index][-1]
-        assert last.state == TrialState.FAIL
-        assert "KeyboardInterrupt" in last.user_attrs["fail_reason"]
+        record = read_json(Path(last.user_attrs["run_path"]) / "run.json")
+        assert last.state == TrialState.FAIL and record["status"] == "failed"
+        reasons[index] = (last.user_attrs["fail_reason"], record["reason"])
+    # The signal stopped this thread's trial itself; the other thread's cell was interrupted
+    # in its kernel (a KeyboardInterrupt there), and a terminating signal is named on it too.
+    assert reasons[0] == (f"KeyboardInterrupt: {why}", why)
+    other_trial, other_record = reasons[1]
+    assert "raised KeyboardInterrupt" in other_trial and other_record == other_trial
+    assert other_record.startswith("terminated by SIGTERM: ") == (signame == "SIGTERM")
     assert len(trials) < 6, "no trial started after Ctrl-C"
     # The interrupted cells were answered before their kernels shut down: no task was
     # left to find a dead kernel and print about it.

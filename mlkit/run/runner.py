@@ -194,7 +194,7 @@ def _execute(
             engine=engine,
         )
     except KeyboardInterrupt as exc:
-        reason = str(exc) if isinstance(exc, Terminated) else "interrupted by the user"
+        reason = interrupt_reason(exc)
         _finalize_failed(run_dir, reason)
         raise
     except RecordWriteError as exc:
@@ -203,10 +203,14 @@ def _execute(
     except BaseException as exc:
         _finalize_failed(run_dir, f"driver error: {type(exc).__name__}: {exc}")
         raise
+    reason = outcome.reason
+    if _TERMINATED and (outcome.error or {}).get("ename") == "KeyboardInterrupt":
+        # A run on another thread, its cell interrupted because the process was told to stop.
+        reason = f"{_TERMINATED[-1]}: {reason}"
     return _finalize(
         run_dir,
         status=outcome.status,
-        reason=outcome.reason,
+        reason=reason,
         error=outcome.error,
         result=outcome.result,
         duration=outcome.duration,
@@ -332,6 +336,18 @@ def _write_record(path: Path, data: Any) -> None:
         raise write_error(exc, path) from None
 
 
+# The signal that ended this process's work, if one did: runs on other threads (a sweep's
+# workers) are interrupted with a plain KeyboardInterrupt and must still name it.
+_TERMINATED: list[Terminated] = []
+
+
+def interrupt_reason(exc: BaseException) -> str:
+    """Why a KeyboardInterrupt ended a run: the signal behind it, on any thread, or Ctrl-C."""
+    if isinstance(exc, Terminated):
+        return str(exc)
+    return str(_TERMINATED[-1]) if _TERMINATED else "interrupted by the user"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP, ended like Ctrl-C: the kernel is stopped, the run marked failed."""
 
@@ -352,8 +368,11 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
         return
 
+    _TERMINATED.clear()
+
     def terminate(signum: int, frame: Any) -> None:
-        raise Terminated(signum)
+        _TERMINATED.append(Terminated(signum))
+        raise _TERMINATED[-1]
 
     previous: dict[int, Any] = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):

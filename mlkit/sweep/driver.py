@@ -287,7 +287,7 @@ def run_trial(
         except Exception as exc:  # the driver itself failed: the trial must not stay RUNNING
             return fail(f"driver error: {exc}")
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: the sweep ends, and says why
-            why = str(exc) if isinstance(exc, runner.Terminated) else "interrupted by the user"
+            why = runner.interrupt_reason(exc)
             state = fail(f"KeyboardInterrupt: {why}")
             if canceller.reason() is None:
                 raise
