@@ -26,9 +26,9 @@ Refusals: 401 missing or wrong bearer token (when ``$MLKIT_SERVE_TOKEN`` is set)
 the limit, 422 invalid JSON, not exactly one body key, wrong shape, a non-number, a number
 beyond float32's range, or NaN/inf anywhere (the error names the position), and an input
 whose output overflows float32 (``finite_output``); 500 when the model fails; 503 when the
-prediction log cannot be written. ``/openapi.json`` declares all of them. Every /predict response, refusals
-included, gets a row in the prediction log (:mod:`mlkit.predlog`) before it is sent, and carries
-its request id in the ``X-Request-ID`` header and the body.
+prediction log cannot be written. ``/openapi.json`` declares all of them. Every /predict
+response, refusals included, gets a row in the prediction log (:mod:`mlkit.predlog`) before it
+is sent, and carries its request id in the ``X-Request-ID`` header and the body.
 """
 
 from __future__ import annotations
