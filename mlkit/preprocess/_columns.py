@@ -1,0 +1,256 @@
+"""One input column of a canonical table: its canonical type, and the encoder fitted on it.
+
+Each encoder is a dataclass of plain values (what ``to_dict`` saves) with ``fit`` (from the
+training rows of one column), ``names`` (its output columns) and ``encode`` (writes its block
+of the output array in place and returns the counts of missing and unseen values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlkit.errors import DataError
+
+UNKNOWN = "<unknown>"
+OTHER = "<other>"
+TYPES = {"float64": pa.float64(), "string": pa.string(), "timestamp[us]": pa.timestamp("us")}
+_DAY_US = 86_400_000_000
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_DATE_PARTS = {
+    "year": pc.year,
+    "month": pc.month,
+    "day": pc.day,
+    "weekday": pc.day_of_week,
+    "hour": pc.hour,
+}
+
+
+@dataclass
+class Numeric:
+    """Median imputation, standardisation and an optional missing indicator."""
+
+    kind: ClassVar[str] = "numeric"
+    name: str
+    median: float
+    mean: float
+    std: float
+    indicator: bool
+    min: float | None
+    max: float | None
+
+    @classmethod
+    def fit(cls, name: str, column: pa.ChunkedArray) -> Numeric:
+        values = numbers(column)
+        seen = values[np.isfinite(values)]
+        if not seen.size:
+            return cls(name, 0.0, 0.0, 1.0, True, None, None)
+        std = float(seen.std())
+        # A spread at the level of rounding noise is a constant column, not a scale.
+        constant = std <= np.finfo(np.float64).eps * float(np.abs(seen).max())
+        return cls(
+            name,
+            median=float(np.median(seen)),
+            mean=float(seen.mean()),
+            std=1.0 if constant or std == 0 else std,
+            indicator=bool(seen.size < values.size),
+            min=float(seen.min()),
+            max=float(seen.max()),
+        )
+
+    def names(self) -> list[str]:
+        return [self.name] + ([f"{self.name}__missing"] if self.indicator else [])
+
+    def encode(self, column: pa.ChunkedArray, out: np.ndarray, at: int) -> tuple[int, int]:
+        values = numbers(column)
+        absent = ~np.isfinite(values)
+        values[absent] = self.median
+        scaled = (values - self.mean) / self.std
+        # A value far outside the train scale stays finite, so it cannot turn a loss into NaN.
+        out[:, at] = np.clip(scaled, -_FLOAT32_MAX, _FLOAT32_MAX, out=scaled)
+        if self.indicator:
+            out[:, at + 1] = absent
+        return int(absent.sum()), 0
+
+
+@dataclass
+class Categorical:
+    """One-hot over the frequent train values, with ``<other>`` and ``<unknown>`` slots."""
+
+    kind: ClassVar[str] = "categorical"
+    name: str
+    vocabulary: list[str]
+    other: list[str]
+
+    def __post_init__(self) -> None:
+        self._vocabulary = pa.array(self.vocabulary, type=pa.string())
+        self._other = pa.array(self.other, type=pa.string())
+
+    @classmethod
+    def fit(cls, name: str, column: pa.ChunkedArray, max_categories: int) -> Categorical:
+        counts = pc.value_counts(_category_strings(column).drop_null())
+        ranked = pa.table({"v": counts.field("values"), "n": counts.field("counts")}).sort_by(
+            [("n", "descending"), ("v", "ascending")]
+        )
+        values = ranked.column("v").to_pylist()
+        return cls(name, values[:max_categories], sorted(values[max_categories:]))
+
+    def names(self) -> list[str]:
+        slots = self.vocabulary + ([OTHER] if self.other else []) + [UNKNOWN]
+        return [f"{self.name}={value}" for value in slots]
+
+    def encode(self, column: pa.ChunkedArray, out: np.ndarray, at: int) -> tuple[int, int]:
+        strings = _category_strings(column)
+        unknown_slot = len(self.names()) - 1
+        codes = pc.fill_null(pc.index_in(strings, value_set=self._vocabulary), unknown_slot)
+        codes = codes.to_numpy().astype(np.intp)
+        if self.other:
+            codes[bools(pc.is_in(strings, value_set=self._other))] = unknown_slot - 1
+        missing = strings.null_count
+        out[np.arange(len(codes)), at + codes] = 1.0
+        return missing, int((codes == unknown_slot).sum()) - missing
+
+
+@dataclass
+class Date:
+    """Calendar parts of a timestamp, each standardised, with median imputation."""
+
+    kind: ClassVar[str] = "date"
+    name: str
+    parts: list[str]
+    median_us: int
+    means: list[float]
+    stds: list[float]
+    indicator: bool
+    min: str | None
+    max: str | None
+
+    @classmethod
+    def fit(cls, name: str, column: pa.ChunkedArray) -> Date:
+        seen = column.drop_null()
+        if not len(seen):
+            parts = ["year", "month", "day", "weekday"]
+            return cls(name, parts, 0, [0.0] * 4, [1.0] * 4, True, None, None)
+        micros = seen.cast(pa.int64()).to_numpy()
+        timed = bool(np.any(micros % _DAY_US))
+        parts = ["year", "month", "day", "weekday"] + (["hour"] if timed else [])
+        calendar = [_DATE_PARTS[part](seen).to_numpy().astype(np.float64) for part in parts]
+        stds = [float(values.std()) for values in calendar]
+        return cls(
+            name,
+            parts,
+            median_us=int(np.median(micros)),
+            means=[float(values.mean()) for values in calendar],
+            stds=[std if std > 0 else 1.0 for std in stds],
+            indicator=bool(len(seen) < len(column)),
+            min=pc.min(seen).as_py().isoformat(),
+            max=pc.max(seen).as_py().isoformat(),
+        )
+
+    def names(self) -> list[str]:
+        extra = [f"{self.name}__missing"] if self.indicator else []
+        return [f"{self.name}.{part}" for part in self.parts] + extra
+
+    def encode(self, column: pa.ChunkedArray, out: np.ndarray, at: int) -> tuple[int, int]:
+        missing = column.null_count
+        filled = pc.fill_null(column, pa.scalar(self.median_us, type=pa.timestamp("us")))
+        for j, part in enumerate(self.parts):
+            values = _DATE_PARTS[part](filled).to_numpy().astype(np.float64)
+            out[:, at + j] = (values - self.means[j]) / self.stds[j]
+        if self.indicator:
+            out[:, at + len(self.parts)] = bools(column.is_null())
+        return missing, 0
+
+
+ENCODERS = {cls.kind: cls for cls in (Numeric, Categorical, Date)}
+Encoder = Numeric | Categorical | Date
+
+
+def numbers(column: pa.ChunkedArray) -> np.ndarray:
+    """A float64 column as a writable numpy array, nulls as NaN."""
+    return np.array(column.to_numpy(), dtype=np.float64, copy=True)
+
+
+def bools(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _category_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Category values as text; numbers as their shortest form, so ``-0.0`` reads ``0``.
+
+    NaN and inf count as missing, as they do in a numeric column.
+    """
+    if pa.types.is_string(column.type):
+        return column
+    finite = pc.if_else(pc.is_finite(column), pc.add(column, 0.0), None)
+    return pc.cast(finite, pa.string())
+
+
+# --- columns of a canonical table -----------------------------------------------------
+
+
+@dataclass
+class Column:
+    """One input column: what it is, what it is for, and (unless dropped) how it encodes."""
+
+    name: str
+    dtype: str
+    role: str  # feature, sensitive, target or dropped
+    sensitive: bool = False
+    missing_share: float = 0.0
+    reason: str | None = None
+    encoder: Encoder | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "encoder"}
+        if self.encoder is not None:
+            data["encoding"] = {"kind": self.encoder.kind, **asdict(self.encoder)}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Column:
+        data = dict(data)
+        encoding = data.pop("encoding", None)
+        encoder = None
+        if encoding is not None:
+            encoding = dict(encoding)
+            encoder = ENCODERS[encoding.pop("kind")](**encoding)
+        return cls(**data, encoder=encoder)
+
+
+def dtype_of(column: pa.ChunkedArray, name: str) -> str:
+    """The canonical type a column has or can take without guessing."""
+    t = column.type
+    if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t):
+        return "float64"
+    if pa.types.is_decimal(t):
+        return "float64"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return "string"
+    if pa.types.is_dictionary(t) and pa.types.is_string(t.value_type):
+        return "string"
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return "timestamp[us]"
+    raise DataError(
+        f"Column {name!r} has type {t}, which mlkit cannot turn into model inputs. "
+        "Pass drop=[...] naming it, or read the table with mlkit.tables.read_table."
+    )
+
+
+def canonical(column: pa.ChunkedArray, dtype: str, name: str) -> pa.ChunkedArray:
+    """The column cast to ``dtype`` (time zones to UTC), refusing a change of kind."""
+    if column.type == TYPES[dtype]:
+        return column
+    given = dtype_of(column, name)
+    if given != dtype:
+        raise DataError(
+            f"Column {name!r} was {dtype} when the preprocessing was fitted, got "
+            f"{column.type}. Pass the column with the type it had in training."
+        )
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    return column.cast(TYPES[dtype])

@@ -1,0 +1,469 @@
+"""The preprocessor: fitted on training rows, applied to tables and records, saved as data."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlkit.errors import DataError, ParameterError, UnsafeArtifactError
+from mlkit.preprocess._columns import (
+    TYPES,
+    Categorical,
+    Column,
+    Date,
+    Encoder,
+    Numeric,
+    bools,
+    canonical,
+    dtype_of,
+    numbers,
+)
+from mlkit.preprocess._records import records_table
+
+FORMAT_VERSION = 1
+_ID_NAME = re.compile(r"(^|[_\-\s.])(id|uuid|guid|key)$|[a-z0-9](Id|ID|Uuid|UUID|Key)$")
+_FEW_CLASSES = 20  # a numeric target with at most this many integral values is a label
+
+
+class PreprocessWarning(UserWarning):
+    """A column was set aside while fitting (an id, for example); the message says why."""
+
+
+@dataclass
+class Transformed:
+    """Model inputs for a batch of rows.
+
+    Attributes:
+        X: float32 array of shape (rows, len(feature_names)).
+        unknown: per categorical feature column, how many values were never seen in train.
+        missing: per feature column, how many values were missing.
+        sensitive: per sensitive column present in the input, its raw values (kept beside
+            the features for fairness checks).
+    """
+
+    X: np.ndarray
+    unknown: dict[str, int]
+    missing: dict[str, int]
+    sensitive: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _is_id(column: pa.ChunkedArray, name: str, dtype: str) -> bool:
+    """All-unique strings, or all-unique integral numbers under an id-like name."""
+    present = len(column) - column.null_count
+    if dtype == "timestamp[us]" or present < 2:
+        return False
+    if pc.count_distinct(column).as_py() < present:
+        return False
+    if dtype == "string":
+        return True
+    values = numbers(column)
+    values = values[np.isfinite(values)]
+    return bool(_ID_NAME.search(name)) and bool(np.all(values == np.round(values)))
+
+
+def _check_fit(table: Any, target: str, task: Any, max_categories: Any, **names: Any) -> None:
+    """Refuse parameters of :meth:`Preprocessor.fit` that cannot be right, naming them."""
+    if not isinstance(table, pa.Table):
+        raise ParameterError(
+            f"fit needs a pyarrow.Table, got {type(table).__name__}. "
+            "Read it with mlkit.tables.read_table or pyarrow.Table.from_pandas."
+        )
+    _check_names(table, "target", (target,))
+    for parameter, value in names.items():
+        if isinstance(value, str):
+            raise ParameterError(
+                f"{parameter} must be a list of column names, got the string {value!r}. "
+                f"Pass [{value!r}]."
+            )
+        _check_names(table, parameter, tuple(value or ()))
+        if target in (value or ()):
+            raise ParameterError(
+                f"{parameter} names the target {target!r}. Leave the target out of it."
+            )
+    if task not in (None, "classification", "regression"):
+        raise ParameterError(
+            f"task must be 'classification', 'regression' or None, got {task!r}. Pass one of those."
+        )
+    if not isinstance(max_categories, int) or max_categories < 1:
+        raise ParameterError(
+            f"max_categories must be an int >= 1, got {max_categories!r}. Pass 50."
+        )
+
+
+def _target_task(
+    column: pa.ChunkedArray, target: str, task: str | None
+) -> tuple[str, list[Any] | None]:
+    """The task (inferred when None) and, for classification, the sorted train classes."""
+    dtype = dtype_of(column, target)
+    column = canonical(column, dtype, target)
+    if dtype == "timestamp[us]" or (dtype == "string" and task == "regression"):
+        raise ParameterError(
+            f"Target {target!r} is {dtype}, which cannot be a {task or 'model'} target. "
+            "Pass a numeric target for regression, a category for classification."
+        )
+    if task is None:
+        values = numbers(column) if dtype == "float64" else np.zeros(0)
+        values = values[np.isfinite(values)]
+        few = np.unique(values).size <= _FEW_CLASSES and np.all(values == np.round(values))
+        task = "classification" if dtype == "string" or few else "regression"
+    if task == "regression":
+        return task, None
+    return task, sorted(pc.unique(column.drop_null()).to_pylist())
+
+
+def _check_names(table: pa.Table, parameter: str, names: tuple[str, ...]) -> None:
+    missing = [name for name in names if name not in table.column_names]
+    if missing:
+        raise ParameterError(
+            f"{parameter} names columns the table does not have: {missing}. "
+            f"The table has {table.column_names}."
+        )
+
+
+def _train_table(table: pa.Table, train_rows: Any) -> pa.Table:
+    if train_rows is None:
+        return table
+    rows = np.asarray(train_rows)
+    if rows.ndim != 1 or not (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):
+        raise ParameterError(
+            f"train_rows must be a list of row numbers, got {rows.dtype} of shape "
+            f"{rows.shape}. Pass the integer indices of the training rows."
+        )
+    if rows.size == 0 or rows.min() < -len(table) or rows.max() >= len(table):
+        raise ParameterError(
+            f"train_rows must hold at least one row number in [0, {len(table)}), got "
+            f"{rows.size} rows. Pass the indices of the training rows."
+        )
+    return table.take(pa.array(rows % len(table)))
+
+
+def _role(
+    name: str, target: str, features: Any, drop: Any, sensitive: Any, use: bool
+) -> tuple[str, str | None]:
+    """What a column is for (feature, sensitive, target, dropped), and why when dropped."""
+    if name == target:
+        return "target", None
+    if name in drop:
+        return "dropped", "named in drop"
+    if name in sensitive:
+        return ("feature" if use else "sensitive"), None
+    if features is None or name in features:
+        return "feature", None
+    return "dropped", "not named in features"
+
+
+def _fit_column(
+    train: pa.Table, name: str, role: str, reason: str | None, *, options: dict[str, Any]
+) -> Column:
+    """The fitted entry of one input column; an id-like column comes back dropped."""
+    column = train.column(name)
+    if role == "dropped":
+        return Column(name, str(column.type), role, reason=reason)
+    sensitive = name in options["sensitive"]
+    categorical = name in options["categorical"]
+    # A column the user named is kept even if it looks like an id: they asked for it.
+    explicit = categorical or sensitive or name in (options["features"] or ())
+    dtype = dtype_of(column, name)
+    column = canonical(column, dtype, name)
+    if role == "feature" and not explicit and _is_id(column, name, dtype):
+        warnings.warn(
+            f"Column {name!r} looks like an id (every value is unique), so it is not used "
+            "as a feature. Name it in features=[...] or categorical=[...] to keep it.",
+            PreprocessWarning,
+            stacklevel=3,
+        )
+        return Column(name, dtype, "dropped", reason="id-like: every value is unique")
+    if dtype == "timestamp[us]":
+        encoder: Encoder = Date.fit(name, column)
+    elif dtype == "string" or categorical:
+        encoder = Categorical.fit(name, column, options["max_categories"])
+    else:
+        encoder = Numeric.fit(name, column)
+    absent = column.null_count
+    if dtype == "float64":
+        absent = int((~np.isfinite(numbers(column))).sum())
+    share = absent / len(column) if len(column) else 0.0
+    return Column(name, dtype, role, sensitive, missing_share=share, encoder=encoder)
+
+
+class Preprocessor:
+    """Turns rows of a canonical table into float32 model inputs, the same way everywhere.
+
+    Build one with :meth:`fit` (or :meth:`from_dict` for a saved one); the fitted state is
+    plain data: ``to_dict()`` is JSON and holds no code.
+    """
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        task: str,
+        classes: list[Any] | None,
+        columns: list[Column],
+        max_categories: int,
+    ) -> None:
+        self.target = target
+        self.task = task
+        self.classes = classes
+        self.columns = columns
+        self.max_categories = max_categories
+        self._features = [c for c in columns if c.role == "feature"]
+        self.feature_names = [name for c in self._features for name in c.encoder.names()]
+
+    @classmethod
+    def fit(
+        cls,
+        table: pa.Table,
+        *,
+        target: str,
+        features: list[str] | tuple[str, ...] | None = None,
+        drop: tuple[str, ...] | list[str] = (),
+        categorical: tuple[str, ...] | list[str] = (),
+        sensitive: tuple[str, ...] | list[str] = (),
+        use_sensitive: bool = False,
+        task: str | None = None,
+        train_rows: Any = None,
+        max_categories: int = 50,
+    ) -> Preprocessor:
+        """Learn the preprocessing from the training rows of a canonical table.
+
+        Args:
+            table: canonical table (float64, string and timestamp[us] columns).
+            target: the column to predict; never a feature.
+            features: the input columns; None means every column but target, drop and
+                sensitive. A column named here, in categorical or in sensitive is never
+                dropped as an id.
+            drop: columns to leave out.
+            categorical: numeric columns to one-hot encode (string columns always are).
+            sensitive: columns kept beside the features for fairness checks.
+            use_sensitive: also feed the sensitive columns to the model.
+            task: "classification" or "regression"; None infers it from the target.
+            train_rows: integer indices of the rows to fit on; None means all rows.
+            max_categories: one-hot slots per column before the rest become ``<other>``.
+
+        Returns:
+            The fitted preprocessor.
+
+        Raises:
+            ParameterError: a named column does not exist, or a parameter is out of range.
+            DataError: a column has a type that cannot become model inputs.
+        """
+        _check_fit(
+            table,
+            target,
+            task,
+            max_categories,
+            features=features,
+            drop=drop,
+            categorical=categorical,
+            sensitive=sensitive,
+        )
+        train = _train_table(table, train_rows)
+        options = {
+            "features": features,
+            "categorical": set(categorical),
+            "sensitive": set(sensitive),
+            "max_categories": max_categories,
+        }
+        columns = [
+            _fit_column(
+                train,
+                name,
+                *_role(name, target, features, drop, sensitive, use_sensitive),
+                options=options,
+            )
+            for name in table.column_names
+        ]
+        task, classes = _target_task(train.column(target), target, task)
+        return cls(
+            target=target,
+            task=task,
+            classes=classes,
+            columns=columns,
+            max_categories=max_categories,
+        )
+
+    # --- rows in, tensors out ---------------------------------------------------------
+
+    def transform(self, data: Any) -> Transformed:
+        """Turn rows into model inputs.
+
+        Args:
+            data: a canonical table, a pandas DataFrame, or a list of records (dicts keyed
+                by the data's own column names, as a server receives them). Records are
+                checked by :meth:`validate_records`, then turned into a table: both take
+                the same path from there, so the same rows give the same array.
+
+        Returns:
+            The float32 inputs, with per-column counts of missing and unseen values.
+
+        Raises:
+            RecordError: a record does not fit (see :meth:`validate_records`).
+            DataError: a table lacks a feature column or has one of another type.
+        """
+        table = self._as_table(data)
+        out = np.zeros((len(table), len(self.feature_names)), dtype=np.float32)
+        unknown: dict[str, int] = {}
+        missing: dict[str, int] = {}
+        at = 0
+        for column in self._features:
+            values = self._column(table, column)
+            missing[column.name], unseen = column.encoder.encode(values, out, at)
+            if column.encoder.kind == "categorical":
+                unknown[column.name] = unseen
+            at += len(column.encoder.names())
+        sensitive = {
+            c.name: self._column(table, c).to_numpy()
+            for c in self.columns
+            if c.sensitive and c.name in table.column_names
+        }
+        return Transformed(out, unknown, missing, sensitive)
+
+    def encode_target(self, data: Any) -> np.ndarray:
+        """The target column as model labels.
+
+        Args:
+            data: a table or DataFrame holding the target column.
+
+        Returns:
+            int64 indices into :attr:`classes` for classification, float32 values for
+            regression.
+
+        Raises:
+            DataError: the target is missing in a row, or holds a class never seen in train.
+        """
+        table = self._as_table(data)
+        entry = next(c for c in self.columns if c.role == "target")
+        column = self._column(table, entry)
+        if self.task == "regression":
+            values = numbers(column)
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                raise DataError(
+                    f"Target {self.target!r} is missing or not finite in {bad.size} rows "
+                    f"(first: row {bad[0]}). Drop those rows before training."
+                )
+            return values.astype(np.float32)
+        codes = pc.index_in(column, value_set=pa.array(self.classes, type=TYPES[entry.dtype]))
+        if codes.null_count:
+            first = int(np.flatnonzero(bools(codes.is_null()))[0])
+            raise DataError(
+                f"Target {self.target!r} holds {column[first].as_py()!r} in row {first}, "
+                f"which is not one of the classes seen in training {self.classes[:20]}. "
+                "Drop those rows, or refit with them among the training rows."
+            )
+        return codes.to_numpy().astype(np.int64)
+
+    def validate_records(self, records: Any) -> None:
+        """Check records as a server receives them, before any prediction.
+
+        The rules: each record is a dict; every feature column is present as a key (a
+        sensitive column that is not a feature, the target and dropped columns may be left
+        out); a key the data never had is refused, so a misspelt column cannot pass
+        silently as missing; ``None`` is allowed for categorical columns and for columns
+        that had missing values in train, and refused elsewhere; a numeric column takes a
+        finite number or a bool; a date column takes a datetime, a date or an ISO 8601
+        string; a string column takes a string.
+
+        Raises:
+            RecordError: naming the record's index and the column at fault.
+        """
+        records_table(records, self.columns)
+
+    def _as_table(self, data: Any) -> pa.Table:
+        if isinstance(data, pa.Table):
+            return data
+        if isinstance(data, (list, tuple)):
+            return records_table(data, self.columns)
+        if type(data).__module__.startswith("pandas") and hasattr(data, "columns"):
+            return pa.Table.from_pandas(data, preserve_index=False)
+        raise ParameterError(
+            f"Rows must be a pyarrow.Table, a pandas DataFrame or a list of dicts, got "
+            f"{type(data).__name__}. Pass one of those."
+        )
+
+    def _column(self, table: pa.Table, entry: Column) -> pa.ChunkedArray:
+        if entry.name not in table.column_names:
+            raise DataError(
+                f"Column {entry.name!r} is missing from the rows, which have "
+                f"{table.column_names[:30]}. Pass rows with every column used in training."
+            )
+        return canonical(table.column(entry.name), entry.dtype, entry.name)
+
+    # --- saved as data ----------------------------------------------------------------
+
+    def schema(self) -> dict[str, Any]:
+        """What the model expects of its inputs, as JSON-able data.
+
+        Returns:
+            ``target``, ``task``, ``classes``, ``feature_names`` and ``columns``: per input
+            column its role (feature, sensitive, target, dropped), dtype, kind (numeric,
+            categorical, date), share of missing values in train, and what train held:
+            ``categories`` for a categorical column, ``min``/``max``/``mean`` otherwise.
+        """
+        columns = {}
+        for c in self.columns:
+            entry: dict[str, Any] = {"role": c.role, "dtype": c.dtype, "sensitive": c.sensitive}
+            entry["kind"] = c.encoder.kind if c.encoder else None
+            entry["missing_share"] = c.missing_share
+            if c.reason:
+                entry["reason"] = c.reason
+            if isinstance(c.encoder, Categorical):
+                entry["categories"] = c.encoder.vocabulary + c.encoder.other
+            elif isinstance(c.encoder, Numeric):
+                entry.update(min=c.encoder.min, max=c.encoder.max, mean=c.encoder.mean)
+            elif isinstance(c.encoder, Date):
+                entry.update(min=c.encoder.min, max=c.encoder.max)
+            columns[c.name] = entry
+        return {
+            "target": self.target,
+            "task": self.task,
+            "classes": self.classes,
+            "feature_names": list(self.feature_names),
+            "columns": columns,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted state as plain JSON data; :meth:`from_dict` reads it back."""
+        return {
+            "format": "mlkit.preprocess",
+            "format_version": FORMAT_VERSION,
+            "target": self.target,
+            "task": self.task,
+            "classes": self.classes,
+            "max_categories": self.max_categories,
+            "columns": [c.to_dict() for c in self.columns],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
+        """A preprocessor from :meth:`to_dict` output (for example read back from JSON).
+
+        Raises:
+            UnsafeArtifactError: the data is not a preprocessor of a known format version.
+        """
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version != FORMAT_VERSION:
+            raise UnsafeArtifactError(
+                f"Preprocessing data must have format_version {FORMAT_VERSION}, got "
+                f"{version!r}. Refit it, or load it with the mlkit that saved it."
+            )
+        try:
+            return cls(
+                target=data["target"],
+                task=data["task"],
+                classes=data["classes"],
+                columns=[Column.from_dict(c) for c in data["columns"]],
+                max_categories=data["max_categories"],
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UnsafeArtifactError(
+                f"Preprocessing data is corrupt ({type(exc).__name__}: {exc}). "
+                "Refit it from the training data."
+            ) from None
