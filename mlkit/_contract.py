@@ -29,6 +29,10 @@ OUTPUT_NOTEBOOK = "output.ipynb"
 PRUNED_FILE = "pruned.json"
 WEIGHTS = "model.safetensors"
 BUILD = "model.json"
+# A run on a table of the user's own: its fitted preprocessing (JSON data, never a pickle),
+# and the table's source, content hash, schema and what the checks found.
+PREPROCESS_FILE = "preprocess.json"
+DATA_FILE = "data.json"
 # The model registry's folder under experiments/, and the files of a registered model in it.
 REGISTRY_DIR = "registry"
 REGISTRY_FILE = "registry.json"

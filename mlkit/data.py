@@ -13,13 +13,13 @@ import json
 import numbers
 import warnings
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlkit import data_sources
-from mlkit.data_sources import DATASETS, FAIRNESS_GROUP1_SHARE, Raw, names, param_error
+from mlkit import data_sources, table_sources
+from mlkit.data_sources import DATASETS, FAIRNESS_GROUP1_SHARE, Raw, names
+from mlkit.dataset import Dataset, DataWarning, Split, check_split_settings, split_indices
 from mlkit.errors import DataError, ParameterError, UnknownNameError
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ __all__ = [
     "Split",
     "as_tensors",
     "check",
+    "findings_text",
     "load",
     "loader",
     "names",
@@ -48,105 +49,11 @@ _FORMAT = "mlkit-data-1"
 # (breast_cancer is 0.59) are normal and must not warn.
 IMBALANCE_RATIO = 0.2
 
+# What load() passes on to mlkit.table_data.load_table for a table of the user's own.
+TABLE_OPTIONS = (*table_sources.TABLE_OPTIONS, "name")
+
 # Names accepted by check(skip=...).
 CHECKS = ("constant", "imbalance", "leakage")
-
-
-class DataWarning(UserWarning):
-    """The data is usable but something about it deserves a look before trusting results."""
-
-
-@dataclass
-class Split:
-    """One partition of a dataset: float32 ``X`` of shape (n, *input_shape) and its targets.
-
-    ``y`` is int64 class indices for classification and float32 of shape (n,) for regression.
-    ``sensitive`` maps a sensitive attribute (``"group"``) to its raw values, row-aligned with
-    ``y`` and never scaled, so fairness metrics can slice by it whether or not the model sees it.
-    """
-
-    X: np.ndarray
-    y: np.ndarray
-    sensitive: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass
-class Dataset:
-    """A split, scaled dataset plus what a model builder and a run record need to know.
-
-    ``version`` is a content hash of the raw data and of the split and scaling settings: two
-    loads agree on it exactly when they produce the same splits, so records can name their data.
-    For regression with ``scale=True`` the targets are standardised on train; recover original
-    units with ``y * target_std + target_mean``. ``feature_mean`` and ``feature_std`` (per
-    flattened feature, from train; None when the features were not scaled) turn raw features
-    into the model's inputs: ``(x - feature_mean) / feature_std``.
-    """
-
-    name: str
-    task: str
-    train: Split
-    val: Split
-    test: Split
-    input_shape: tuple[int, ...]
-    n_outputs: int
-    feature_names: list[str]
-    class_names: list[str]
-    version: str
-    target_mean: float = 0.0
-    target_std: float = 1.0
-    settings: dict[str, Any] = field(default_factory=dict)
-    feature_mean: list[float] | None = field(default=None, repr=False)
-    feature_std: list[float] | None = field(default=None, repr=False)
-
-    def spec(self) -> dict[str, Any]:
-        """A small JSON-able summary for run records, W&B configs and reports."""
-        out = {
-            "name": self.name,
-            "task": self.task,
-            "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
-            "input_shape": list(self.input_shape),
-            "n_outputs": self.n_outputs,
-            "version": self.version,
-        }
-        if self.sensitive_columns:
-            out["sensitive"] = self.sensitive_columns
-        return out
-
-    @property
-    def sensitive_columns(self) -> list[str]:
-        """Names of the sensitive attributes each split carries (empty for most datasets)."""
-        return list(self.train.sensitive)
-
-    def groups(self, column: str, split: str = "test") -> np.ndarray:
-        """The values of sensitive attribute ``column`` for the rows of ``split``."""
-        if column not in self.sensitive_columns:
-            have = ", ".join(self.sensitive_columns) or "none"
-            fix = (
-                f"Pass -p sensitive {self.sensitive_columns[0]}."
-                if self.sensitive_columns
-                else "Leave sensitive empty, or use dataset synthetic_fairness."
-            )
-            raise UnknownNameError(
-                f"Dataset '{self.name}' has no sensitive attribute {column!r} (it has: {have}). "
-                f"{fix}"
-            )
-        if split not in ("train", "val", "test"):
-            raise UnknownNameError(
-                f"Unknown split {split!r}. Valid names: train, val, test. Pass split='test'."
-            )
-        return getattr(self, split).sensitive[column]
-
-
-def _check_split_settings(val_fraction: Any, test_fraction: Any, seed: Any) -> None:
-    for param, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value < 0.5:
-            raise param_error(param, "a float in (0, 0.5)", value, f"Pass -p {param} 0.15.")
-    # Both below 0.5 also keeps their sum below 1, so train is never empty.
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise param_error("seed", "an int in [0, 2**32)", seed, "Pass -p seed 0.")
 
 
 def _version(raw: Raw, name: str, settings: dict[str, Any]) -> str:
@@ -159,34 +66,9 @@ def _version(raw: Raw, name: str, settings: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def _split_indices(
-    y: np.ndarray, task: str, seed: int, val_fraction: float, test_fraction: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    classify = task == "classification"
-    try:
-        rest, test = train_test_split(
-            idx, test_size=test_fraction, random_state=seed, stratify=y if classify else None
-        )
-        train, val = train_test_split(
-            rest,
-            test_size=val_fraction / (1 - test_fraction),
-            random_state=seed,
-            stratify=y[rest] if classify else None,
-        )
-    except ValueError as err:  # e.g. a class too rare to appear in every split
-        raise DataError(
-            f"Cannot split {len(y)} samples into train/val/test with val_fraction="
-            f"{val_fraction} and test_fraction={test_fraction}: {err} "
-            "Use more samples (n_samples) or smaller fractions."
-        ) from None
-    return train, val, test
-
-
+# Long on purpose: the one entry point for every dataset, its options documented in place.
 def load(
-    name: str,
+    name: Any,
     *,
     seed: int = 0,
     val_fraction: float = 0.15,
@@ -197,8 +79,16 @@ def load(
     n_features: int | None = None,
     noise: float | None = None,
     bias: float | None = None,
+    **table_options: Any,
 ) -> Dataset:
-    """Load a dataset by name, split it deterministically from ``seed`` and scale it.
+    """Load a dataset by name, or a table of your own, split it from ``seed`` and scale it.
+
+    ``name`` may be a bundled or synthetic dataset's name, or a table: a ``.csv`` or
+    ``.parquet`` file, a folder of Parquet files, a SQLAlchemy URL (with ``table=`` or
+    ``query=``) or a DataFrame. A table needs ``target=COLUMN`` and takes the options of
+    :func:`mlkit.table_data.load_table` (``features``, ``drop``, ``categorical``,
+    ``sensitive``, ``time_column``, ``task``); empty values count as not given, so a
+    template can pass them all for every dataset.
 
     Classification splits are stratified so every split keeps the class balance. Scaling is
     fitted on train only, so val and test see exactly what unseen data would. ``digits`` (images,
@@ -214,8 +104,16 @@ def load(
     border pixels in digits), which would otherwise fire on every load and teach users to ignore
     the warning.
     """
+    split = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
+    if table_sources.is_table_source(name):
+        # Here, not at the top: pyarrow and pandas are for tables, not for every import.
+        from mlkit import table_data
+
+        given = {k: v for k, v in table_options.items() if v not in (None, "", [], ())}
+        return table_data.load_table(name, **split, scale=scale, check=check, **given)
+    _refuse_table_options(name, table_options)
     data_sources.check_name(name)
-    _check_split_settings(val_fraction, test_fraction, seed)
+    check_split_settings(val_fraction, test_fraction, seed)
     options = {"n_samples": n_samples, "n_features": n_features, "noise": noise}
     data_sources.check_options(name, bias=bias, **options)
     raw = data_sources.read(name, bias=bias, **options)
@@ -228,7 +126,7 @@ def load(
     }
     if name == "synthetic_fairness":  # only here, so other datasets keep their version hash
         settings["bias"] = bias
-    tr, va, te = _split_indices(raw.y, raw.task, seed, val_fraction, test_fraction)
+    tr, va, te = split_indices(raw.y, raw.task, seed, val_fraction, test_fraction)
     X, feature_mean, feature_std = _scaled_features(raw, tr, scale)
     y, target_mean, target_std = _targets(raw, tr, scale)
 
@@ -255,6 +153,29 @@ def load(
     if check:
         _run_checks(ds, skip=raw.expected, stacklevel=3)
     return ds
+
+
+def findings_text(dataset: Dataset) -> str:
+    """What the checks of a table of your own found, as lines to read (empty for others)."""
+    if not dataset.findings:
+        return ""
+    from mlkit import table_checks  # pandas and pyarrow: only for a table's findings
+
+    return table_checks.format_findings([table_checks.Finding(**f) for f in dataset.findings])
+
+
+def _refuse_table_options(name: str, options: dict[str, Any]) -> None:
+    """The options of a table, given with a bundled dataset's name: a clear error."""
+    unknown = set(options) - set(TABLE_OPTIONS)
+    if unknown:
+        raise TypeError(f"load() got unexpected keyword arguments {sorted(unknown)}")
+    given = sorted(k for k, v in options.items() if v not in (None, "", [], ()))
+    if given:
+        raise ParameterError(
+            f"{', '.join(given)} apply to your own tables, and {name!r} is a bundled "
+            "dataset. Pass a .csv or .parquet path, a folder of Parquet files or a database "
+            "URL as the dataset, or leave them empty."
+        )
 
 
 def _scaled_features(

@@ -16,6 +16,7 @@ from typing import Any
 from mlkit import lineage, track
 from mlkit._contract import (
     BUILD,
+    DATA_FILE,
     ENV_DEFER_FINISH,
     ENV_EXPERIMENT,
     ENV_NOTEBOOK,
@@ -23,6 +24,7 @@ from mlkit._contract import (
     LINEAGE_FILE,
     METRICS_FILE,
     PARAMS_FILE,
+    PREPROCESS_FILE,
     RESULT_FILE,
     RESULT_MIME,
     RUN_FILE,
@@ -124,10 +126,27 @@ class Run:
             append_jsonl(self.path / METRICS_FILE, {"step": step, **metrics}, sync=False)
 
     def set_data(self, dataset: Any) -> None:
-        """Record the data version (content hash) in the lineage and the W&B config."""
+        """Record the data version (content hash) in the lineage and the W&B config.
+
+        A table of the user's own also leaves its fitted preprocessing (``preprocess.json``,
+        which the registry copies beside the model) and its schema and check findings
+        (``data.json``) in the record.
+        """
         spec = dataset.spec() if hasattr(dataset, "spec") else dict(dataset)
         self._update_lineage({"data": spec})
         self.tracker.update_config({"data": spec})
+        preprocessor = getattr(dataset, "preprocessor", None)
+        if preprocessor is not None:
+            write_json(self.path / PREPROCESS_FILE, preprocessor.to_dict())
+            described = {
+                "source": dataset.source,
+                "table_hash": dataset.table_hash,
+                "version": dataset.version,
+                "settings": dataset.settings,
+                "schema": preprocessor.schema(),
+                "findings": dataset.findings,
+            }
+            write_json(self.path / DATA_FILE, described)
 
     def save_model(self, model: Any, *, name: str, build: dict[str, Any]) -> Path:
         """Save weights as safetensors plus how to rebuild the module (no pickle)."""

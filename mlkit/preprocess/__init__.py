@@ -31,6 +31,7 @@ from mlkit.preprocess._preprocessor import (
     Preprocessor,
     PreprocessWarning,
     Transformed,
+    infer_task,
 )
 from mlkit.preprocess._records import RecordError
 
@@ -42,4 +43,5 @@ __all__ = [
     "Preprocessor",
     "RecordError",
     "Transformed",
+    "infer_task",
 ]

@@ -117,6 +117,15 @@ def _target_task(
     return task, sorted(pc.unique(column.drop_null()).to_pylist())
 
 
+def infer_task(table: pa.Table, target: str, task: str | None = None) -> str:
+    """The task a target column makes: ``task`` checked against it, or inferred when None.
+
+    A string target, or a numeric one with few distinct whole values, is classification;
+    any other number is regression.
+    """
+    return _target_task(table.column(target), target, task)[0]
+
+
 def _check_names(table: pa.Table, parameter: str, names: tuple[str, ...]) -> None:
     missing = [name for name in names if name not in table.column_names]
     if missing:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlkit import table_sources
 from mlkit.errors import NotebookError, NotebookNotFoundError, NotFoundError, ParameterError
 
 _TYPES = {"int", "float", "str", "bool", "list", "dict"}
@@ -41,10 +42,15 @@ class Rule:
     high_inclusive: bool = True
     choices: tuple[str, ...] = ()
     text: str = ""
+    # "one of a, b, or a table": a choice, or a table of the user's own (a .csv or .parquet
+    # path, a folder of Parquet files, a database URL), checked when the run reads it.
+    or_table: bool = False
 
     def check(self, value: Any) -> bool:
         if self.choices:
-            return str(value) in self.choices
+            return str(value) in self.choices or (
+                self.or_table and isinstance(value, str) and table_sources.is_table_source(value)
+            )
         if isinstance(value, bool) or not isinstance(value, int | float):
             return True
         if math.isnan(value):
@@ -74,7 +80,8 @@ class Parameter:
         article = "an" if self.type[0] in "aeiou" else "a"
         rule = f" {self.rule.text}" if self.rule and not self.rule.choices else ""
         if self.rule and self.rule.choices:
-            return "one of " + ", ".join(self.rule.choices)
+            table = " or a table (a .csv or .parquet path, a folder, a database URL)"
+            return "one of " + ", ".join(self.rule.choices) + (table if self.rule.or_table else "")
         return f"{article} {self.type}{rule}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,7 +234,8 @@ def parse_rule(text: str) -> Rule | None:
     text = text.strip()
     if m := _ONE_OF.match(text):
         choices = tuple(c.strip().strip("'\"") for c in m.group(1).split(",") if c.strip())
-        return Rule(choices=choices, text=text)
+        or_table = choices[-1] == "or a table"
+        return Rule(choices=choices[:-1] if or_table else choices, text=text, or_table=or_table)
     bounds: dict[str, Any] = {}
     for part in text.split(" and "):
         m = _COMPARE.match(part.strip())

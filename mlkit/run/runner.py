@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mlkit import lineage, track
+from mlkit import lineage, table_sources, track
 from mlkit._contract import (
     ENV_DEFER_FINISH,
     ENV_EXPERIMENT,
@@ -130,7 +130,7 @@ def run(
     sig, values, full = prepare(notebook, given or {}, from_cli=from_cli)
     mode = track.resolve_mode(tracking)
     experiment = experiment or notebook.stem
-    _check_options(experiment, engine, cell_timeout)
+    _check_options(experiment, engine, cell_timeout, full)
 
     run_id, run_dir = create_run_dir(experiment, root)
     info = _start_record(
@@ -217,7 +217,24 @@ def _execute(
     )
 
 
-def _check_options(experiment: str, engine: str, cell_timeout: float | None) -> None:
+def _preflight_table(values: dict[str, Any]) -> None:
+    """A notebook given a table of the user's own as ``dataset`` has it checked first.
+
+    A missing file, an unknown column or a one-class target then exits 2 before a record
+    exists, instead of failing the run in its data cell.
+    """
+    source = values.get("dataset")
+    if isinstance(source, str) and table_sources.is_table_source(source):
+        # Here, not at the top: pyarrow costs a quarter second that other runs need not pay.
+        from mlkit import table_data
+
+        table_data.preflight(source, **{k: values.get(k) for k in table_sources.TABLE_OPTIONS})
+
+
+def _check_options(
+    experiment: str, engine: str, cell_timeout: float | None, values: dict[str, Any]
+) -> None:
+    _preflight_table(values)
     check_experiment_name(experiment)
     if engine not in ENGINES:
         raise ParameterError(f"Unknown engine {engine!r}. Valid: {', '.join(ENGINES)}.")

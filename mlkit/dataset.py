@@ -1,0 +1,161 @@
+"""What a loaded dataset is: splits of float32 inputs and targets, and what describes them.
+
+Shared by the bundled and synthetic datasets (:mod:`mlkit.data`) and users' own tables
+(:mod:`mlkit.table_data`), so both split the same way and a run records them alike.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlkit.errors import DataError, ParameterError, UnknownNameError
+
+__all__ = ["DataWarning", "Dataset", "Split", "check_split_settings", "split_indices"]
+
+
+def _param_error(param: str, rule: str, value: Any, fix: str) -> ParameterError:
+    return ParameterError(
+        f"The '{param}' parameter of load must be {rule}. Got {value!r} instead. {fix}"
+    )
+
+
+class DataWarning(UserWarning):
+    """The data is usable but something about it deserves a look before trusting results."""
+
+
+@dataclass
+class Split:
+    """One partition of a dataset: float32 ``X`` of shape (n, *input_shape) and its targets.
+
+    ``y`` is int64 class indices for classification and float32 of shape (n,) for regression.
+    ``sensitive`` maps a sensitive attribute (``"group"``) to its raw values, row-aligned with
+    ``y`` and never scaled, so fairness metrics can slice by it whether or not the model sees it.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    sensitive: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Dataset:
+    """A split, scaled dataset plus what a model builder and a run record need to know.
+
+    ``version`` is a content hash of the raw data and of the split and scaling settings: two
+    loads agree on it exactly when they produce the same splits, so records can name their data.
+    For regression with ``scale=True`` the targets are standardised on train; recover original
+    units with ``y * target_std + target_mean``. ``feature_mean`` and ``feature_std`` (per
+    flattened feature, from train; None when the features were not scaled) turn raw features
+    into the model's inputs: ``(x - feature_mean) / feature_std``.
+    """
+
+    name: str
+    task: str
+    train: Split
+    val: Split
+    test: Split
+    input_shape: tuple[int, ...]
+    n_outputs: int
+    feature_names: list[str]
+    class_names: list[str]
+    version: str
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    settings: dict[str, Any] = field(default_factory=dict)
+    feature_mean: list[float] | None = field(default=None, repr=False)
+    feature_std: list[float] | None = field(default=None, repr=False)
+    # A user's own table (mlkit.table_data): where it came from, its content hash, what the
+    # checks found, and the fitted preprocessing that turns its rows into inputs.
+    source: dict[str, Any] | None = None
+    table_hash: str | None = None
+    findings: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    preprocessor: Any = field(default=None, repr=False)
+
+    def spec(self) -> dict[str, Any]:
+        """A small JSON-able summary for run records, W&B configs and reports."""
+        out = {
+            "name": self.name,
+            "task": self.task,
+            "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
+            "input_shape": list(self.input_shape),
+            "n_outputs": self.n_outputs,
+            "version": self.version,
+        }
+        if self.sensitive_columns:
+            out["sensitive"] = self.sensitive_columns
+        if self.source is not None:
+            out["source"] = self.source
+            out["table_hash"] = self.table_hash
+            out["settings"] = self.settings
+            out["checks"] = {
+                severity: [f["check"] for f in self.findings if f["severity"] == severity]
+                for severity in ("warning", "info")
+            }
+        return out
+
+    @property
+    def sensitive_columns(self) -> list[str]:
+        """Names of the sensitive attributes each split carries (empty for most datasets)."""
+        return list(self.train.sensitive)
+
+    def groups(self, column: str, split: str = "test") -> np.ndarray:
+        """The values of sensitive attribute ``column`` for the rows of ``split``."""
+        if column not in self.sensitive_columns:
+            have = ", ".join(self.sensitive_columns) or "none"
+            fix = (
+                f"Pass -p sensitive {self.sensitive_columns[0]}."
+                if self.sensitive_columns
+                else "Leave sensitive empty, or use dataset synthetic_fairness."
+            )
+            raise UnknownNameError(
+                f"Dataset '{self.name}' has no sensitive attribute {column!r} (it has: {have}). "
+                f"{fix}"
+            )
+        if split not in ("train", "val", "test"):
+            raise UnknownNameError(
+                f"Unknown split {split!r}. Valid names: train, val, test. Pass split='test'."
+            )
+        return getattr(self, split).sensitive[column]
+
+
+def check_split_settings(val_fraction: Any, test_fraction: Any, seed: Any) -> None:
+    """Refuse split fractions outside (0, 0.5) and seeds that are not a 32-bit int."""
+    for param, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value < 0.5:
+            raise _param_error(param, "a float in (0, 0.5)", value, f"Pass -p {param} 0.15.")
+    # Both below 0.5 also keeps their sum below 1, so train is never empty.
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise _param_error("seed", "an int in [0, 2**32)", seed, "Pass -p seed 0.")
+
+
+def split_indices(
+    y: np.ndarray, task: str, seed: int, val_fraction: float, test_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    classify = task == "classification"
+    try:
+        rest, test = train_test_split(
+            idx, test_size=test_fraction, random_state=seed, stratify=y if classify else None
+        )
+        train, val = train_test_split(
+            rest,
+            test_size=val_fraction / (1 - test_fraction),
+            random_state=seed,
+            stratify=y[rest] if classify else None,
+        )
+    except ValueError as err:  # e.g. a class too rare to appear in every split
+        raise DataError(
+            f"Cannot split {len(y)} samples into train/val/test with val_fraction="
+            f"{val_fraction} and test_fraction={test_fraction}: {err} "
+            "Use more samples (n_samples) or smaller fractions."
+        ) from None
+    return train, val, test
