@@ -33,6 +33,7 @@ BUILD = "model.json"
 # and the table's source, content hash, schema and what the checks found.
 PREPROCESS_FILE = "preprocess.json"
 DATA_FILE = "data.json"
+TABLE_FILES = (PREPROCESS_FILE, DATA_FILE)
 # The model registry's folder under experiments/, and the files of a registered model in it.
 REGISTRY_DIR = "registry"
 REGISTRY_FILE = "registry.json"

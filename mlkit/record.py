@@ -143,6 +143,11 @@ class Run:
                 "table_hash": dataset.table_hash,
                 "version": dataset.version,
                 "settings": dataset.settings,
+                "task": dataset.task,
+                "class_names": list(dataset.class_names),
+                "feature_names": list(dataset.feature_names),
+                "target_mean": dataset.target_mean,
+                "target_std": dataset.target_std,
                 "schema": preprocessor.schema(),
                 "findings": dataset.findings,
             }

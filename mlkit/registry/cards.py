@@ -8,12 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from mlkit import track
-from mlkit._contract import BUILD, CARD_FILE, LINEAGE_FILE, OUTPUT_NOTEBOOK, WEIGHTS
+from mlkit._contract import (
+    BUILD,
+    CARD_FILE,
+    DATA_FILE,
+    LINEAGE_FILE,
+    OUTPUT_NOTEBOOK,
+    PREPROCESS_FILE,
+    WEIGHTS,
+)
 from mlkit._io import now_iso, read_json
 from mlkit.rebuild import load_data
 
 
-def _data_details(lineage: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+def _data_details(lineage: dict[str, Any], params: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Class and feature names (and regression target units) from the run's own data.
 
     The record keeps only the data's name and version; reloading it with the run's split seed
@@ -22,6 +30,8 @@ def _data_details(lineage: dict[str, Any], params: dict[str, Any]) -> dict[str, 
     spec = dict(lineage.get("data") or {})
     if not spec.get("name"):
         return spec
+    if spec.get("source") is not None:  # a table of the user's own: the run recorded it all
+        return _table_details(spec, run_dir)
 
     try:
         with warnings.catch_warnings():
@@ -48,6 +58,30 @@ def _data_details(lineage: dict[str, Any], params: dict[str, Any]) -> dict[str, 
     return spec
 
 
+def _table_details(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A table run's data, from its data.json: no source to reread, its hash already taken.
+
+    Records sent to a server go through the version's preprocess.json, so the card says
+    raw features take no scaling of their own (``feature_scaling`` None is for raw arrays).
+    """
+    described = read_json(run_dir / DATA_FILE, None)
+    if not isinstance(described, dict) or not (run_dir / PREPROCESS_FILE).is_file():
+        spec["details"] = f"not verified: the run has no readable {DATA_FILE}/{PREPROCESS_FILE}"
+        return spec
+    findings = described.get("findings") or []
+    spec.update(
+        class_names=described.get("class_names") or [],
+        feature_names=described.get("feature_names") or [],
+        target_mean=described.get("target_mean", 0.0),
+        target_std=described.get("target_std", 1.0),
+        schema=described.get("schema"),
+        findings=[f for f in findings if f.get("severity") != "info"],
+        records=True,
+        verified=described.get("version") == spec.get("version"),
+    )
+    return spec
+
+
 def _card(name: str, number: int, run_dir: Path, info: dict[str, Any], sha: str) -> dict[str, Any]:
     lineage = read_json(run_dir / LINEAGE_FILE, {}) or {}
     params = info.get("params") or {}
@@ -60,7 +94,7 @@ def _card(name: str, number: int, run_dir: Path, info: dict[str, Any], sha: str)
         "model": read_json(run_dir / BUILD),
         "parameters": params,
         "metrics": info.get("result") or {},
-        "data": _data_details(lineage, params),
+        "data": _data_details(lineage, params, run_dir),
         "lineage": {
             "notebook": info.get("notebook") or lineage.get("notebook"),
             "notebook_sha256": lineage.get("notebook_sha256"),
@@ -122,6 +156,7 @@ def _card_md(card: dict[str, Any]) -> str:
             if "feature_scaling" in data
             else ""
         ),
+        *_table_md(data),
         "",
         "## Parameters",
         "",
@@ -138,6 +173,35 @@ def _card_md(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _table_md(data: dict[str, Any]) -> list[str]:
+    """A table's source, hash, columns and what its checks found (nothing for other data)."""
+    if not data.get("records"):
+        return []
+    source = data.get("source") or {}
+    where = source.get("path") or source.get("url") or source.get("kind")
+    lines = [
+        f"- source: {source.get('kind')} `{where}`"
+        + (f", table `{source['table']}`" if source.get("table") else "")
+        + (f", query `{source['query']}`" if source.get("query") else ""),
+        f"- table sha256: `{data.get('table_hash')}`",
+        "- the server takes records in the table's own columns (`records`), preprocessed by "
+        f"`{PREPROCESS_FILE}` as in training",
+        "",
+        "| column | role | kind | type | missing in train |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for column, info in ((data.get("schema") or {}).get("columns") or {}).items():
+        lines.append(
+            f"| {column} | {info.get('role')} | {info.get('kind') or ''} | {info.get('dtype')} "
+            f"| {float(info.get('missing_share') or 0):.1%} |"
+        )
+    findings = data.get("findings") or []
+    if findings:
+        lines += ["", "Checks before training:", ""]
+        lines += [f"- {f.get('severity')}: {f.get('message')}" for f in findings]
+    return lines
 
 
 def log_wandb_artifact(

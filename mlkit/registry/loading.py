@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlkit._contract import BUILD, CARD_FILE, REGISTRY_FILE, WEIGHTS
+from mlkit._contract import BUILD, CARD_FILE, PREPROCESS_FILE, REGISTRY_FILE, WEIGHTS
 from mlkit._io import read_json
 from mlkit.errors import ModelNotFoundError, StateError, UnsafeModelError
 from mlkit.lineage import sha256_file
@@ -25,6 +25,8 @@ from mlkit.registry.store import _VERSION_RE, model_dir, resolve
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from mlkit.preprocess import Preprocessor
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl")
 WEIGHT_SUFFIXES = (Path(WEIGHTS).suffix, *PICKLE_SUFFIXES)
@@ -75,6 +77,23 @@ class LoadedModel:
     input_shape: tuple[int, ...]
     task: str
     classes: list[str] = field(default_factory=list)
+    # A model trained on a table of the user's own: how its records become inputs.
+    preprocessor: Preprocessor | None = None
+
+    def records_to_inputs(self, records: list[dict[str, Any]]) -> Any:
+        """Records in the table's own columns as the model's inputs, as in training.
+
+        Raises:
+            StateError: the model was not trained on a table, so it has no preprocessing.
+            RecordError: a record lacks a column, has a wrong type or NaN (names both).
+        """
+        if self.preprocessor is None:
+            raise StateError(
+                f"{self.name} v{self.version} was not trained on a table, so it takes no "
+                'records. Send "input"/"inputs" in its input space instead.'
+            )
+        self.preprocessor.validate_records(records)
+        return self.preprocessor.transform(records).X
 
     def raw_to_inputs(self, X: Any) -> Any:
         """Raw features (float32, batch first) as the model's inputs, scaled as in training.
@@ -113,6 +132,7 @@ class LoadedModel:
             "classes": self.classes,
             "data_version": data.get("version"),
             "raw_inputs": "feature_scaling" in data,
+            "records": self.preprocessor is not None,
             "run_id": (self.card.get("run") or {}).get("id"),
             "registered": self.card.get("created"),
         }
@@ -266,6 +286,7 @@ def load_model(name: str, ref: str | int | None = None, *, root: Path | None = N
         what=f"{name} v{number}",
         fix="Register the run again.",
     )
+    preprocessor = _preprocessor(name, number, folder, card)
     data = card.get("data") or {}
     task = _task(card, n_outputs)
     classes = data.get("class_names") or (
@@ -280,7 +301,38 @@ def load_model(name: str, ref: str | int | None = None, *, root: Path | None = N
         input_shape=input_shape,
         task=task,
         classes=list(classes),
+        preprocessor=preprocessor,
     )
+
+
+def _preprocessor(
+    name: str, number: int, folder: Path, card: dict[str, Any]
+) -> Preprocessor | None:
+    """The version's preprocessing (a table's model), checked against the card's sha256."""
+    import json
+
+    from mlkit.preprocess import Preprocessor  # pandas and pyarrow: for a table's model only
+
+    expected = (card.get("files") or {}).get(PREPROCESS_FILE)
+    path = folder / PREPROCESS_FILE
+    fix = _fix(name, card)
+    if expected is None:
+        if path.exists():
+            raise UnsafeModelError(
+                f"Refused to load {path}: the card of {name} v{number} names no preprocessing, "
+                f"so this file was added after registration. {fix}"
+            )
+        return None
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing: {name} v{number} cannot read records. {fix}")
+    raw = path.read_bytes()
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != expected:
+        raise UnsafeModelError(
+            f"Refused to load {path}: it has sha256 {actual}, but the card says {expected}: "
+            f"the preprocessing changed after registration. {fix}"
+        )
+    return Preprocessor.from_dict(json.loads(raw))
 
 
 def score(loaded: LoadedModel, X: Any) -> list[dict[str, Any]]:

@@ -38,7 +38,15 @@ from typing import Any, TypedDict
 from filelock import FileLock
 
 from mlkit import storage as storages
-from mlkit._contract import BUILD, CARD_FILE, REGISTRY_DIR, REGISTRY_FILE, RESULT_FILE, WEIGHTS
+from mlkit._contract import (
+    BUILD,
+    CARD_FILE,
+    REGISTRY_DIR,
+    REGISTRY_FILE,
+    RESULT_FILE,
+    TABLE_FILES,
+    WEIGHTS,
+)
 from mlkit._io import now_iso, read_json, write_json
 from mlkit.errors import (
     CheckFailedError,
@@ -215,6 +223,10 @@ def register(
         try:
             shutil.copyfile(run_dir / WEIGHTS, staging / WEIGHTS)
             shutil.copyfile(run_dir / BUILD, staging / BUILD)
+            for extra in TABLE_FILES:  # a table's preprocessing and description travel along
+                if (run_dir / extra).is_file():
+                    shutil.copyfile(run_dir / extra, staging / extra)
+                    card.setdefault("files", {})[extra] = sha256_file(staging / extra)
             if sha256_file(staging / WEIGHTS) != sha:
                 raise CheckFailedError(
                     f"The weights of run {info['id']} changed while they were copied. Register "

@@ -106,6 +106,7 @@ def openapi_document(app: FastAPI, server: Server) -> dict[str, Any]:
             server.schema.model_json_schema(),
             task=server.loaded.task,
             raw=all(m.metadata()["raw_inputs"] for m in answering),
+            records=all(m.preprocessor is not None for m in answering),
             token=server.token is not None,
             ab=bool(server.arms),
         )

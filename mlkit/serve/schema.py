@@ -14,8 +14,9 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-# /predict body keys: scaled as in training, one or a batch; then raw features, one or a batch.
-BODY_KEYS = ("input", "inputs", "raw_input", "raw_inputs")
+# /predict body keys: scaled as in training, one or a batch; then raw features, one or a batch;
+# then records in a table's own columns (a model trained on a table), one or a batch.
+BODY_KEYS = ("input", "inputs", "raw_input", "raw_inputs", "record", "records")
 # The largest finite float32: a number beyond it would be inf once cast, so it is a 422.
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -44,7 +45,8 @@ def request_model(input_shape: tuple[int, ...], max_batch: int) -> Any:
         if len(given) != 1:
             raise ValueError(
                 'give exactly one of "input" (one example) or "inputs" (a batch of examples), '
-                'scaled as in training, or "raw_input" / "raw_inputs" in the data\'s own units'
+                'scaled as in training, or "raw_input" / "raw_inputs" in the data\'s own units, '
+                'or "record" / "records" in the table\'s own columns'
             )
         return model
 
@@ -58,6 +60,9 @@ def request_model(input_shape: tuple[int, ...], max_batch: int) -> Any:
         inputs=(batch, None),
         raw_input=(example, None),
         raw_inputs=(batch, None),
+        # Checked column by column by the model's preprocessing, which names the record.
+        record=(dict[str, Any], None),
+        records=(Annotated[list[dict[str, Any]], Field(min_length=1, max_length=max_batch)], None),
     )
 
 
@@ -161,6 +166,7 @@ _METADATA_KEYS = {
     "classes": {"type": "array", "items": _STR},
     "data_version": {},
     "raw_inputs": {"type": "boolean"},
+    "records": {"type": "boolean"},
     "run_id": _OPT_STR,
     "registered": _OPT_STR,
     "ref": _STR,
@@ -202,7 +208,9 @@ def _answer(*, ab: bool, **fields: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def predict_body(request_schema: dict[str, Any], *, raw: bool) -> dict[str, Any]:
+def predict_body(
+    request_schema: dict[str, Any], *, raw: bool, records: bool = False
+) -> dict[str, Any]:
     """The /predict request body schema, from the pydantic model's JSON schema.
 
     The pydantic model checks "exactly one key" in a validator, which JSON Schema has no word
@@ -210,7 +218,7 @@ def predict_body(request_schema: dict[str, Any], *, raw: bool) -> dict[str, Any]
     ``raw`` is whether every version that may answer can scale raw features: without it a
     ``raw_input`` gets a 422, so those keys are not offered.
     """
-    keys = BODY_KEYS if raw else BODY_KEYS[:2]
+    keys = [*BODY_KEYS[:2], *(BODY_KEYS[2:4] if raw else ()), *(BODY_KEYS[4:] if records else ())]
     props = request_schema["properties"]
     return {
         "title": "PredictRequest",
@@ -249,7 +257,13 @@ def predict_responses(*, task: str, token: bool, ab: bool) -> dict[str, Any]:
 
 
 def openapi_paths(
-    request_schema: dict[str, Any], *, task: str, raw: bool, token: bool, ab: bool
+    request_schema: dict[str, Any],
+    *,
+    task: str,
+    raw: bool,
+    token: bool,
+    ab: bool,
+    records: bool = False,
 ) -> dict[str, Any]:
     """The OpenAPI ``paths`` of /predict, /health and /metadata, as the server answers them.
 
@@ -274,7 +288,7 @@ def openapi_paths(
         refusal = {"type": "object", "required": ["detail"], "properties": {"detail": _STR}}
         metadata["401"] = _json(refusal, _REFUSALS["401"])
         metadata["401"]["headers"] = {"WWW-Authenticate": _WWW_AUTHENTICATE}
-    body = {"application/json": {"schema": predict_body(request_schema, raw=raw)}}
+    body = {"application/json": {"schema": predict_body(request_schema, raw=raw, records=records)}}
     return {
         "/predict": {
             "post": {
