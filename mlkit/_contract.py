@@ -33,7 +33,9 @@ BUILD = "model.json"
 # and the table's source, content hash, schema and what the checks found.
 PREPROCESS_FILE = "preprocess.json"
 DATA_FILE = "data.json"
-TABLE_FILES = (PREPROCESS_FILE, DATA_FILE)
+# A bounded sample of the training rows, in the table's own columns: the monitor's reference.
+REFERENCE_FILE = "reference.parquet"
+TABLE_FILES = (PREPROCESS_FILE, DATA_FILE, REFERENCE_FILE)
 # The model registry's folder under experiments/, and the files of a registered model in it.
 REGISTRY_DIR = "registry"
 REGISTRY_FILE = "registry.json"

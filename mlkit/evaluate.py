@@ -382,6 +382,7 @@ def load_run_model(run_ref: str | Path, root: Path | None = None) -> tuple[nn.Mo
         load_file(str(weights)),
         what=f"run {run_dir.name}",
         fix="Run it again to save weights and model.json together.",
+        notebook=(read_json(run_dir / PARAMS_FILE, {}) or {}).get("notebook"),
     )
     return net, dataset
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mlkit.errors import ParameterError, UnknownNameError
@@ -17,11 +17,22 @@ from mlkit.errors import ParameterError, UnknownNameError
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["build", "defaults", "names", "parse_sizes", "register"]
+__all__ = [
+    "SHAPE_KEYS",
+    "build",
+    "class_kwargs",
+    "class_path",
+    "defaults",
+    "names",
+    "parse_sizes",
+    "register",
+]
 
 Builder = Callable[..., "nn.Module"]
 _REGISTRY: dict[str, Builder] = {}
 _ACTIVATIONS = ("gelu", "relu")
+# What one example looks like and how many outputs: every model.json's build holds them.
+SHAPE_KEYS = ("input_shape", "n_outputs")
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
@@ -85,6 +96,22 @@ def build(name: str, *, input_shape: Sequence[int], n_outputs: int, **params: An
             "instead. Pass n_outputs=data.n_outputs."
         )
     return builder(shape, int(n_outputs), **params)
+
+
+def class_path(cls: type) -> str:
+    """``package.module:QualName``, how a model.json names a class of the user's own."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def class_kwargs(cls: type, build: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments a class of the user's own is called with to rebuild it.
+
+    ``build`` holds the arguments the model was constructed with, plus ``input_shape`` and
+    ``n_outputs``, which describe it to the server; those two are passed on only when the
+    class's ``__init__`` takes a parameter of that name.
+    """
+    takes = inspect.signature(cls).parameters
+    return {k: v for k, v in build.items() if k not in SHAPE_KEYS or k in takes}
 
 
 def _shape(input_shape: Any) -> tuple[int, ...]:

@@ -7,13 +7,14 @@ by plain papermill. What the folder holds is described in :mod:`mlkit.record_sto
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from mlkit import lineage, track
+from mlkit import lineage, models, track
 from mlkit._contract import (
     BUILD,
     DATA_FILE,
@@ -25,6 +26,7 @@ from mlkit._contract import (
     METRICS_FILE,
     PARAMS_FILE,
     PREPROCESS_FILE,
+    REFERENCE_FILE,
     RESULT_FILE,
     RESULT_MIME,
     RUN_FILE,
@@ -32,6 +34,7 @@ from mlkit._contract import (
     spec_from_env,
 )
 from mlkit._io import _jsonable, append_jsonl, fsync_file, hostname, now_iso, read_json, write_json
+from mlkit.errors import ParameterError
 from mlkit.figures import _display_png, render_png
 from mlkit.record_store import (
     create_run_dir,
@@ -152,17 +155,48 @@ class Run:
                 "findings": dataset.findings,
             }
             write_json(self.path / DATA_FILE, described)
+        reference = getattr(dataset, "reference", None)
+        if reference is not None:
+            import pyarrow.parquet as pq  # a table's run has pyarrow loaded already
 
-    def save_model(self, model: Any, *, name: str, build: dict[str, Any]) -> Path:
-        """Save weights as safetensors plus how to rebuild the module (no pickle)."""
+            tmp = self.path / f".{REFERENCE_FILE}.tmp"
+            pq.write_table(reference, tmp)
+            os.replace(tmp, self.path / REFERENCE_FILE)
+
+    def save_model(
+        self, model: Any, *, name: str | None = None, build: dict[str, Any] | None = None
+    ) -> Path:
+        """Save weights as safetensors plus how to rebuild the module (no pickle).
+
+        Args:
+            model: the trained ``torch.nn.Module``.
+            name: one of mlkit's architectures (``linear``, ``mlp``, ``cnn``); ``build`` then
+                holds ``input_shape``, ``n_outputs`` and its options. Omit it for a class of
+                your own, imported from a module beside the notebook: model.json then names
+                the class (``mymodels:TinyNet``).
+            build: for your own class, the keyword arguments it was constructed with
+                (``{"hidden": 64}``), plus ``input_shape``, the shape of one example (required:
+                a server checks requests against it), and ``n_outputs`` (measured with one
+                zero example when left out). The two are passed to the class too when its
+                ``__init__`` takes parameters of those names.
+
+        Raises:
+            ParameterError: the class cannot be rebuilt later: it is defined in the notebook
+                itself or inside a function, ``build`` lacks ``input_shape`` or is not JSON,
+                or the class called with ``build`` makes weights of other names or shapes.
+        """
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        if name is not None and name in models.names():
+            spec: dict[str, Any] = {"name": name, "build": build}
+        else:
+            spec = _class_spec(model, dict(build or {}), state, name)
         target = self.path / WEIGHTS
         tmp = target.with_suffix(".tmp")
         save_file(state, str(tmp))
         os.replace(tmp, target)
-        write_json(self.path / BUILD, {"name": name, "build": build})
+        write_json(self.path / BUILD, spec)
         return target
 
     def log_figure(self, name: str, figure: Any, *, show: bool = True) -> Path:
@@ -231,6 +265,125 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({self.id!r}, experiment={self.experiment!r}, path='{self.path}')"
+
+
+# --- a model class of the user's own ------------------------------------------------
+
+
+def _class_spec(
+    model: Any, build: dict[str, Any], state: dict[str, Any], name: str | None
+) -> dict[str, Any]:
+    """model.json for a class of the user's own, checked now so that it rebuilds later."""
+    cls = type(model)
+    path = models.class_path(cls)
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        where = "this notebook" if cls.__module__ == "__main__" else "a function"
+        raise ParameterError(
+            f"run.save_model cannot record the class {cls.__qualname__}: it is defined in "
+            f"{where}, so nothing can import it to rebuild the model when it is registered, "
+            "served or evaluated. Define it in a module beside the notebook (e.g. mymodels.py) "
+            f"and import it: from mymodels import {cls.__name__}."
+        )
+    try:
+        json.dumps(build, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(
+            f"The build of run.save_model must hold JSON values (numbers, strings, lists), the "
+            f"arguments {cls.__name__} was constructed with; got {build!r} ({exc}). Pass "
+            'plain values, like build={"hidden": 64, "input_shape": [64]}.'
+        ) from None
+    if "input_shape" not in build:
+        raise ParameterError(
+            f"run.save_model of your own class {path} needs the shape of one example, so a "
+            f"server knows what to accept; got build={build!r}. Pass "
+            'build={"input_shape": list(data.input_shape), ...}.'
+        )
+    build["input_shape"] = list(_positive_ints(build["input_shape"], "input_shape"))
+    if "n_outputs" in build:
+        build["n_outputs"] = _positive_ints([build["n_outputs"]], "n_outputs")[0]
+    else:
+        build["n_outputs"] = _measured_outputs(model, build["input_shape"], path)
+    _check_fits(cls, build, state, path)
+    return {"name": name or path, "class": path, "build": build}
+
+
+def _positive_ints(values: Any, key: str) -> tuple[int, ...]:
+    try:
+        ints = tuple(int(v) for v in values if not isinstance(v, bool) and int(v) == v)
+        ok = len(ints) == len(values) > 0 and all(v >= 1 for v in ints)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ParameterError(
+            f"build[{key!r}] of run.save_model must be positive ints, got {values!r}. Pass "
+            'build={"input_shape": list(data.input_shape), "n_outputs": data.n_outputs}.'
+        )
+    return ints
+
+
+def _measured_outputs(model: Any, input_shape: list[int], path: str) -> int:
+    """Outputs per example of ``model``, from one zero example in eval mode."""
+    import torch
+
+    modes = {m: m.training for m in model.modules()}
+    first = next(iter(model.state_dict().values()), None)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *input_shape, device=getattr(first, "device", "cpu")))
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    except Exception as exc:
+        shape = f"{type(exc).__name__}: {exc}"
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if not (isinstance(shape, tuple) and len(shape) == 2):
+        raise ParameterError(
+            f"run.save_model could not measure the outputs of {path} on one example of shape "
+            f"{tuple(input_shape)}: got {shape}; mlkit serves models that return a tensor "
+            '(batch, n_outputs). Pass build={"n_outputs": ...} and check input_shape.'
+        )
+    return int(shape[1])
+
+
+def _check_fits(cls: type, build: dict[str, Any], state: dict[str, Any], path: str) -> None:
+    """Refuse now a ``build`` that makes other weights than ``state``: it would not reload."""
+    import torch
+
+    kwargs = models.class_kwargs(cls, build)
+    try:
+        try:
+            with torch.device("meta"):  # shapes without memory or the cost of initialising
+                fresh = cls(**kwargs)
+        except TypeError:
+            raise
+        except Exception:  # an __init__ that needs real tensors: build it for real once
+            fresh = cls(**kwargs)
+    except Exception as exc:
+        raise ParameterError(
+            f"{path} called with the arguments of build, {kwargs!r}, fails: "
+            f"{type(exc).__name__}: {exc}. Pass in build= the keyword arguments the model was "
+            "constructed with."
+        ) from None
+    want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    if want != have:
+        diff = [
+            f"{k}: {have.get(k, 'missing')} saved, {want.get(k, 'none')} rebuilt"
+            for k in sorted(want.keys() | have.keys())
+            if want.get(k) != have.get(k)
+        ]
+        hint = (
+            f" For one of mlkit's architectures pass name= ({', '.join(models.names())}); "
+            "for layers of your own, write a class in a module beside the notebook."
+            if cls.__module__.startswith("torch.")
+            else ""
+        )
+        raise ParameterError(
+            f"The model's weights do not fit {path} rebuilt from build={build!r}: "
+            f"{'; '.join(diff[:3])}. Pass in build= every keyword argument the model was "
+            f"constructed with, like build={{'hidden': 64, 'input_shape': [...]}}.{hint}"
+        )
 
 
 def _nan_reason(bad: list[str]) -> str:

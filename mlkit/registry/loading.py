@@ -285,6 +285,7 @@ def load_model(name: str, ref: str | int | None = None, *, root: Path | None = N
         _decode(ref.path, data),
         what=f"{name} v{number}",
         fix="Register the run again.",
+        notebook=(card.get("lineage") or {}).get("notebook"),
     )
     preprocessor = _preprocessor(name, number, folder, card)
     data = card.get("data") or {}

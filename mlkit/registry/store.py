@@ -41,6 +41,7 @@ from mlkit import storage as storages
 from mlkit._contract import (
     BUILD,
     CARD_FILE,
+    PARAMS_FILE,
     REGISTRY_DIR,
     REGISTRY_FILE,
     RESULT_FILE,
@@ -56,6 +57,7 @@ from mlkit.errors import (
     UnsafeArtifactError,
 )
 from mlkit.lineage import sha256_file
+from mlkit.rebuild import build_model
 from mlkit.record_store import RunRecord, experiments_root, find_run, load_run
 from mlkit.registry.cards import _card, _card_md, log_wandb_artifact
 
@@ -172,7 +174,26 @@ def _check_run(run_dir: Path) -> RunRecord:
             f"{run_dir / BUILD} must hold {{'name': ..., 'build': {{...}}}}; got {build!r}. "
             "Re-save the model with run.save_model."
         )
+    _check_rebuilds(run_dir, info, build)
     return info
+
+
+def _check_rebuilds(run_dir: Path, info: RunRecord, spec: dict[str, Any]) -> None:
+    """Rebuild the run's module before anything is copied.
+
+    A class of the user's own that cannot be imported, or weights that do not fit, are found
+    at registration, not when a server starts.
+    """
+    from safetensors.torch import load_file  # torch: only a registration pays for it
+
+    notebook = info.get("notebook") or (read_json(run_dir / PARAMS_FILE, {}) or {}).get("notebook")
+    build_model(
+        spec,
+        load_file(str(run_dir / WEIGHTS)),
+        what=f"run {info['id']}",
+        fix="Save the model again with run.save_model, then register that run.",
+        notebook=notebook,
+    )
 
 
 def _version_entry(card: dict[str, Any]) -> VersionEntry:
