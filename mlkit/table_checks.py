@@ -5,8 +5,8 @@ nulls allowed) before preprocessing, given the train and test rows, and returns 
 ``fatal`` when training would be meaningless (:func:`raise_fatal` turns them into one error
 before anything is written), ``warning`` for what deserves a look before trusting results,
 ``info`` for the run record. Each column becomes one uint64 key per row (float bits, timestamp
-ticks, a dictionary code for strings) and rows are compared by hashing those keys, so a
-1,000,000 x 20 table is checked in seconds.
+ticks, a dictionary code for strings: :mod:`mlkit.table_keys`) and rows are compared by
+hashing those keys, so a 1,000,000 x 20 table is checked in about a second.
 """
 
 from __future__ import annotations
@@ -23,6 +23,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlkit.errors import DataError, ParameterError
+from mlkit.table_keys import (
+    SAMPLE,
+    column_keys,
+    dictionary_codes,
+    distinct_lower_bound,
+    first_rows,
+    mix_into,
+    mixed_classes,
+    numbers,
+    repeats,
+    seed_hashes,
+)
 
 __all__ = [
     "FATAL_CHECKS",
@@ -63,7 +75,6 @@ _LEAKAGE_MAX_DISTINCT_SHARE = 0.5
 _MIN_ROWS_FOR_PATTERNS = 20
 _SHOWN = 5  # names listed in one message before "and N more"
 _MAX_CLASS_COUNTS = 100  # class counts kept in a finding's value
-_EXACT_DISTINCT_BELOW = 4096  # count distinct values exactly below this many rows
 
 Severity = Literal["fatal", "warning", "info"]
 _ORDER = {"fatal": 0, "warning": 1, "info": 2}
@@ -71,7 +82,6 @@ _ORDER = {"fatal": 0, "warning": 1, "info": 2}
 # index written to CSV).
 _ID_NAME = re.compile(r"^(id|index|row_?id|unnamed: ?\d+)$|([_\-\s.]id|uuid|guid)$", re.I)
 _CAMEL_ID = re.compile(r"[a-z0-9](Id|ID)$")
-_NULL_KEY = np.uint64(0x7FF8_DEAD_BEEF_0001)  # a NaN payload no canonical float carries
 _LEAK_FIX = "If it is known only with the answer, drop it; otherwise scores will not hold."
 
 
@@ -111,23 +121,9 @@ class _Table:
     min_rows_per_class: int
     classes: list[str] = field(default_factory=list)  # class labels, by class code
     target_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    _keys: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    _hashes: dict[bool, np.ndarray] = field(default_factory=dict)
-
-    def keys(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(key, is_null)`` per row of a column; equal values have equal uint64 keys."""
-        if name not in self._keys:
-            self._keys[name] = _column_keys(self.table.column(name))
-        return self._keys[name]
-
-    def row_hashes(self, *, with_target: bool) -> np.ndarray:
-        """One uint64 per row of the table hashing its features (and target)."""
-        if with_target not in self._hashes:
-            h = np.full(self.table.num_rows, np.uint64(0x9E37_79B9_7F4A_7C15))
-            for name in self.features + ([self.target] if with_target else []):
-                h = _mix(h ^ self.keys(name)[0])
-            self._hashes[with_target] = h
-        return self._hashes[with_target]
+    # Filled by _sweep: the findings of the column checks, and the row hashes by with_target.
+    swept: dict[str, list[Finding]] = field(default_factory=dict)
+    hashes: dict[bool, np.ndarray] = field(default_factory=dict)
 
     def class_counts(self) -> np.ndarray:
         """Train rows per class code (classification)."""
@@ -175,10 +171,44 @@ def check_table(
     findings = _check_target(t)
     if findings:
         return findings
-    for name, run in _RUNNERS.items():
-        if name not in skipped and (task == "classification" or name not in _CLASSES_ONLY):
-            findings.extend(run(t))
+    chosen_checks = [
+        name
+        for name in _RUNNERS
+        if name not in skipped and (task == "classification" or name not in _CLASSES_ONLY)
+    ]
+    _sweep(t, chosen_checks)
+    for name in chosen_checks:
+        findings.extend(t.swept[name] if name in _COLUMN_CHECKS else _RUNNERS[name](t))
     return _by_severity(findings)
+
+
+def _sweep(t: _Table, checks: list[str]) -> None:
+    """Run the column checks, and hash the rows, in one pass over the feature columns.
+
+    Each column's keys are made once, serve every check that needs them, are mixed into the
+    row hashes, and are let go before the next column: the keys of a wide table never sit
+    in memory all at once.
+    """
+    column_checks = [name for name in checks if name in _COLUMN_CHECKS]
+    t.swept = {name: [] for name in column_checks}
+    hashing = "duplicates" in checks or "overlap" in checks
+    if not (column_checks or hashing):
+        return
+    h = seed_hashes(t.table.num_rows)
+    scratch = np.empty_like(h)
+    for name in t.features:
+        key, null = column_keys(t.table.column(name))
+        for check in column_checks:
+            finding = _COLUMN_CHECKS[check](t, name, key, null)
+            if finding is not None:
+                t.swept[check].append(finding)
+        if hashing:
+            mix_into(h, key, scratch)
+    if hashing:
+        t.hashes[False] = h
+        with_target = h.copy()
+        mix_into(with_target, column_keys(t.table.column(t.target))[0], scratch)
+        t.hashes[True] = with_target
 
 
 def raise_fatal(findings: Sequence[Finding]) -> None:
@@ -309,7 +339,8 @@ def _check_target(t: _Table) -> list[Finding]:
             return []
         msg = f"Target column {name!r} is {y[0]:g} on every train row: nothing to predict."
         return [Finding("constant_target", "fatal", name, msg, float(y[0]))]
-    codes, labels = _dictionary_codes(col)
+    codes, dictionary = dictionary_codes(col)
+    labels = dictionary.to_pylist()
     # Classes 0.0 and 1.0 read as "0" and "1"; labels are strings so they can be JSON keys.
     t.classes = [str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in labels]
     t.target_codes = codes  # class code per row, -1 where missing
@@ -349,55 +380,60 @@ def _missing(t: _Table) -> list[Finding]:
     return findings
 
 
-def _constant(t: _Table) -> list[Finding]:
-    findings = []
-    for name in t.features if t.train.size > 1 else ():
-        key, null = t.keys(name)
-        k = key[t.train][~null[t.train]]
-        if k.size and np.any(k != k[0]):
-            continue
-        what = "one value" if k.size else "no value"
-        msg = f"Column {name!r} has {what} in the {t.train.size} train rows: no signal, drop it."
-        findings.append(Finding("constant", "warning", name, msg, int(k.size > 0)))
-    return findings
+def _constant(t: _Table, name: str, key: np.ndarray, null: np.ndarray) -> Finding | None:
+    if t.train.size <= 1:
+        return None
+    head = first_rows(t.train, null)
+    if head.size and np.any(key[head] != key[head[0]]):
+        return None  # two values among the first train rows already
+    k = key[t.train][~null[t.train]]
+    if k.size and np.any(k != k[0]):
+        return None
+    what = "one value" if k.size else "no value"
+    msg = f"Column {name!r} has {what} in the {t.train.size} train rows: no signal, drop it."
+    return Finding("constant", "warning", name, msg, int(k.size > 0))
 
 
-def _id_like(t: _Table) -> list[Finding]:
-    findings = []
-    for name in t.features:
-        col = t.table.column(name)
-        present = len(col) - col.null_count
-        unique = present >= _MIN_ROWS_FOR_PATTERNS and _all_unique(col, *t.keys(name))
-        named = bool(_ID_NAME.search(name.strip()) or _CAMEL_ID.search(name))
-        if not (unique or named):
-            continue
-        why = [f"has a different value on each of its {present} rows"] if unique else []
-        why += ["is named like one"] if named else []
-        msg = (
-            f"Column {name!r} looks like an identifier: it {' and '.join(why)}. A model would "
-            "memorise it rather than learn; drop it from the features unless it means something."
-        )
-        value = {"all_unique": unique, "named_like_id": named}
-        findings.append(Finding("id_like", "warning" if unique else "info", name, msg, value))
-    return findings
+def _id_like(t: _Table, name: str, key: np.ndarray, null: np.ndarray) -> Finding | None:
+    col = t.table.column(name)
+    present = len(col) - col.null_count
+    unique = present >= _MIN_ROWS_FOR_PATTERNS and _all_unique(col, key, null)
+    named = bool(_ID_NAME.search(name.strip()) or _CAMEL_ID.search(name))
+    if not (unique or named):
+        return None
+    why = [f"has a different value on each of its {present} rows"] if unique else []
+    why += ["is named like one"] if named else []
+    msg = (
+        f"Column {name!r} looks like an identifier: it {' and '.join(why)}. A model would "
+        "memorise it rather than learn; drop it from the features unless it means something."
+    )
+    value = {"all_unique": unique, "named_like_id": named}
+    return Finding("id_like", "warning" if unique else "info", name, msg, value)
 
 
 def _all_unique(col: pa.ChunkedArray, key: np.ndarray, null: np.ndarray) -> bool:
     """Strings or whole numbers, at most 10% missing, every present value different."""
     if pa.types.is_timestamp(col.type) or col.null_count > 0.1 * len(col):
         return False
+    # A repeat or a fraction among the first rows settles it without a look at the rest.
+    head = ~null[:SAMPLE]
+    if repeats(key[:SAMPLE][head]):
+        return False
     if pa.types.is_floating(col.type):
+        values = col.slice(0, SAMPLE).to_numpy(zero_copy_only=False)[head]
+        if not np.all(values == np.round(values)):
+            return False
         values = col.to_numpy(zero_copy_only=False)[~null]
         if not np.all(values == np.round(values)):
             return False
     k = key[~null]
     # The cheap bound rules out the many columns that repeat values; the exact test confirms.
-    return _distinct_lower_bound(k) >= 0.8 * k.size and pd.Index(k).is_unique
+    return distinct_lower_bound(k) >= 0.8 * k.size and pd.Index(k).is_unique
 
 
 def _duplicates(t: _Table) -> list[Finding]:
     present = pc.is_valid(t.table.column(t.target)).to_numpy(zero_copy_only=False)
-    h = t.row_hashes(with_target=True)[present]  # every row with a target, split or not
+    h = t.hashes[True][present]  # every row with a target, split or not
     count = int(h.size - pd.unique(h).size)
     if not count:
         return []
@@ -410,7 +446,7 @@ def _duplicates(t: _Table) -> list[Finding]:
 
 
 def _overlap(t: _Table) -> list[Finding]:
-    h = t.row_hashes(with_target=False)
+    h = t.hashes[False]
     shared = int(pd.Index(h[t.test]).isin(h[t.train]).sum()) if t.test.size else 0
     if not shared:
         return []
@@ -418,17 +454,20 @@ def _overlap(t: _Table) -> list[Finding]:
     return [Finding("overlap", "warning", None, msg, shared)]
 
 
-def _leakage(t: _Table) -> list[Finding]:
-    leak = _leak_class if t.task == "classification" else _leak_reg
-    return [f for f in (leak(t, name) for name in t.features) if f is not None]
+def _leakage(t: _Table, name: str, key: np.ndarray, null: np.ndarray) -> Finding | None:
+    if t.task == "classification":
+        return _leak_class(t, name, key, null)
+    return _leak_reg(t, name, null)
 
 
-def _leak_class(t: _Table, name: str) -> Finding | None:
+def _leak_class(t: _Table, name: str, key: np.ndarray, null: np.ndarray) -> Finding | None:
     """A feature whose every value goes with one class, on train and on test alike."""
-    key, null = t.keys(name)
+    head = first_rows(t.train, null)
+    if mixed_classes(key[head], t.target_codes[head]):
+        return None  # a value with two classes among the first train rows: not a leak
     train, test = t.train[~null[t.train]], t.test[~null[t.test]]
     limit = _LEAKAGE_MAX_DISTINCT_SHARE * train.size
-    if train.size < _MIN_ROWS_FOR_PATTERNS or _distinct_lower_bound(key[train]) > limit:
+    if train.size < _MIN_ROWS_FOR_PATTERNS or distinct_lower_bound(key[train]) > limit:
         return None
     codes, _ = pd.factorize(key[np.concatenate([train, test])])
     c_train, c_test = codes[: train.size], codes[train.size :]
@@ -449,13 +488,13 @@ def _leak_class(t: _Table, name: str) -> Finding | None:
     return Finding("leakage", "warning", name, msg, distinct)
 
 
-def _leak_reg(t: _Table, name: str) -> Finding | None:
+def _leak_reg(t: _Table, name: str, null: np.ndarray) -> Finding | None:
     """A numeric feature equal to, or almost perfectly correlated with, the target."""
     col = t.table.column(name)
-    rows = t.train[~t.keys(name)[1][t.train]]
+    rows = t.train[~null[t.train]]
     if pa.types.is_string(col.type) or rows.size < _MIN_ROWS_FOR_PATTERNS:
         return None
-    x = _numbers(col)[rows]
+    x = numbers(col)[rows]
     y = t.table.column(t.target).to_numpy(zero_copy_only=False)[rows]
     equal = bool(np.array_equal(x, y))
     constant = x.std() == 0 or y.std() == 0
@@ -518,8 +557,8 @@ def _class_list(t: _Table, counts: np.ndarray, order: np.ndarray) -> str:
     return shown + (f", and {order.size - _SHOWN} more" if order.size > _SHOWN else "")
 
 
-# The warning and info checks, in the order they run.
-_RUNNERS = {
+# The warning and info checks, in the order they run; those in _COLUMN_CHECKS run in _sweep.
+_RUNNERS: dict[str, Any] = {
     "missing_target": _missing_target,
     "missing": _missing,
     "constant": _constant,
@@ -532,61 +571,11 @@ _RUNNERS = {
     "shape": _shape,
     "class_counts": _class_counts,
 }
+# The checks of one feature column at a time, given its keys: _sweep runs them.
+_COLUMN_CHECKS = {"constant": _constant, "id_like": _id_like, "leakage": _leakage}
 _CLASSES_ONLY = frozenset({"imbalance", "few_rows_per_class", "class_counts"})
 # Every check's name; the warning and info ones may be named in check_table(skip=...).
 TABLE_CHECKS = FATAL_CHECKS + tuple(_RUNNERS)
-
-
-# --- column keys and hashing ----------------------------------------------------------------
-
-
-def _column_keys(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    null = pc.is_null(col).to_numpy(zero_copy_only=False)
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        key = _dictionary_codes(col)[0].astype(np.uint64)
-    else:
-        key = (_numbers(col) + 0.0).view(np.uint64)  # + 0.0 makes -0.0 into 0.0: same bits
-    key[null] = _NULL_KEY
-    return key, null
-
-
-def _numbers(col: pa.ChunkedArray) -> np.ndarray:
-    """float64 values of a numeric or timestamp column (microseconds), NaN where null."""
-    if pa.types.is_timestamp(col.type):
-        col = pc.cast(col, pa.int64())
-    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
-
-
-def _dictionary_codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[Any]]:
-    """A dense code per row (-1 where null), and the values the codes stand for."""
-    # One array, so that every chunk shares one dictionary.
-    array = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    encoded = pc.dictionary_encode(array)
-    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
-    return codes.astype(np.int64), encoded.dictionary.to_pylist()
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: spreads every input bit over the whole uint64 (wraps on purpose)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58_476D_1CE4_E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D0_49BB_1331_11EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def _distinct_lower_bound(keys: np.ndarray) -> int:
-    """A lower bound of the distinct values in ``keys``: exact for small arrays, else close.
-
-    Large ones are hashed into a table of four times their size, cheaper than an exact count:
-    occupied buckets never exceed the distinct values, and collisions hide under 12% of them.
-    """
-    if keys.size < _EXACT_DISTINCT_BELOW:
-        return int(pd.unique(keys).size)
-    size = 1 << int(4 * keys.size).bit_length()
-    occupied = np.zeros(size, dtype=bool)
-    occupied[_mix(keys) & np.uint64(size - 1)] = True
-    return int(occupied.sum())
 
 
 def _by_severity(findings: Sequence[Finding]) -> list[Finding]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from mlkit import table_checks, tables
 from mlkit.dataset import Dataset, DataWarning, Split, check_split_settings, split_indices
@@ -88,7 +89,7 @@ def load_table(
             f"Pass -p target {data.column_names[-1]} (or target=... to mlkit.data.load)."
         )
     _fatal_first(data, target, columns["features"], task)
-    data = data.filter(data.column(target).is_valid())
+    data = _with_target(data, target)
     task = infer_task(data, target, task)
     order = _time_order(data, time_column) if time_column else None
     y_raw = _target_values(data, target, task)
@@ -126,16 +127,20 @@ def load_table(
                 finding.check == "id_like" and finding.column in dropped
             ):
                 warnings.warn(finding.message, DataWarning, stacklevel=3)
-    inputs = pre.transform(data)
-    y = pre.encode_target(data)
+    # The rows in split order, so that each split is a slice of one array, never a copy.
+    order = np.concatenate([tr, va, te])
+    inputs = pre.transform(data, rows=order)
+    y = pre.encode_target(data)[order]
+    ends = np.cumsum([len(tr), len(va)])
     target_mean, target_std = 0.0, 1.0
     if task == "regression" and scale:
         # Standardised targets keep the MSE near 1, as for the bundled datasets.
-        target_mean, target_std = float(y[tr].mean()), float(y[tr].std()) or 1.0
+        target_mean, target_std = float(y[: ends[0]].mean()), float(y[: ends[0]].std()) or 1.0
         y = ((y - target_mean) / target_std).astype(np.float32)
 
-    def split(rows: np.ndarray) -> Split:
-        return Split(inputs.X[rows], y[rows], {k: v[rows] for k, v in inputs.sensitive.items()})
+    def split(part: slice) -> Split:
+        sensitive = {k: v[part] for k, v in inputs.sensitive.items()}
+        return Split(inputs.X[part], y[part], sensitive)
 
     settings = {
         "target": target,
@@ -151,9 +156,9 @@ def load_table(
     return Dataset(
         name=name or _name(described),
         task=task,
-        train=split(tr),
-        val=split(va),
-        test=split(te),
+        train=split(slice(0, ends[0])),
+        val=split(slice(ends[0], ends[1])),
+        test=split(slice(ends[1], None)),
         input_shape=(int(inputs.X.shape[1]),),
         n_outputs=len(pre.classes) if task == "classification" else 1,
         feature_names=list(pre.feature_names),
@@ -204,7 +209,7 @@ def _fatal_first(data: Any, target: str, features: list[str] | None, task: str |
     if target in data.column_names and task is None:
         # A target that makes no task: the checks below say what is wrong with it.
         with contextlib.suppress(ParameterError, DataError):
-            guess = infer_task(data.filter(data.column(target).is_valid()), target)
+            guess = infer_task(pa.table({target: data.column(target).drop_null()}), target)
     findings = table_checks.check_table(
         data,
         target=target,
@@ -215,6 +220,12 @@ def _fatal_first(data: Any, target: str, features: list[str] | None, task: str |
         skip=fatal_only,
     )
     table_checks.raise_fatal(findings)
+
+
+def _with_target(data: pa.Table, target: str) -> pa.Table:
+    """The rows that have a target; the table itself when all do (a filter copies it all)."""
+    column = data.column(target)
+    return data.filter(column.is_valid()) if column.null_count else data
 
 
 def _target_values(data: Any, target: str, task: str) -> np.ndarray:

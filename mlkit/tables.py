@@ -472,38 +472,40 @@ def table_hash(table: pa.Table) -> str:
 
 
 def _column_digest(column: pa.ChunkedArray) -> bytes:
-    """SHA-256 of a column's validity bits, then its values (text: lengths, then bytes)."""
+    """SHA-256 of a column's validity bits, then its values (text: lengths, then bytes).
+
+    The values stream in chunk by chunk: the digest is that of the column as one array,
+    without the copy that joining its chunks would make.
+    """
     digest = hashlib.sha256()
-    array = _one_array(column)
     # A flag byte first, so that "no nulls" (no bits at all) cannot read as some bits.
-    digest.update(b"\x01" if array.null_count else b"\x00")
-    if array.null_count:
-        digest.update(np.packbits(array.is_valid().to_numpy(zero_copy_only=False)))
-    if len(array) == 0:
-        return digest.digest()
-    if pa.types.is_floating(array.type) or pa.types.is_timestamp(array.type):
-        # A null slot may hold anything: to_numpy writes NaN (NaT) there instead.
-        numbers = array.to_numpy(zero_copy_only=False)
-        if pa.types.is_floating(array.type):
-            numbers = numbers + 0.0  # -0.0 == 0.0, so they must hash alike
-        digest.update(numbers.view(np.int64))
+    digest.update(b"\x01" if column.null_count else b"\x00")
+    if column.null_count:
+        digest.update(np.packbits(column.is_valid().to_numpy(zero_copy_only=False)))
+    chunks = [chunk for chunk in column.chunks if len(chunk)]
+    if pa.types.is_floating(column.type) or pa.types.is_timestamp(column.type):
+        for chunk in chunks:
+            # A null slot may hold anything: to_numpy writes NaN (NaT) there instead.
+            numbers = chunk.to_numpy(zero_copy_only=False)
+            if pa.types.is_floating(column.type):
+                numbers = numbers + 0.0  # -0.0 == 0.0, so they must hash alike
+            digest.update(numbers.view(np.int64))
         return digest.digest()
     # A null slot may hold any bytes: fill_null builds fresh text where there are nulls.
-    filled = array.fill_null("") if array.null_count else array
-    width = np.int64 if pa.types.is_large_string(filled.type) else np.int32
-    _, offsets_buffer, data = filled.buffers()
-    offsets = np.frombuffer(
-        offsets_buffer, width, len(filled) + 1, filled.offset * width().itemsize
-    )
-    digest.update(np.diff(offsets).astype(np.int32, copy=False))
-    if data is not None:
-        digest.update(memoryview(data)[offsets[0] : offsets[-1]])
+    texts = [
+        _offsets_and_data(chunk.fill_null("") if chunk.null_count else chunk) for chunk in chunks
+    ]
+    for offsets, _ in texts:
+        digest.update(np.diff(offsets).astype(np.int32, copy=False))
+    for offsets, data in texts:
+        if data is not None:
+            digest.update(memoryview(data)[offsets[0] : offsets[-1]])
     return digest.digest()
 
 
-def _one_array(column: pa.ChunkedArray) -> pa.Array:
-    """The column as one array: the hash must not see where chunks were cut."""
-    try:
-        return column.combine_chunks()
-    except pa.ArrowInvalid:  # text past 2 GiB does not fit 32-bit offsets
-        return column.cast(pa.large_string()).combine_chunks()
+def _offsets_and_data(array: pa.Array) -> tuple[np.ndarray, pa.Buffer | None]:
+    """A text array's offsets (one more than its rows) and the buffer they point into."""
+    width = np.int64 if pa.types.is_large_string(array.type) else np.int32
+    _, offsets_buffer, data = array.buffers()
+    offsets = np.frombuffer(offsets_buffer, width, len(array) + 1, array.offset * width().itemsize)
+    return offsets, data

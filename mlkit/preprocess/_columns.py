@@ -1,8 +1,8 @@
 """One input column of a canonical table: its canonical type, and the encoder fitted on it.
 
 Each encoder is a dataclass of plain values (what ``to_dict`` saves) with ``fit`` (from the
-training rows of one column), ``names`` (its output columns) and ``encode`` (writes its block
-of the output array in place and returns the counts of missing and unseen values).
+training rows of one column), ``names`` (its output columns) and ``encode`` (its output values
+for the rows asked, as :class:`Encoded`, with the counts of missing and unseen values).
 """
 
 from __future__ import annotations
@@ -28,6 +28,34 @@ _DATE_PARTS = {
     "weekday": pc.day_of_week,
     "hour": pc.hour,
 }
+
+
+@dataclass
+class Encoded:
+    """One column's output values per output row, before they are written to the inputs.
+
+    ``dense`` holds an array per output column; a categorical column instead gives
+    ``codes``, the one-hot slot of each row. :meth:`write` copies a band of rows into the
+    output, so the output is filled a cache-sized band of rows at a time.
+    """
+
+    dense: list[np.ndarray]
+    codes: np.ndarray | None
+    missing: int
+    unseen: int
+
+    def write(self, out: np.ndarray, at: int, start: int) -> None:
+        """Write rows ``start:`` of this column's values into ``out``'s columns from ``at``.
+
+        ``out`` is a band of whole rows of a C-ordered array, as many as it has rows.
+        """
+        stop = start + len(out)
+        for j, values in enumerate(self.dense):
+            out[:, at + j] = values[start:stop]
+        if self.codes is not None:
+            flat = out.reshape(-1)  # a view: the band's rows lie one after another
+            width = out.shape[1]
+            flat[np.arange(at, at + len(out) * width, width) + self.codes[start:stop]] = 1.0
 
 
 @dataclass
@@ -65,16 +93,17 @@ class Numeric:
     def names(self) -> list[str]:
         return [self.name] + ([f"{self.name}__missing"] if self.indicator else [])
 
-    def encode(self, column: pa.ChunkedArray, out: np.ndarray, at: int) -> tuple[int, int]:
-        values = numbers(column)
+    def encode(self, column: pa.ChunkedArray, rows: np.ndarray | None) -> Encoded:
+        values = numbers(column, rows)
         absent = ~np.isfinite(values)
         values[absent] = self.median
-        scaled = (values - self.mean) / self.std
+        values -= self.mean
+        values /= self.std
         # A value far outside the train scale stays finite, so it cannot turn a loss into NaN.
-        out[:, at] = np.clip(scaled, -_FLOAT32_MAX, _FLOAT32_MAX, out=scaled)
+        dense = [np.clip(values, -_FLOAT32_MAX, _FLOAT32_MAX, out=values).astype(np.float32)]
         if self.indicator:
-            out[:, at + 1] = absent
-        return int(absent.sum()), 0
+            dense.append(absent)
+        return Encoded(dense, None, int(absent.sum()), 0)
 
 
 @dataclass
@@ -87,8 +116,8 @@ class Categorical:
     other: list[str]
 
     def __post_init__(self) -> None:
-        self._vocabulary = pa.array(self.vocabulary, type=pa.string())
-        self._other = pa.array(self.other, type=pa.string())
+        # Frequent values first, then the rarer ones: one lookup finds a row's slot.
+        self._known = pa.array(self.vocabulary + self.other, type=pa.string())
 
     @classmethod
     def fit(cls, name: str, column: pa.ChunkedArray, max_categories: int) -> Categorical:
@@ -103,16 +132,23 @@ class Categorical:
         slots = self.vocabulary + ([OTHER] if self.other else []) + [UNKNOWN]
         return [f"{self.name}={value}" for value in slots]
 
-    def encode(self, column: pa.ChunkedArray, out: np.ndarray, at: int) -> tuple[int, int]:
+    def encode(self, column: pa.ChunkedArray, rows: np.ndarray | None) -> Encoded:
         strings = _category_strings(column)
-        unknown_slot = len(self.names()) - 1
-        codes = pc.fill_null(pc.index_in(strings, value_set=self._vocabulary), unknown_slot)
-        codes = codes.to_numpy().astype(np.intp)
-        if self.other:
-            codes[bools(pc.is_in(strings, value_set=self._other))] = unknown_slot - 1
-        missing = strings.null_count
-        out[np.arange(len(codes)), at + codes] = 1.0
-        return missing, int((codes == unknown_slot).sum()) - missing
+        v, known = len(self.vocabulary), len(self._known)
+        # A code per row: its place among the train values; then one past them for a value
+        # never seen in train, two past them for a missing value.
+        codes = pc.fill_null(pc.index_in(strings, value_set=self._known), known)
+        codes = codes.to_numpy().astype(np.int32)
+        if strings.null_count:
+            codes[bools(strings.is_null())] = known + 1
+        if rows is not None:
+            codes = codes[rows]
+        counts = np.bincount(codes, minlength=known + 2)
+        # The rarer train values share the <other> slot; unseen and missing share <unknown>.
+        slots = np.arange(known + 2, dtype=np.int32)
+        slots[v:known] = v
+        slots[known:] = len(self.names()) - 1
+        return Encoded([], slots[codes], int(counts[known + 1]), int(counts[known]))
 
 
 @dataclass
@@ -155,24 +191,28 @@ class Date:
         extra = [f"{self.name}__missing"] if self.indicator else []
         return [f"{self.name}.{part}" for part in self.parts] + extra
 
-    def encode(self, column: pa.ChunkedArray, out: np.ndarray, at: int) -> tuple[int, int]:
+    def encode(self, column: pa.ChunkedArray, rows: np.ndarray | None) -> Encoded:
+        if rows is not None:
+            column = column.take(rows)
         missing = column.null_count
         filled = pc.fill_null(column, pa.scalar(self.median_us, type=pa.timestamp("us")))
+        dense = []
         for j, part in enumerate(self.parts):
             values = _DATE_PARTS[part](filled).to_numpy().astype(np.float64)
-            out[:, at + j] = (values - self.means[j]) / self.stds[j]
+            dense.append(((values - self.means[j]) / self.stds[j]).astype(np.float32))
         if self.indicator:
-            out[:, at + len(self.parts)] = bools(column.is_null())
-        return missing, 0
+            dense.append(bools(column.is_null()))
+        return Encoded(dense, None, missing, 0)
 
 
 ENCODERS = {cls.kind: cls for cls in (Numeric, Categorical, Date)}
 Encoder = Numeric | Categorical | Date
 
 
-def numbers(column: pa.ChunkedArray) -> np.ndarray:
-    """A float64 column as a writable numpy array, nulls as NaN."""
-    return np.array(column.to_numpy(), dtype=np.float64, copy=True)
+def numbers(column: pa.ChunkedArray, rows: np.ndarray | None = None) -> np.ndarray:
+    """A float64 column (or those ``rows`` of it) as a fresh numpy array, nulls as NaN."""
+    values = np.asarray(column.to_numpy(), dtype=np.float64)
+    return np.array(values, copy=True) if rows is None else values[rows]
 
 
 def bools(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -29,6 +29,8 @@ from mlkit.preprocess._records import records_table
 FORMAT_VERSION = 1
 _ID_NAME = re.compile(r"(^|[_\-\s.])(id|uuid|guid|key)$|[a-z0-9](Id|ID|Uuid|UUID|Key)$")
 _FEW_CLASSES = 20  # a numeric target with at most this many integral values is a label
+_HEAD_ROWS = 4096  # rows looked at first for a repeated value
+_BAND_BYTES = 1 << 20  # rows of the output written together: about a CPU's L2 cache
 
 
 class PreprocessWarning(UserWarning):
@@ -57,6 +59,12 @@ def _is_id(column: pa.ChunkedArray, name: str, dtype: str) -> bool:
     """All-unique strings, or all-unique integral numbers under an id-like name."""
     present = len(column) - column.null_count
     if dtype == "timestamp[us]" or present < 2:
+        return False
+    if dtype == "float64" and not _ID_NAME.search(name):
+        return False
+    # A repeat among the first rows settles it before every row is counted.
+    head = column.slice(0, _HEAD_ROWS)
+    if pc.count_distinct(head).as_py() < len(head) - head.null_count:
         return False
     if pc.count_distinct(column).as_py() < present:
         return False
@@ -150,6 +158,20 @@ def _train_table(table: pa.Table, train_rows: Any) -> pa.Table:
             f"{rows.size} rows. Pass the indices of the training rows."
         )
     return table.take(pa.array(rows % len(table)))
+
+
+def _order(rows: Any, n: int) -> np.ndarray | None:
+    """``rows`` of :meth:`Preprocessor.transform` as checked positions, or None for all."""
+    if rows is None:
+        return None
+    order = np.asarray(rows)
+    integers = order.size == 0 or np.issubdtype(order.dtype, np.integer)
+    if order.ndim != 1 or not integers or (order.size and (order.min() < 0 or order.max() >= n)):
+        raise ParameterError(
+            f"rows must be row positions in [0, {n}), got {order.dtype} of shape "
+            f"{order.shape}. Pass the integer indices of the rows to transform."
+        )
+    return order.astype(np.intp, copy=False)
 
 
 def _role(
@@ -300,7 +322,7 @@ class Preprocessor:
 
     # --- rows in, tensors out ---------------------------------------------------------
 
-    def transform(self, data: Any) -> Transformed:
+    def transform(self, data: Any, *, rows: Any = None) -> Transformed:
         """Turn rows into model inputs.
 
         Args:
@@ -308,6 +330,9 @@ class Preprocessor:
                 by the data's own column names, as a server receives them). Records are
                 checked by :meth:`validate_records`, then turned into a table: both take
                 the same path from there, so the same rows give the same array.
+            rows: positions of the rows to turn, in the order wanted (for example the
+                train rows, then the validation rows, then the test rows); None for every
+                row in order. The counts of missing and unseen values are of these rows.
 
         Returns:
             The float32 inputs, with per-column counts of missing and unseen values.
@@ -315,23 +340,35 @@ class Preprocessor:
         Raises:
             RecordError: a record does not fit (see :meth:`validate_records`).
             DataError: a table lacks a feature column or has one of another type.
+            ParameterError: ``rows`` are not positions of the rows.
         """
         table = self._as_table(data)
-        out = np.zeros((len(table), len(self.feature_names)), dtype=np.float32)
-        unknown: dict[str, int] = {}
-        missing: dict[str, int] = {}
-        at = 0
-        for column in self._features:
-            values = self._column(table, column)
-            missing[column.name], unseen = column.encoder.encode(values, out, at)
-            if column.encoder.kind == "categorical":
-                unknown[column.name] = unseen
-            at += len(column.encoder.names())
+        order = _order(rows, len(table))
+        # Each column is put in row order where that is cheapest: raw numbers and dates
+        # before they are encoded, categories as codes.
+        encoded = [c.encoder.encode(self._column(table, c), order) for c in self._features]
+        n = len(table) if order is None else len(order)
+        out = np.zeros((n, len(self.feature_names)), dtype=np.float32)
+        # A band of rows at a time, all its columns, while the band is in the CPU's cache.
+        band = max(1, _BAND_BYTES // max(1, out.shape[1] * out.itemsize))
+        for start in range(0, n, band):
+            at = 0
+            for column, values in zip(self._features, encoded, strict=True):
+                values.write(out[start : start + band], at, start)
+                at += len(column.encoder.names())
+        missing = {c.name: e.missing for c, e in zip(self._features, encoded, strict=True)}
+        unknown = {
+            c.name: e.unseen
+            for c, e in zip(self._features, encoded, strict=True)
+            if c.encoder.kind == "categorical"
+        }
         sensitive = {
             c.name: self._column(table, c).to_numpy()
             for c in self.columns
             if c.sensitive and c.name in table.column_names
         }
+        if order is not None:
+            sensitive = {name: values[order] for name, values in sensitive.items()}
         return Transformed(out, unknown, missing, sensitive)
 
     def encode_target(self, data: Any) -> np.ndarray:

@@ -1,0 +1,124 @@
+"""Columns of a canonical table as one uint64 key per row, for the checks to compare rows fast.
+
+Equal values have equal keys: a float's bits (``-0.0`` as ``0.0``), a timestamp's ticks, a
+dictionary code for a string. Rows are compared by mixing their columns' keys into one hash
+per row. The helpers here also give cheap, exact early answers on a sample of rows (a
+repeated value, two different ones) so the checks touch every row only when they must.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = [
+    "NULL_KEY",
+    "SAMPLE",
+    "column_keys",
+    "dictionary_codes",
+    "distinct_lower_bound",
+    "first_rows",
+    "mix_into",
+    "mixed_classes",
+    "numbers",
+    "repeats",
+    "seed_hashes",
+]
+
+NULL_KEY = np.uint64(0x7FF8_DEAD_BEEF_0001)  # a NaN payload no canonical float carries
+SAMPLE = 4096  # rows looked at first, for the answers a few rows can settle
+_EXACT_DISTINCT_BELOW = 4096  # count distinct values exactly below this many rows
+_SEED = np.uint64(0x9E37_79B9_7F4A_7C15)
+
+
+def column_keys(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """``(key, is_null)`` per row of a column; equal values have equal uint64 keys."""
+    null = pc.is_null(col).to_numpy(zero_copy_only=False)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        key = dictionary_codes(col)[0].astype(np.uint64)
+    else:
+        key = numbers(col)
+        key += 0.0  # makes -0.0 into 0.0: the same bits
+        key = key.view(np.uint64)
+    key[null] = NULL_KEY
+    return key, null
+
+
+def numbers(col: pa.ChunkedArray) -> np.ndarray:
+    """float64 values of a numeric or timestamp column (microseconds), NaN where null.
+
+    Always a fresh array: the caller may write to it.
+    """
+    if pa.types.is_timestamp(col.type):
+        col = pc.cast(col, pa.int64())
+    values = col.to_numpy(zero_copy_only=False)
+    if values.dtype != np.float64 or not values.flags.writeable:
+        values = np.array(values, dtype=np.float64)
+    return values
+
+
+def dictionary_codes(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """A dense code per row (-1 where null), and the values the codes stand for, as Arrow."""
+    # One array, so that every chunk shares one dictionary.
+    array = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    encoded = pc.dictionary_encode(array)
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+    return codes.astype(np.int64), encoded.dictionary
+
+
+def mix_into(h: np.ndarray, key: np.ndarray, scratch: np.ndarray) -> None:
+    """``h = splitmix64(h ^ key)`` in place (wraps on purpose), using ``scratch`` as room."""
+    h ^= key
+    for shift, factor in ((30, 0xBF58_476D_1CE4_E5B9), (27, 0x94D0_49BB_1331_11EB)):
+        np.right_shift(h, np.uint64(shift), out=scratch)
+        h ^= scratch
+        h *= np.uint64(factor)
+    np.right_shift(h, np.uint64(31), out=scratch)
+    h ^= scratch
+
+
+def seed_hashes(rows: int) -> np.ndarray:
+    """Row hashes before any column is mixed in (see :func:`mix_into`)."""
+    return np.full(rows, _SEED)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: spreads every input bit over the whole uint64."""
+    out = x.copy()
+    mix_into(out, np.uint64(0), np.empty_like(out))
+    return out
+
+
+def distinct_lower_bound(keys: np.ndarray) -> int:
+    """A lower bound of the distinct values in ``keys``: exact for small arrays, else close.
+
+    Large ones are hashed into a table of four times their size, cheaper than an exact count:
+    occupied buckets never exceed the distinct values, and collisions hide under 12% of them.
+    """
+    if keys.size < _EXACT_DISTINCT_BELOW:
+        return int(pd.unique(keys).size)
+    size = 1 << int(4 * keys.size).bit_length()
+    occupied = np.zeros(size, dtype=bool)
+    occupied[_mix(keys) & np.uint64(size - 1)] = True
+    return int(occupied.sum())
+
+
+def repeats(values: np.ndarray) -> bool:
+    """Whether some value occurs twice among ``values`` (a sample of a column, say)."""
+    return bool(pd.unique(values).size < values.size)
+
+
+def mixed_classes(keys: np.ndarray, classes: np.ndarray) -> bool:
+    """Whether one key goes with two different classes among these rows."""
+    codes, _ = pd.factorize(keys)
+    mapping = np.full(codes.max() + 1 if codes.size else 0, -1)
+    mapping[codes] = classes
+    return not np.array_equal(mapping[codes], classes)
+
+
+def first_rows(positions: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """The first :data:`SAMPLE` of ``positions`` where the column has a value."""
+    head = positions[:SAMPLE]
+    return head[~null[head]]
