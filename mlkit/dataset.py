@@ -78,6 +78,8 @@ class Dataset:
     table_hash: str | None = None
     findings: list[dict[str, Any]] = field(default_factory=list, repr=False)
     preprocessor: Any = field(default=None, repr=False)
+    # A sample of its training rows as read (a pyarrow Table): the monitor's reference.
+    reference: Any = field(default=None, repr=False)
 
     def spec(self) -> dict[str, Any]:
         """A small JSON-able summary for run records, W&B configs and reports."""

@@ -32,11 +32,20 @@ from mlkit.errors import DataError, ParameterError
 from mlkit.preprocess import Preprocessor, PreprocessWarning, infer_task
 from mlkit.table_sources import TABLE_OPTIONS
 
-__all__ = ["TABLE_OPTIONS", "load_table", "names_option", "preflight"]
+__all__ = [
+    "REFERENCE_ROWS",
+    "TABLE_OPTIONS",
+    "load_table",
+    "names_option",
+    "preflight",
+    "source_hash",
+]
 
 
 # Bump when the splitting or preprocessing of tables changes, so versions never collide.
-_FORMAT = "mlkit-table-1"
+_FORMAT = "mlkit-table-2"
+# The training rows a run keeps as the monitor's reference, at most.
+REFERENCE_ROWS = 5000
 
 
 def names_option(value: Any, param: str) -> list[str]:
@@ -83,6 +92,7 @@ def load_table(
     }
     data = tables.read_table(source, table=table or None, query=query or None)
     described = tables.describe_source(source, table=table or None, query=query or None)
+    digest = tables.table_hash(data)  # the table as read: what reproduce checks again
     if not target:
         raise ParameterError(
             f"A table needs a target column to predict; it has {data.column_names}. "
@@ -152,7 +162,6 @@ def load_table(
         "test_fraction": float(test_fraction),
         "scale": bool(scale),
     }
-    digest = tables.table_hash(data)
     return Dataset(
         name=name or _name(described),
         task=task,
@@ -171,7 +180,22 @@ def load_table(
         table_hash=digest,
         findings=[f.to_dict() for f in findings],
         preprocessor=pre,
+        reference=_reference(data, tr, seed),
     )
+
+
+def source_hash(source: Any, *, table: str | None = None, query: str | None = None) -> str:
+    """The content hash of a table as it reads now (``Dataset.table_hash`` when it loaded)."""
+    return tables.table_hash(tables.read_table(source, table=table or None, query=query or None))
+
+
+def _reference(data: Any, train_rows: np.ndarray, seed: int) -> Any:
+    """A seeded sample of at most REFERENCE_ROWS training rows, in the table's own columns."""
+    rows = train_rows
+    if len(rows) > REFERENCE_ROWS:
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(rows, REFERENCE_ROWS, replace=False))
+    return data.take(rows)
 
 
 def preflight(source: Any, **options: Any) -> None:

@@ -226,6 +226,23 @@ def test_template_trains_on_a_csv_and_records_its_data(
     assert out.X.shape == (3, len(pre.feature_names)) and out.unknown["purpose"] == 1
     notebook = (run_dir / "output.ipynb").read_text()
     assert "Table checks:" in notebook, "the notebook shows what the checks found"
+    import pyarrow.parquet as pq
+
+    reference = pq.read_table(run_dir / "reference.parquet")
+    train_rows = lineage["data"]["sizes"]["train"]
+    assert reference.num_rows == train_rows and "default" in reference.column_names
+
+    # The same rows reproduce exactly; changed rows are refused before anything runs.
+    env = {"MLKIT_EXPERIMENTS": str(root)}
+    again = run_cli("reproduce", run_dir.name, "-q", "--tracking", "disabled", env=env)
+    assert again.returncode == 0 and "metrics reproduced exactly" in again.stdout, again.stderr
+    frame = credit["frame"].copy()
+    frame.loc[3, "income"] += 1
+    frame.to_csv(credit["csv"], index=False)
+    changed = run_cli("reproduce", run_dir.name, "-q", "--tracking", "disabled", env=env)
+    assert changed.returncode == 2, changed.stderr
+    assert "has changed since run" in changed.stderr and "Traceback" not in changed.stderr
+    assert len(list(root.glob("classify/runs/*"))) == 2, "the refused reproduction made no run"
 
 
 # PostgreSQL: the same rows give the same version as the CSV.

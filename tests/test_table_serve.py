@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from mlkit._io import read_json
@@ -59,7 +60,7 @@ def _record(**changes: Any) -> dict[str, Any]:
 def test_registered_table_model_keeps_its_preprocessing(credit_model: dict[str, Any]) -> None:
     folder = credit_model["folder"]
     card = read_json(folder / "card.json")
-    assert set(card["files"]) == {"preprocess.json", "data.json"}
+    assert set(card["files"]) == {"preprocess.json", "data.json", "reference.parquet"}
     assert card["data"]["records"] is True and card["data"]["class_names"] == ["no", "yes"]
     assert card["data"]["source"]["path"] == str(credit_model["csv"].resolve())
     md = (folder / "card.md").read_text()
@@ -130,3 +131,50 @@ def test_changed_preprocessing_is_refused(credit_model: dict[str, Any], tmp_path
     with pytest.raises(UnsafeModelError, match="preprocessing changed after registration"):
         loading.load_model("credit", "v1", root=root)
     assert store.resolve("credit", "v1", root) == 1
+
+
+# Drifted records make mlkit monitor exit 1 naming the drifted column, against the training
+# sample the version keeps (the CSV is gone by then); traffic like training does not.
+@pytest.mark.slow
+def test_monitor_names_the_drifted_column(credit_model: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from mlkit.serve import app as serve_app
+
+    root = tmp_path / "experiments"
+    shutil.copytree(credit_model["root"], root)
+    frame = credit_frame(n=300, seed=7).drop(columns=["default"])
+    frame = frame.assign(signup=frame.signup.dt.strftime("%Y-%m-%d"))
+    records = [
+        {k: None if pd.isna(v) else v for k, v in r.items()} for r in frame.to_dict("records")
+    ]
+    env = {"MLKIT_EXPERIMENTS": str(root)}
+    for name, batch in (
+        ("same", records),
+        ("drifted", [{**r, "income": r["income"] + 40} for r in records]),
+    ):
+        log = tmp_path / f"{name}.sqlite"
+        app = serve_app.create_app("credit", "v1", log_url=f"sqlite:///{log}", root=root)
+        with TestClient(app) as client:
+            for start in range(0, len(batch), 50):
+                answer = client.post("/predict", json={"records": batch[start : start + 50]})
+                assert answer.status_code == 200, answer.text
+        proc = run_cli(
+            "monitor",
+            "credit:v1",
+            "--log",
+            f"sqlite:///{log}",
+            "--window",
+            "300",
+            "-q",
+            "--tracking",
+            "disabled",
+            env=env,
+        )
+        if name == "same":
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        else:
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            assert "drift/features_drifted = income" in proc.stdout, proc.stdout

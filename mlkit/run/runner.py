@@ -416,6 +416,7 @@ def reproduce(
         raise StateError(f"Run {old_dir.name} has no params.json, so it cannot be reproduced.")
     notebook = Path(record["notebook"])
     old = load_run(old_dir)
+    _check_table_unchanged(old_dir, record.get("parameters") or {})
     warnings = []
     old_lineage = read_json(old_dir / LINEAGE_FILE, {}) or {}
     recorded_hash = old_lineage.get("notebook_sha256")
@@ -434,6 +435,30 @@ def reproduce(
     comparison = compare(old.get("result") or {}, new.get("result") or {})
     match = bool(comparison) and all(row["equal"] for row in comparison)
     return {"old": old, "new": new, "comparison": comparison, "match": match, "warnings": warnings}
+
+
+def _check_table_unchanged(run_dir: Path, parameters: dict[str, Any]) -> None:
+    """Refuse to reproduce a run on a table of the user's own whose content has changed.
+
+    The same code on other rows cannot give the same metrics, and saying "metrics differ"
+    after minutes of training would hide why.
+    """
+    data = (read_json(run_dir / LINEAGE_FILE, {}) or {}).get("data") or {}
+    recorded, source = data.get("table_hash"), parameters.get("dataset")
+    if not recorded or not isinstance(source, str):
+        return
+    # Here, not at the top: pyarrow costs a quarter second that other runs need not pay.
+    from mlkit import table_data
+
+    now = table_data.source_hash(
+        source, table=parameters.get("table"), query=parameters.get("query")
+    )
+    if now != recorded:
+        raise StateError(
+            f"The table {source} has changed since run {run_dir.name}: its content hash was "
+            f"{recorded[:16]}..., now {now[:16]}.... Reproducing needs the same rows: restore "
+            "them, or start a new run on the table as it is."
+        )
 
 
 def compare(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
