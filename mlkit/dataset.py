@@ -80,6 +80,8 @@ class Dataset:
     preprocessor: Any = field(default=None, repr=False)
     # A sample of its training rows as read (a pyarrow Table): the monitor's reference.
     reference: Any = field(default=None, repr=False)
+    # The test rows as read, in test order (a pyarrow Table): groups by any of its columns.
+    test_rows: Any = field(default=None, repr=False)
 
     def spec(self) -> dict[str, Any]:
         """A small JSON-able summary for run records, W&B configs and reports."""
@@ -109,7 +111,17 @@ class Dataset:
         return list(self.train.sensitive)
 
     def groups(self, column: str, split: str = "test") -> np.ndarray:
-        """The values of sensitive attribute ``column`` for the rows of ``split``."""
+        """The values of sensitive attribute ``column`` for the rows of ``split``.
+
+        A table of the user's own also answers for any of its columns on the test split
+        (as text, a missing value as ``<missing>``), so fairness can be sliced by a column
+        that was not declared sensitive when the model was trained.
+        """
+        table = self.test_rows
+        own = table is not None and split == "test" and column in table.column_names
+        if own and column not in self.sensitive_columns:
+            values = table.column(column).to_pylist()
+            return np.array(["<missing>" if v is None else str(v) for v in values])
         if column not in self.sensitive_columns:
             have = ", ".join(self.sensitive_columns) or "none"
             fix = (

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlkit import data as mdata
-from mlkit import models
+from mlkit import models, table_sources
 from mlkit.errors import ModelNotFoundError, StateError, UnsafeArtifactError
 
 if TYPE_CHECKING:
@@ -203,4 +203,7 @@ def load_data(name: str, params: Mapping[str, Any], *, check: bool = True) -> Da
     the test split is the one the run never trained on. ``check`` is ``mlkit.data.load``'s.
     """
     seed = int(params.get("data_seed", params.get("seed", 0)))
+    if table_sources.is_table_source(name):  # a table of the user's own, with its options
+        options = {k: params.get(k) for k in table_sources.TABLE_OPTIONS}
+        return mdata.load(name, seed=seed, check=check, **options)
     return mdata.load(name, seed=seed, check=check, **data_options(name, **params))

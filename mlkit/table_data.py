@@ -181,6 +181,7 @@ def load_table(
         findings=[f.to_dict() for f in findings],
         preprocessor=pre,
         reference=_reference(data, tr, seed),
+        test_rows=data.take(te),
     )
 
 

@@ -178,3 +178,23 @@ def test_monitor_names_the_drifted_column(credit_model: dict[str, Any], tmp_path
         else:
             assert proc.returncode == 1, proc.stdout + proc.stderr
             assert "drift/features_drifted = income" in proc.stdout, proc.stdout
+
+
+# mlkit evaluate slices fairness by a column of the CSV: the declared sensitive one, and a
+# feature column that was never declared sensitive.
+@pytest.mark.slow
+def test_evaluate_by_a_column_of_the_table(credit_model: dict[str, Any]) -> None:
+    from mlkit.registry import evaluation
+
+    env = {"MLKIT_EXPERIMENTS": str(credit_model["root"])}
+    run_id = credit_model["run"].name
+    for column, groups in (("region", {"north", "south"}), ("purpose", {"car", "house"})):
+        proc = run_cli(
+            "evaluate", run_id, "--sensitive", column, "-q", "--tracking", "disabled", env=env
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        found = evaluation.find_evaluation(run_id, credit_model["root"])
+        assert found is not None
+        report = json.loads((Path(found["path"]) / "evaluation.json").read_text())
+        assert report["sensitive"] == column
+        assert groups <= set(report["fairness"]["groups"]), report["fairness"]["groups"]
