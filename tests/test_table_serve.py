@@ -73,8 +73,7 @@ def test_registered_table_model_keeps_its_preprocessing(credit_model: dict[str, 
 # POST /predict with records in the table's own columns: an unseen category and a missing
 # value answer; a missing column, a wrong type or NaN is a 422 naming the record and column;
 # the log keeps the raw records.
-@pytest.mark.slow
-def test_server_answers_records(credit_model: dict[str, Any], tmp_path: Path) -> None:
+def _server_answers_records(credit_model: dict[str, Any], tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from mlkit.serve import app as serve_app
@@ -135,8 +134,7 @@ def test_changed_preprocessing_is_refused(credit_model: dict[str, Any], tmp_path
 
 # Drifted records make mlkit monitor exit 1 naming the drifted column, against the training
 # sample the version keeps (the CSV is gone by then); traffic like training does not.
-@pytest.mark.slow
-def test_monitor_names_the_drifted_column(credit_model: dict[str, Any], tmp_path: Path) -> None:
+def _monitor_names_the_drifted_column(credit_model: dict[str, Any], tmp_path: Path) -> None:
     import shutil
 
     from fastapi.testclient import TestClient
@@ -182,8 +180,7 @@ def test_monitor_names_the_drifted_column(credit_model: dict[str, Any], tmp_path
 
 # mlkit evaluate slices fairness by a column of the CSV: the declared sensitive one, and a
 # feature column that was never declared sensitive.
-@pytest.mark.slow
-def test_evaluate_by_a_column_of_the_table(credit_model: dict[str, Any]) -> None:
+def _evaluate_by_a_column_of_the_table(credit_model: dict[str, Any]) -> None:
     from mlkit.registry import evaluation
 
     env = {"MLKIT_EXPERIMENTS": str(credit_model["root"])}
@@ -198,3 +195,18 @@ def test_evaluate_by_a_column_of_the_table(credit_model: dict[str, Any]) -> None
         report = json.loads((Path(found["path"]) / "evaluation.json").read_text())
         assert report["sensitive"] == column
         assert groups <= set(report["fairness"]["groups"]), report["fairness"]["groups"]
+
+
+# The whole path on a CSV with strings, missing values, a date and an id column: trained
+# and registered (the fixture: mlkit run, mlkit model register), evaluated by a column of
+# the CSV, then, with the CSV moved away, served on raw records and monitored.
+@pytest.mark.slow
+def test_a_csv_through_the_whole_chain(credit_model: dict[str, Any], tmp_path: Path) -> None:
+    _evaluate_by_a_column_of_the_table(credit_model)
+    csv = credit_model["csv"]
+    csv.rename(csv.with_suffix(".away"))
+    try:
+        _server_answers_records(credit_model, tmp_path)
+        _monitor_names_the_drifted_column(credit_model, tmp_path)
+    finally:
+        csv.with_suffix(".away").rename(csv)
