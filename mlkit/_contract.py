@@ -18,6 +18,8 @@ ENV_NOTEBOOK = "MLKIT_NOTEBOOK"
 ENV_DEFER_FINISH = "MLKIT_DEFER_FINISH"
 ENV_ROOT = "MLKIT_EXPERIMENTS"
 ENV_TRIAL = "MLKIT_TRIAL"
+# Set by jupyter_server (2 and later) for a session's kernel: the notebook's absolute path.
+ENV_JUPYTER_SESSION = "JPY_SESSION_NAME"
 
 # The files of a run record, under experiments/<experiment>/runs/<run-id>/.
 RUN_FILE = "run.json"
@@ -26,6 +28,8 @@ LINEAGE_FILE = "lineage.json"
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
 OUTPUT_NOTEBOOK = "output.ipynb"
+# A run made by hand in a kernel: the code of the cells that ran since start_run.
+CELLS_RUN_FILE = "cells_run.py"
 PRUNED_FILE = "pruned.json"
 WEIGHTS = "model.safetensors"
 BUILD = "model.json"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlkit import __version__
+from mlkit.record_store import notebook_paths
 
 MAX_DIFF_CHARS = 200_000
 
@@ -131,7 +132,7 @@ def collect(notebook: str | Path | None = None) -> dict[str, Any]:
     }
     if notebook:
         path = Path(notebook)
-        out["notebook"] = str(path)
+        out.update(notebook_paths(path))
         if path.exists():
             out["notebook_sha256"] = notebook_hash(path)
         cwd = path.resolve().parent

@@ -11,10 +11,11 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from mlkit import lineage, models, track
+from mlkit import lineage, models, session, track
 from mlkit._contract import (
     BUILD,
     DATA_FILE,
@@ -43,6 +44,7 @@ from mlkit.record_store import (
     history,
     list_runs,
     load_run,
+    notebook_paths,
 )
 
 # --- files -------------------------------------------------------------------
@@ -105,6 +107,9 @@ class Run:
         self.defer_finish = defer_finish
         self.result: dict[str, Any] | None = None
         self.figures: list[str] = []
+        self.started = time.monotonic()
+        # Set by start_run in a kernel no driver started: it writes output.ipynb at finish.
+        self.session: session.KernelSession | None = None
 
         trial = spec_from_env()
         known = (read_json(path / LINEAGE_FILE, {}) or {}).get("git")
@@ -236,6 +241,8 @@ class Run:
                 name=f"model-{self.id}",
                 type="model",
             )
+        if self.session is not None:
+            self._update_lineage(self.session.finish())
         if not self.defer_finish:
             self._update_status("failed" if bad else "completed", _nan_reason(bad))
             self.tracker.finish(exit_code=1 if bad else 0)
@@ -261,6 +268,7 @@ class Run:
     def _update_status(self, status: str, reason: str = "") -> None:
         info = read_json(self.path / RUN_FILE, {}) or {}
         info.update(status=status, reason=reason, ended=now_iso())
+        info["duration"] = round(time.monotonic() - self.started, 3)
         write_json(self.path / RUN_FILE, info)
 
     def __repr__(self) -> str:
@@ -423,6 +431,8 @@ def start_run(
     global _ACTIVE
     if os.environ.get("MLKIT_TRIAL") and job_type == "run":
         job_type = "trial"
+    if _ACTIVE is not None and _ACTIVE.session is not None:
+        _ACTIVE.session.uninstall()  # its cells end here, finished or not
     if _ACTIVE is not None and _ACTIVE.result is None:
         _ACTIVE.tracker.finish(exit_code=1)  # an abandoned run in a reused kernel
     run_dir = os.environ.get(ENV_RUN_DIR)
@@ -435,14 +445,17 @@ def start_run(
         experiment = experiment or os.environ.get(ENV_EXPERIMENT) or "notebooks"
         run_id, path = create_run_dir(experiment)
         defer = False
-        notebook = os.environ.get(ENV_NOTEBOOK, "")
-        write_json(path / PARAMS_FILE, {"notebook": notebook, "parameters": params})
+        ipython = session.shell()
+        found, source = session.find_notebook(ipython.user_ns if ipython else None)
+        notebook = found or os.environ.get(ENV_NOTEBOOK) or None
+        named = notebook_paths(notebook) if notebook else {"notebook": ""}
+        write_json(path / PARAMS_FILE, {**named, "parameters": params})
         write_json(
             path / RUN_FILE,
             {
                 "id": run_id,
                 "experiment": experiment,
-                "notebook": notebook,
+                **named,
                 "status": "running",
                 "started": now_iso(),
                 "pid": os.getpid(),
@@ -451,10 +464,12 @@ def start_run(
             },
         )
 
-        write_json(path / LINEAGE_FILE, lineage.collect(notebook or None))
+        write_json(path / LINEAGE_FILE, {**lineage.collect(notebook), "notebook_found_by": source})
     run = Run(
         path, run_id, experiment, params, job_type=job_type, tracking=tracking, defer_finish=defer
     )
+    if not run_dir and ipython is not None and hasattr(ipython, "history_manager"):
+        run.session = session.KernelSession(ipython, path, found)
     run._update_lineage(_kernel_lineage(params))
     _ACTIVE = run
     return run

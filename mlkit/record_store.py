@@ -65,11 +65,44 @@ def experiments_root() -> Path:
     """
     if os.environ.get(ENV_ROOT):
         return Path(os.environ[ENV_ROOT]).resolve()
-    here = Path.cwd().resolve()
+    return (project_root() or Path.cwd().resolve()) / "experiments"
+
+
+def project_root(start: str | Path | None = None) -> Path | None:
+    """The nearest folder at or above ``start`` (default the cwd) holding ``.git`` or
+    ``pyproject.toml``; None outside any project."""
+    here = Path(start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / ".git").exists() or (folder / "pyproject.toml").exists():
-            return folder / "experiments"
-    return here / "experiments"
+            return folder
+    return None
+
+
+def notebook_paths(notebook: str | Path) -> dict[str, str]:
+    """How a record names its notebook: relative to the project root, and absolute.
+
+    The relative path reads the same whichever folder the run was started from (a CLI
+    at the root, JupyterLab in ``notebooks/``), so ``mlkit reproduce`` finds it from the
+    root; a notebook outside any project is named by its absolute path in both.
+    """
+    absolute = Path(notebook).resolve()
+    root = project_root(absolute.parent)
+    relative = absolute.relative_to(root).as_posix() if root else str(absolute)
+    return {"notebook": relative, "notebook_abs": str(absolute)}
+
+
+def resolve_notebook(recorded: str, absolute: str | None = None) -> Path | None:
+    """The notebook a record names, found from any cwd; None when no candidate exists.
+
+    Tried in order: the path relative to the project root of the cwd (records name it so),
+    relative to the cwd (records made before they did), then the absolute path recorded.
+    """
+    path = Path(recorded)
+    root = project_root()
+    candidates = [path] if path.is_absolute() else [*([root / path] if root else []), path]
+    if absolute:
+        candidates.append(Path(absolute))
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def new_run_id() -> str:

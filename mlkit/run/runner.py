@@ -25,6 +25,7 @@ from mlkit._contract import (
     ENV_DEFER_FINISH,
     ENV_EXPERIMENT,
     ENV_NOTEBOOK,
+    ENV_ROOT,
     ENV_RUN_DIR,
     LINEAGE_FILE,
     OUTPUT_NOTEBOOK,
@@ -33,13 +34,16 @@ from mlkit._contract import (
     RUN_FILE,
 )
 from mlkit._io import hostname, now_iso, pid_alive, read_json, write_json
-from mlkit.errors import ParameterError, RecordWriteError, StateError
+from mlkit.errors import NotFoundError, ParameterError, RecordWriteError, StateError
 from mlkit.record_store import (
     RunRecord,
     check_experiment_name,
     create_run_dir,
     find_run,
     load_run,
+    notebook_paths,
+    project_root,
+    resolve_notebook,
     write_error,
 )
 from mlkit.run import notebook as nbexec
@@ -146,6 +150,27 @@ def run(
     )
     if on_start is not None:
         on_start({**info, "path": str(run_dir)})
+    return _execute(
+        notebook,
+        run_dir,
+        full if inject == "all" else values,
+        env=_kernel_env(env, run_dir, experiment, notebook, mode, root),
+        cell_timeout=cell_timeout,
+        progress=progress,
+        kernel_name=sig.kernel_name,
+        engine=ENGINES[engine],
+    )
+
+
+def _kernel_env(
+    env: dict[str, str] | None,
+    run_dir: Path,
+    experiment: str,
+    notebook: Path,
+    mode: str,
+    root: Path | None,
+) -> dict[str, str]:
+    """The kernel's environment: ours, the caller's, and where its record and root are."""
     kernel_env = {
         **os.environ,
         **(env or {}),
@@ -155,16 +180,9 @@ def run(
         ENV_DEFER_FINISH: "1",
         "WANDB_MODE": mode,
     }
-    return _execute(
-        notebook,
-        run_dir,
-        full if inject == "all" else values,
-        env=kernel_env,
-        cell_timeout=cell_timeout,
-        progress=progress,
-        kernel_name=sig.kernel_name,
-        engine=ENGINES[engine],
-    )
+    if root is not None:  # a template that opens the registry or a log finds them there too
+        kernel_env[ENV_ROOT] = str(Path(root).resolve())
+    return kernel_env
 
 
 def _execute(
@@ -258,10 +276,11 @@ def _start_record(
 
     A disk that refuses them leaves run.json marked failed, or no run folder at all.
     """
+    named = notebook_paths(notebook)
     info: dict[str, Any] = {
         "id": run_id,
         "experiment": experiment,
-        "notebook": str(notebook),
+        **named,
         "status": "running",
         "reason": "",
         "job_type": job_type,
@@ -276,7 +295,7 @@ def _start_record(
         _write_record(run_dir / RUN_FILE, info)
         _write_record(
             run_dir / PARAMS_FILE,
-            {"notebook": str(notebook), "parameters": parameters, "given": given},
+            {**named, "parameters": parameters, "given": given},
         )
         _write_record(run_dir / LINEAGE_FILE, lineage.collect(notebook))
     except RecordWriteError as exc:
@@ -414,7 +433,7 @@ def reproduce(
     record = read_json(old_dir / PARAMS_FILE)
     if not record:
         raise StateError(f"Run {old_dir.name} has no params.json, so it cannot be reproduced.")
-    notebook = Path(record["notebook"])
+    notebook = _recorded_notebook(old_dir.name, record)
     old = load_run(old_dir)
     _check_table_unchanged(old_dir, record.get("parameters") or {})
     warnings = []
@@ -435,6 +454,27 @@ def reproduce(
     comparison = compare(old.get("result") or {}, new.get("result") or {})
     match = bool(comparison) and all(row["equal"] for row in comparison)
     return {"old": old, "new": new, "comparison": comparison, "match": match, "warnings": warnings}
+
+
+def _recorded_notebook(run_id: str, record: dict[str, Any]) -> Path:
+    """The notebook a run's params.json names, found from any cwd, or a StateError."""
+    recorded, absolute = record.get("notebook") or "", record.get("notebook_abs")
+    if not recorded and not absolute:
+        raise StateError(
+            f"Run {run_id} was made interactively and recorded no notebook path: its kernel "
+            "did not say which notebook it ran (no JPY_SESSION_NAME from JupyterLab, no "
+            "VS Code notebook path). Run the notebook as a new record with "
+            "`mlkit run NOTEBOOK -p NAME VALUE ...`, with the parameters in its params.json."
+        )
+    found = resolve_notebook(recorded or absolute, absolute)
+    if found is None:
+        tried = ", ".join(dict.fromkeys(p for p in (recorded, absolute) if p))
+        raise NotFoundError(
+            f"Run {run_id} ran the notebook {tried}, which does not exist now (looked at the "
+            f"project root {project_root() or Path.cwd()} and the current folder). Restore "
+            "the notebook there, or run `mlkit reproduce` from the folder the run was made in."
+        )
+    return found
 
 
 def _check_table_unchanged(run_dir: Path, parameters: dict[str, Any]) -> None:
