@@ -195,6 +195,8 @@ class Explorer:
         self._build_buttons()
         self.status = widgets.HTML(value="ready")
         self.live_plot = widgets.Image(format="png", layout={"width": "720px"})
+        self.live_hint = widgets.HTML("<i>The learning curves of a run appear here.</i>")
+        _show_picture(self.live_plot, self.live_hint, b"")
         self.status.add_class(CSS["status"])
         self.live_plot.add_class(CSS["live_plot"])
         self._build_results()
@@ -207,11 +209,12 @@ class Explorer:
                 widgets.VBox(self._build_controls()),
                 widgets.HBox(buttons),
                 self.status,
+                self.live_hint,
                 self.live_plot,
                 widgets.Accordion(
                     children=[
                         widgets.VBox([self.sort_by, self.table]),
-                        widgets.VBox([self.compare, self.compare_plot]),
+                        widgets.VBox([self.compare, self.compare_hint, self.compare_plot]),
                         self.study_plots,
                     ],
                     titles=("Runs", "Compare learning curves", "Study plots"),
@@ -275,6 +278,8 @@ class Explorer:
         self.compare.add_class("mlkit-compare")
         self.compare.observe(lambda _: self._draw_compare(), names="value")
         self.compare_plot = widgets.Image(format="png", layout={"width": "720px"})
+        self.compare_hint = widgets.HTML("<i>Pick runs to overlay their learning curves.</i>")
+        _show_picture(self.compare_plot, self.compare_hint, b"")
         self.study_plots = widgets.Tab()
         self.study_plots.add_class("mlkit-study-plots")
 
@@ -298,7 +303,7 @@ class Explorer:
         self.status.value = f'<span style="color:{color}">{html.escape(text)}</span>'
 
     def _show_live(self, png: bytes) -> None:
-        self.live_plot.value = png
+        _show_picture(self.live_plot, self.live_hint, png)
 
     # -- values ----------------------------------------------------------------------
     def values(self) -> dict[str, Any]:
@@ -505,10 +510,10 @@ class Explorer:
     def _draw_compare(self) -> None:
         chosen = list(self.compare.value)
         if not chosen:
-            self.compare_plot.value = b""
+            _show_picture(self.compare_plot, self.compare_hint, b"")
             return
         histories = {f"#{n}": record_store.history(self._rows[n]["run_path"]) for n in chosen}
-        self.compare_plot.value = plots.curves_png(histories)
+        _show_picture(self.compare_plot, self.compare_hint, plots.curves_png(histories))
 
     def _draw_study_plots(self, rows: list[dict[str, Any]]) -> None:
         complete = sum(r["state"] == "COMPLETE" for r in rows)
@@ -521,3 +526,13 @@ class Explorer:
                 children.append(widgets.HTML(f"<i>{html.escape(picture)}</i>"))
         self.study_plots.children = children
         self.study_plots.titles = tuple(drawn)
+
+
+def _show_picture(image: widgets.Image, hint: widgets.HTML, png: bytes) -> None:
+    """Show ``png`` in ``image``, or the hint while there is none.
+
+    An Image widget without a picture draws the browser's broken-image icon.
+    """
+    image.value = png
+    image.layout.display = "" if png else "none"
+    hint.layout.display = "none" if png else ""

@@ -36,8 +36,10 @@ def curves_png(histories: dict[str, list[dict[str, Any]]], title: str = "") -> b
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(9, 3))
+    # Constrained layout keeps the suptitle clear of the axes' own titles.
+    figure = Figure(figsize=(9, 3), layout="constrained")
     FigureCanvasAgg(figure)
     ax_loss, ax_metric = figure.subplots(1, 2)
     drawn = False
@@ -57,6 +59,7 @@ def curves_png(histories: dict[str, list[dict[str, Any]]], title: str = "") -> b
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss (train solid, val dashed)")
     ax_metric.set(xlabel="epoch", title="Validation metrics")
     for ax in (ax_loss, ax_metric):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
         if ax.lines:
             ax.legend(fontsize=7)
     if not drawn:
