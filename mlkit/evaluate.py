@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlkit._contract import BUILD, PARAMS_FILE, WEIGHTS
+from mlkit._contract import BUILD, LINEAGE_FILE, PARAMS_FILE, WEIGHTS
 from mlkit._io import read_json
 from mlkit.errors import ParameterError, StateError
 from mlkit.rebuild import build_model, data_options, load_data
@@ -398,6 +398,14 @@ def _run_dataset(run_dir: Path, *, check: bool = True) -> Dataset:
             "rebuilt. Evaluate a run of a template that takes -p dataset."
         )
     dataset = load_data(name, params, check=check)
+    recorded = ((read_json(run_dir / LINEAGE_FILE, {}) or {}).get("data") or {}).get("version")
+    if recorded and dataset.version != recorded:
+        # Other rows would grade the model on data it may have trained on, or never saw.
+        raise StateError(
+            f"The data of run {run_dir.name} has changed: it trained on version {recorded}, "
+            f"and {name} now loads as version {dataset.version}. Restore the data the run "
+            "used, or evaluate a new run on the data as it is."
+        )
     if dataset.task != "classification":
         raise StateError(
             f"Run {run_dir.name} is {dataset.task} on '{name}'; evaluation covers classifiers "

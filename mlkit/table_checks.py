@@ -539,7 +539,7 @@ def _few_rows_per_class(t: _Table) -> list[Finding]:
 def _shape(t: _Table) -> list[Finding]:
     n, m, k = t.table.num_rows, t.table.num_columns, len(t.features)
     tr, te = int(t.train.size), int(t.test.size)
-    msg = f"{n} rows, {m} columns, {k} features; {tr} train and {te} test rows have a target."
+    msg = f"{n} rows, {m} columns, {k} features; {tr} train and {te} held-out rows have a target."
     value = {"rows": n, "columns": m, "features": k, "train_rows": tr, "test_rows": te}
     return [Finding("shape", "info", None, msg, value)]
 

@@ -242,6 +242,8 @@ def test_template_trains_on_a_csv_and_records_its_data(
     changed = run_cli("reproduce", run_dir.name, "-q", "--tracking", "disabled", env=env)
     assert changed.returncode == 2, changed.stderr
     assert "has changed since run" in changed.stderr and "Traceback" not in changed.stderr
+    graded = run_cli("evaluate", run_dir.name, "-q", "--tracking", "disabled", env=env)
+    assert graded.returncode != 0 and "has changed" in graded.stdout + graded.stderr
     assert len(list(root.glob("classify/runs/*"))) == 2, "the refused reproduction made no run"
 
 
