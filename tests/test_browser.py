@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +27,16 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, free_port, needs_service, wait_until
+from mlkit import lineage, record_store
+from mlkit._contract import (
+    CELLS_RUN_FILE,
+    LINEAGE_FILE,
+    OUTPUT_NOTEBOOK,
+    PARAMS_FILE,
+    RUN_FILE,
+)
+from mlkit._io import read_json
+from tests.helpers import ROOT, free_port, needs_service, run_cli, wait_until
 
 # A real JupyterLab and a real browser: the slow tier.
 pytestmark = pytest.mark.slow
@@ -53,6 +63,8 @@ LAB_SETTINGS = {
         "checkForUpdates": False,
         "fetchNews": "false",
     },
+    # Every cell drawn, off screen too: a screenshot of the whole notebook shows them all.
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
 }
 
 
@@ -85,6 +97,7 @@ class Lab:
     token: str
     experiments: Path  # MLKIT_EXPERIMENTS of the server and its kernels
     log: Path
+    root: Path = ROOT  # the folder it serves
 
 
 def _get(url: str) -> dict[str, Any] | None:
@@ -98,7 +111,13 @@ def _get(url: str) -> dict[str, Any] | None:
 @pytest.fixture(scope="module")
 def lab(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """JupyterLab on 127.0.0.1 with a random token, its runs in a temporary folder."""
-    tmp = tmp_path_factory.mktemp("lab")
+    with serve_lab(ROOT, tmp_path_factory.mktemp("lab")) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serve_lab(root: Path, tmp: Path) -> Iterator[Lab]:
+    """JupyterLab serving ``root``, its settings, runtime files and runs under ``tmp``."""
     settings = tmp / "settings"
     for name, value in LAB_SETTINGS.items():
         (settings / name).parent.mkdir(parents=True, exist_ok=True)
@@ -122,14 +141,14 @@ def lab(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab
         f"--ServerApp.port={port}",
         "--ServerApp.port_retries=0",
         f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={ROOT}",
+        f"--ServerApp.root_dir={root}",
         "--ServerApp.allow_root=True",  # CI runs as root
         f"--LabApp.user_settings_dir={settings}",
         f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
     ]
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
-        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
+        server = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=out)
 
     def log_tail() -> str:
         return log.read_text(errors="replace")[-3000:]
@@ -141,7 +160,7 @@ def lab(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab
 
     try:
         wait_until(answering, START_S, 0.2, lambda: f"JupyterLab on {url}:\n{log_tail()}")
-        yield Lab(url, token, tmp / "experiments", log)
+        yield Lab(url, token, tmp / "experiments", log, root)
     finally:
         # A polite shutdown stops the kernels, which close their warm kernels on exit.
         request = urllib.request.Request(
@@ -160,18 +179,24 @@ def lab(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab
                 server.wait()
 
 
-@pytest.fixture
-def artifacts() -> Path:
+def artifacts_folder() -> Path:
+    """Where screenshots go: $MLKIT_TEST_ARTIFACTS or experiments/test-artifacts/browser."""
     default = ROOT / "experiments" / "test-artifacts" / "browser"
     folder = Path(os.environ.get("MLKIT_TEST_ARTIFACTS") or default)
     folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    folder = artifacts_folder()
     for old in folder.glob("[0-9][0-9]-*.png"):  # this test's screenshots of a former run
         old.unlink()
     return folder
 
 
 @pytest.fixture
-def page(chromium: str, lab: Lab, artifacts: Path) -> Iterator[Any]:
+def page(chromium: str) -> Iterator[Any]:
     """A fresh headless Chromium page; a screenshot of it when the test fails."""
     from playwright.sync_api import sync_playwright
 
@@ -394,3 +419,222 @@ def test_explorer_in_jupyterlab(
             f"{len(shots)} screenshots in {artifacts} "
             f"({time.monotonic() - started:.0f} s in the browser)"
         )
+
+
+# --- runs made by hand in JupyterLab -----------------------------------------------------
+
+KERNEL = "Python 3 (ipykernel)"  # the display name every bundled notebook's kernelspec has
+# Every code cell shows an execution count: Run All went through the whole notebook.
+ALL_RAN = """() => {
+    const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+    const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+    return prompts.length > 0 && prompts.every((p) => /^\\[\\d+\\]:$/.test(p.textContent.trim()));
+}"""
+# Every image in the open notebook loaded and drawn.
+IMAGES_DRAWN = """() => [...document.querySelectorAll(
+    '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea img'
+)].every((img) => img.complete && img.naturalWidth > 0)"""
+NOTEBOOK_HEIGHT = """() => document.querySelector(
+    '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer'
+).scrollHeight"""
+
+
+@pytest.fixture(scope="module")
+def scratch_lab(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """JupyterLab serving a copy of templates/ outside any project: notebooks it may save."""
+    tmp = tmp_path_factory.mktemp("scratch-lab")
+    shutil.copytree(ROOT / "templates", tmp / "scratch" / "templates")
+    assert record_store.project_root(tmp / "scratch") is None, "the copy must be outside"
+    with serve_lab(tmp / "scratch", tmp) as served:
+        yield served
+
+
+def open_notebook(page: Any, lab: Lab, path: str) -> None:
+    """Open a notebook and wait until its kernel is idle and its cells are drawn."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{lab.url}/lab/tree/{path}?token={lab.token}")
+    kernel = page.get_by_role("button", name=f"{KERNEL} | Idle", exact=True)
+    expect(kernel).to_be_visible(timeout=START_S * 1000)
+    cells = len(json.loads((lab.root / path).read_text())["cells"])
+    expect(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell")).to_have_count(cells)
+
+
+def run_all(page: Any) -> None:
+    """Run → Run All Cells, then wait until every code cell ran and the kernel is idle."""
+    from playwright.sync_api import expect
+
+    page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-item", has_text=re.compile(r"^Run All Cells")).click()
+    page.wait_for_function(ALL_RAN, timeout=RUN_S * 1000, polling=500)
+    kernel = page.get_by_role("button", name=f"{KERNEL} | Idle", exact=True)
+    expect(kernel).to_be_visible(timeout=RUN_S * 1000)
+
+
+def notebook_shot(page: Any, name: str) -> Path:
+    """A screenshot of the whole open notebook: the window grows to its height for it."""
+    page.wait_for_function(IMAGES_DRAWN, timeout=30_000)
+    width, height = page.viewport_size["width"], page.viewport_size["height"]
+    tall = min(page.evaluate(NOTEBOOK_HEIGHT) + 200, 16_000)  # Chromium's largest capture
+    page.set_viewport_size({"width": width, "height": max(height, tall)})
+    path = artifacts_folder() / f"{name}.png"
+    try:
+        page.keyboard.press("Escape")  # command mode: no cursor blinking in the picture
+        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer").evaluate(
+            "(outer) => outer.scrollTo(0, 0)"
+        )
+        page.screenshot(path=str(path))
+    finally:
+        page.set_viewport_size({"width": width, "height": height})
+    return path
+
+
+def type_over(page: Any, prefix: str, old: str, new: str) -> None:
+    """In the line starting with ``prefix + old``, select ``old`` and type ``new``."""
+    line = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .cm-line").filter(
+        has_text=re.compile("^" + re.escape(prefix + old))
+    )
+    line.click(position={"x": 2, "y": 5})
+    page.keyboard.press("Home")
+    for _ in prefix:
+        page.keyboard.press("ArrowRight")
+    for _ in old:
+        page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.type(new)
+
+
+def hand_made_record(lab: Lab, notebook: Path) -> Path:
+    """The only record of a run of ``notebook``, once it is completed (or failed)."""
+
+    def ended() -> Path | None:
+        runs = [
+            p.parent
+            for p in lab.experiments.glob("*/runs/*/run.json")
+            if read_json(p).get("notebook_abs") == str(notebook)
+        ]
+        assert len(runs) <= 1, runs
+        if runs and read_json(runs[0] / RUN_FILE).get("status") in ("completed", "failed"):
+            return runs[0]
+        return None
+
+    return wait_until(ended, RUN_S, 0.5, f"a finished record of {notebook}")
+
+
+def failure_shot(page: Any, name: str, lab: Lab) -> None:
+    with contextlib.suppress(Exception):  # the page itself may be gone
+        page.screenshot(path=str(artifacts_folder() / f"{name}-failure.png"))
+    print(f"JupyterLab log: {lab.log}")
+
+
+# A parameter typed into the classify template, saved (Ctrl+S) and Run All: a full record
+# (the executed notebook with its figure, the notebook's path and hash, a duration) that
+# `mlkit reproduce` reproduces exactly from the repository root.
+def test_classify_typed_saved_and_run_all(page: Any, scratch_lab: Lab) -> None:
+    from playwright.sync_api import expect
+
+    notebook = scratch_lab.root / "templates" / "classify.ipynb"
+    try:
+        open_notebook(page, scratch_lab, "templates/classify.ipynb")
+        type_over(page, "epochs: int = ", "30", "2")
+        expect(
+            page.locator(".cm-line").filter(has_text=re.compile(r"^epochs: int = 2  #"))
+        ).to_have_count(1)
+        page.keyboard.press("Control+s")
+        wait_until(lambda: "epochs: int = 2  #" in notebook.read_text(), 30, 0.2, "the saved edit")
+        saved_hash = lineage.notebook_hash(notebook)
+        run_all(page)
+        notebook_shot(page, "classify-run-all")
+    except BaseException:
+        failure_shot(page, "classify-run-all", scratch_lab)
+        raise
+    run_dir = hand_made_record(scratch_lab, notebook)
+    info, params = read_json(run_dir / RUN_FILE), read_json(run_dir / PARAMS_FILE)
+    lineage_ = read_json(run_dir / LINEAGE_FILE)
+    assert info["status"] == "completed", info
+    assert info["duration"] > 0, info
+    assert params["parameters"]["epochs"] == 2, params
+    for record in (info, params, lineage_):  # outside any project: absolute both ways
+        assert record["notebook"] == record["notebook_abs"] == str(notebook), record
+    assert lineage_["notebook_sha256"] == saved_hash
+    assert lineage_["notebook_found_by"] == "JPY_SESSION_NAME"
+    assert lineage_["notebook_saved"] is True, lineage_
+    out = json.loads((run_dir / OUTPUT_NOTEBOOK).read_text())
+    curves = [c for c in out["cells"] if 'log_figure("learning_curves"' in "".join(c["source"])]
+    assert len(curves) == 1
+    assert any("image/png" in o.get("data", {}) for o in curves[0]["outputs"]), curves
+
+    done = run_cli(
+        "reproduce", run_dir.name, "-q", env={"MLKIT_EXPERIMENTS": str(scratch_lab.experiments)}
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "metrics reproduced exactly" in done.stdout, done.stdout
+
+
+# A cell after start_run edited in the browser and run without saving: the record says the
+# notebook was not saved and keeps the code that ran.
+def test_unsaved_edit_in_jupyterlab(page: Any, scratch_lab: Lab) -> None:
+    from playwright.sync_api import expect
+
+    # A copy with few epochs, written as a file: what this test types is the unsaved edit.
+    notebook = scratch_lab.root / "templates" / "classify_unsaved.ipynb"
+    source = (ROOT / "templates" / "classify.ipynb").read_text()
+    notebook.write_text(source.replace("epochs: int = 30  #", "epochs: int = 2  #"))
+    before = notebook.read_bytes()
+    edit = 'print("edited in the browser")'
+    try:
+        open_notebook(page, scratch_lab, f"templates/{notebook.name}")
+        # The end of the finish cell's code; a new line typed there.
+        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .cm-line").filter(
+            has_text=re.compile(r"^run\.finish\(")
+        ).click(position={"x": 2, "y": 5})
+        page.keyboard.press("Control+End")
+        page.keyboard.press("Enter")
+        page.keyboard.type(edit)
+        expect(page.locator(".cm-line").filter(has_text=edit)).to_have_count(1)
+        run_all(page)
+        notebook_shot(page, "classify-unsaved-edit")
+    except BaseException:
+        failure_shot(page, "classify-unsaved-edit", scratch_lab)
+        raise
+    run_dir = hand_made_record(scratch_lab, notebook)
+    assert notebook.read_bytes() == before  # nothing saved it
+    assert read_json(run_dir / RUN_FILE)["status"] == "completed"
+    lineage_ = read_json(run_dir / LINEAGE_FILE)
+    assert lineage_["notebook_saved"] is False, lineage_
+    assert "unsaved" in lineage_["notebook_note"], lineage_
+    assert edit in (run_dir / CELLS_RUN_FILE).read_text()
+    out = json.loads((run_dir / OUTPUT_NOTEBOOK).read_text())
+    edited = [c for c in out["cells"] if edit in "".join(c["source"])]
+    assert len(edited) == 1 and edited[0]["metadata"]["mlkit"] == {"unsaved": True}, edited
+    assert any(o.get("text") == "edited in the browser\n" for o in edited[0]["outputs"])
+
+
+# The committed outputs of the guided notebooks as JupyterLab shows them: screenshots to
+# look at (experiments/test-artifacts/browser/), every image drawn.
+@pytest.mark.parametrize("notebook", ["notebooks/quickstart.ipynb", "notebooks/explore.ipynb"])
+def test_committed_outputs_screenshot(page: Any, lab: Lab, notebook: str) -> None:
+    try:
+        open_notebook(page, lab, notebook)
+        path = notebook_shot(page, Path(notebook).stem)
+    except BaseException:
+        failure_shot(page, Path(notebook).stem, lab)
+        raise
+    assert path.stat().st_size > 10_000
+
+
+# The sweep report run untouched without a study says how to make one.
+def test_sweep_report_without_a_study(page: Any, lab: Lab) -> None:
+    from playwright.sync_api import expect
+
+    try:
+        open_notebook(page, lab, "templates/sweep_report.ipynb")
+        run_all(page)
+        notebook_shot(page, "sweep_report")
+        outputs = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output")
+        expect(outputs.filter(has_text="mlkit sweep templates/classify.ipynb")).not_to_have_count(0)
+        errors = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) [data-mime-type*=error]")
+        expect(errors).to_have_count(0)
+    except BaseException:
+        failure_shot(page, "sweep_report", lab)
+        raise
+    assert not list(lab.experiments.glob("*/runs/*"))  # a report, not a run
