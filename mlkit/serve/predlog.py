@@ -144,6 +144,7 @@ class PredictionLog:
         self._sqlite_path = url[len("sqlite:///") :] if self.is_sqlite else None
         self.engine = _engine(url, sync, self._sqlite_path)
         self._writer: Any = None  # the raw sqlite3 connection rows are inserted through
+        self._tails: dict[str, tuple[int, str]] = {}  # (id, row_hash) this process appended
         meta = sa.MetaData()
         self.table = _table(meta, TABLE, COLUMNS)
         self.feedback_table = _table(meta, FEEDBACK_TABLE, FEEDBACK_COLUMNS)
@@ -155,14 +156,28 @@ class PredictionLog:
         # What the last read of each table found when it walked the chain.
         self.checks: dict[str, ChainReport] = {}
         try:
-            with self.engine.begin() as conn:
-                _create_schema(conn, meta, postgres=not self.is_sqlite)
+            self._create(meta)
         except sa.exc.SQLAlchemyError as exc:
             reason = redact_text(str(exc).splitlines()[0], url)
             raise ServiceUnavailableError(
                 f"Cannot open the prediction log {self.shown_url}: {reason}. Check the URL and "
                 "that the database is up."
             ) from None
+
+    def _create(self, meta: Any) -> None:
+        """Create the tables if missing. Servers opening a new SQLite file together race to
+        create them (PostgreSQL takes a lock): the loser finds them made and goes on."""
+        import sqlalchemy as sa
+
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    _create_schema(conn, meta, postgres=not self.is_sqlite)
+                return
+            except sa.exc.OperationalError as exc:
+                racing = "already exists" in str(exc) or "duplicate column" in str(exc)
+                if not (self.is_sqlite and racing) or attempt == 2:
+                    raise
 
     def write(self, row: dict[str, Any]) -> None:
         """Insert one row and commit it before returning."""
@@ -192,25 +207,40 @@ class PredictionLog:
             return
         # SQLite through its own driver: SQLAlchemy's per-statement work would cost more
         # than the insert itself, and the server writes a row per request.
+        import sqlite3
+
         with self._lock:
             if self._writer is None:
-                import sqlite3
-
                 self._writer = sqlite3.connect(
-                    self._sqlite_path, timeout=30, check_same_thread=False, isolation_level=None
+                    self._sqlite_path, timeout=30, check_same_thread=False
                 )
                 _sqlite_pragmas(self.sync)(self._writer, None)
             db = self._writer
+            # The newest row this process wrote: linking to it needs no read. If another
+            # process has appended since, the ids are taken and the insert fails (primary
+            # key, and the trigger that refuses a taken id); then lock, read, link.
+            tail = self._tails.get(table)
+            if tail is not None:
+                linked = link(tail, rows)
+                try:
+                    with db:  # commits, or rolls back on an error
+                        db.executemany(_INSERT_SQL[table], linked)
+                except sqlite3.IntegrityError:
+                    self._tails.pop(table, None)
+                else:
+                    self._tails[table] = (linked[-1][0], linked[-1][-1])
+                    return
             # IMMEDIATE: the write lock before reading the tail, so a server in another
             # process cannot link to the same row in between.
             db.execute("BEGIN IMMEDIATE")
             try:
-                tail = db.execute(_TAIL_SQL[table]).fetchone()
-                db.executemany(_INSERT_SQL[table], link(tail, rows))
+                linked = link(db.execute(_TAIL_SQL[table]).fetchone(), rows)
+                db.executemany(_INSERT_SQL[table], linked)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            self._tails[table] = (linked[-1][0], linked[-1][-1])
 
     def rows(self, since: str | None = None, **where: Any) -> list[dict[str, Any]]:
         """Rows matching column == value (and time >= ``since``), oldest first.
@@ -453,20 +483,27 @@ _TAIL_SQL = {
 _CASTS: dict[str, Callable[[Any], Any]] = {"Integer": int, "Float": float}
 
 
+_JSON_COLUMNS = ("input", "output")
+# (name, how a value is cast to the type the database hands back; None for text), in order.
+_ROW_CASTS = tuple((name, _CASTS.get(kind)) for name, kind in _KINDS[TABLE])
+_NAME_SET = frozenset(_NAMES)
+
+
 def _values(row: dict[str, Any]) -> tuple[Any, ...]:
     """A row's values in COLUMNS order, as the database will hand them back: JSON columns as
     text, numbers as the column's type (so the hash of a row read back is the one written)."""
-    unknown = set(row).difference(_NAMES)
-    if unknown:
-        raise ParameterError(f"Unknown prediction log columns {sorted(unknown)}; known: {_NAMES}.")
+    if not _NAME_SET.issuperset(row):
+        unknown = sorted(set(row) - _NAME_SET)
+        raise ParameterError(f"Unknown prediction log columns {unknown}; known: {_NAMES}.")
     out = []
-    for name, kind in _KINDS[TABLE]:
+    for name, cast in _ROW_CASTS:
         value = row.get(name)
         if value is not None:
-            if name in ("input", "output") and not isinstance(value, str):
-                value = _dumps(value)
-            else:
-                value = _CASTS.get(kind, str)(value)
+            if cast is None:
+                if type(value) is not str:
+                    value = _dumps(value) if name in _JSON_COLUMNS else str(value)
+            elif type(value) is not cast:
+                value = cast(value)
         out.append(value)
     return tuple(out)
 
