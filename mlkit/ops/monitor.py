@@ -32,7 +32,7 @@ import numpy as np
 from mlkit._contract import OUTPUT_NOTEBOOK, TEMPLATES_DIR
 from mlkit._io import write_text
 from mlkit.errors import MlkitError, ParameterError
-from mlkit.ops.stats import _psi_shares, holm, psi
+from mlkit.ops.stats import holm, labels_test, psi
 from mlkit.registry import store
 from mlkit.run import runner
 from mlkit.serve.predlog import PredictionLog
@@ -57,21 +57,6 @@ MonitorError = ParameterError
 
 
 # --- statistics ---------------------------------------------------------------------
-
-
-def _categorical(reference: np.ndarray, current: np.ndarray) -> tuple[float, float, float]:
-    """(chi-squared statistic, p-value, PSI over the categories) of two samples of labels."""
-    from scipy.stats import chi2_contingency
-
-    cats, codes = np.unique(np.concatenate([reference, current]), return_inverse=True)
-    ref_counts = np.bincount(codes[: len(reference)], minlength=len(cats))
-    cur_counts = np.bincount(codes[len(reference) :], minlength=len(cats))
-    index = _psi_shares(ref_counts / len(reference), cur_counts / len(current))
-    if len(cats) < 2:
-        return 0.0, 1.0, index
-    table = np.vstack([ref_counts, cur_counts])
-    stat, p, _, _ = chi2_contingency(table, correction=False)
-    return float(stat), float(p), index
 
 
 def _as_2d(x: Any, what: str) -> np.ndarray:
@@ -127,7 +112,7 @@ def feature_drift(
     for j, name in enumerate(names):
         a, b = ref[:, j], cur[:, j]
         if name in cats:
-            stat, p, index = _categorical(a, b)
+            stat, p, index = labels_test(a, b)
             test = "chi2"
         else:
             if np.ptp(a) == 0 and np.ptp(b) == 0 and a[0] == b[0]:
@@ -168,7 +153,7 @@ def prediction_drift(
     if len(ref) < 2 or len(cur) < 2:
         raise ParameterError("Prediction drift needs at least 2 predictions on each side.")
     if task == "classification":
-        stat, p, index = _categorical(ref, cur)
+        stat, p, index = labels_test(ref, cur)
         classes = sorted(set(ref.tolist()) | set(cur.tolist()))
         shares = {
             str(c): {

@@ -71,3 +71,21 @@ def _psi_shares(ref: np.ndarray, cur: np.ndarray) -> float:
     ref = np.maximum(ref, _EPS)
     cur = np.maximum(cur, _EPS)
     return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+
+def labels_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float, float]:
+    """(chi-squared statistic, p-value, PSI over the categories) of two samples of labels.
+
+    Used for categorical features, predicted classes and missing-value flags alike.
+    """
+    from scipy.stats import chi2_contingency
+
+    cats, codes = np.unique(np.concatenate([reference, current]), return_inverse=True)
+    ref_counts = np.bincount(codes[: len(reference)], minlength=len(cats))
+    cur_counts = np.bincount(codes[len(reference) :], minlength=len(cats))
+    index = _psi_shares(ref_counts / len(reference), cur_counts / len(current))
+    if len(cats) < 2:
+        return 0.0, 1.0, index
+    table = np.vstack([ref_counts, cur_counts])
+    stat, p, _, _ = chi2_contingency(table, correction=False)
+    return float(stat), float(p), index

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mlkit.errors import ParameterError
-from mlkit.ops.stats import _psi_shares, holm, psi
+from mlkit.ops.stats import holm, labels_test, psi
 
 __all__ = ["MISSING", "RecordsWindow", "records_from_log", "table_drift"]
 
@@ -82,20 +82,6 @@ def _values(rows: Sequence[dict[str, Any]], column: str, kind: str) -> np.ndarra
     return np.array([np.nan if v is None else float(v) for v in raw], dtype=float)
 
 
-def _labels_test(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float, float]:
-    """(chi-squared statistic, p-value, PSI) of two samples of labels."""
-    from scipy.stats import chi2_contingency
-
-    cats, codes = np.unique(np.concatenate([ref, cur]).astype(str), return_inverse=True)
-    ref_counts = np.bincount(codes[: len(ref)], minlength=len(cats))
-    cur_counts = np.bincount(codes[len(ref) :], minlength=len(cats))
-    index = _psi_shares(ref_counts / len(ref), cur_counts / len(cur))
-    if len(cats) < 2:
-        return 0.0, 1.0, index
-    stat, p, _, _ = chi2_contingency(np.vstack([ref_counts, cur_counts]), correction=False)
-    return float(stat), float(p), index
-
-
 def _numbers_test(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float, float] | None:
     """(KS statistic, p-value, PSI) of the present values, or None with too few of them."""
     from scipy.stats import ks_2samp
@@ -138,7 +124,7 @@ def table_drift(
     for column, kind in columns.items():
         ref, cur = _values(reference, column, kind), _values(current, column, kind)
         if kind == "categorical":
-            stat, p, index = _labels_test(ref, cur)
+            stat, p, index = labels_test(ref, cur)
             rows.append(_row(column, "chi2", stat, p, index))
             continue
         tested = _numbers_test(ref, cur)
@@ -148,7 +134,7 @@ def table_drift(
             rows.append(_row(column, "ks", stat, p, index, *means))
         ref_missing, cur_missing = np.isnan(ref), np.isnan(cur)
         if ref_missing.any() or cur_missing.any():
-            stat, p, index = _labels_test(ref_missing, cur_missing)
+            stat, p, index = labels_test(ref_missing, cur_missing)
             means = float(ref_missing.mean()), float(cur_missing.mean())
             rows.append(_row(f"{column} (missing)", "chi2", stat, p, index, *means))
     for row, p_adj in zip(rows, holm([r["p_value"] for r in rows]), strict=True):

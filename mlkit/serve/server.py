@@ -191,7 +191,7 @@ class Server:
             if getattr(exc, "index", None) is not None:
                 loc += [] if single else [exc.index]  # type: ignore[attr-defined]
                 loc += [exc.column] if exc.column is not None else []  # type: ignore[attr-defined]
-            kind = "record" if len(loc) > 2 or hasattr(exc, "index") else "records"
+            kind = "record" if hasattr(exc, "index") else "records"
             detail = [{"type": kind, "loc": loc, "msg": str(exc)}]
             return 422, {"detail": detail}, 0, None, summary(detail), None
         return self._answer(loaded, X, single)
