@@ -20,6 +20,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import pyarrow as pa
 
 from mlkit import table_checks, tables
 from mlkit.dataset import Dataset, DataWarning, Split, check_split_settings, split_indices
-from mlkit.errors import DataError, ParameterError
+from mlkit.errors import DataError, MlkitError, ParameterError
 from mlkit.preprocess import Preprocessor, PreprocessWarning, infer_task
 from mlkit.table_sources import TABLE_OPTIONS
 
@@ -107,28 +108,25 @@ def load_table(
         tr, va, te = split_indices(y_raw, task, seed, val_fraction, test_fraction)
     else:
         tr, va, te = _split_by_time(order, val_fraction, test_fraction)
-    findings = table_checks.check_table(
-        data,
-        target=target,
-        features=columns["features"],
-        task=task,
-        train_rows=tr,
-        test_rows=np.concatenate([va, te]),
-    )
-    table_checks.raise_fatal(findings)
-    with warnings.catch_warnings():
-        if not check:
-            warnings.simplefilter("ignore", PreprocessWarning)
-        pre = Preprocessor.fit(
+    # The checks read the table while the preprocessing is fitted beside them (their
+    # kernels release the GIL); a fatal finding still wins over anything the fit raised.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        checking = pool.submit(
+            table_checks.check_table,
             data,
             target=target,
             features=columns["features"],
-            drop=columns["drop"],
-            categorical=columns["categorical"],
-            sensitive=columns["sensitive"],
             task=task,
             train_rows=tr,
+            test_rows=np.concatenate([va, te]),
         )
+        try:
+            pre, inputs = _fit_and_transform(data, target, columns, task, (tr, va, te), check)
+        except MlkitError as exc:
+            table_checks.raise_fatal(checking.result())
+            raise exc from None
+        findings = checking.result()
+    table_checks.raise_fatal(findings)
     if check:
         dropped = {n for n, c in pre.schema()["columns"].items() if c["role"] == "dropped"}
         for finding in findings:
@@ -137,9 +135,7 @@ def load_table(
                 finding.check == "id_like" and finding.column in dropped
             ):
                 warnings.warn(finding.message, DataWarning, stacklevel=3)
-    # The rows in split order, so that each split is a slice of one array, never a copy.
     order = np.concatenate([tr, va, te])
-    inputs = pre.transform(data, rows=order)
     y = pre.encode_target(data)[order]
     ends = np.cumsum([len(tr), len(va)])
     target_mean, target_std = 0.0, 1.0
@@ -183,6 +179,32 @@ def load_table(
         reference=_reference(data, tr, seed),
         test_rows=data.take(te),
     )
+
+
+def _fit_and_transform(
+    data: pa.Table,
+    target: str,
+    columns: dict[str, Any],
+    task: str,
+    splits: tuple[np.ndarray, np.ndarray, np.ndarray],
+    check: bool,
+) -> tuple[Preprocessor, Any]:
+    """The preprocessing fitted on the train rows, and every row's inputs in split order."""
+    with warnings.catch_warnings():
+        if not check:
+            warnings.simplefilter("ignore", PreprocessWarning)
+        pre = Preprocessor.fit(
+            data,
+            target=target,
+            features=columns["features"],
+            drop=columns["drop"],
+            categorical=columns["categorical"],
+            sensitive=columns["sensitive"],
+            task=task,
+            train_rows=splits[0],
+        )
+    # The rows in split order, so that each split is a slice of one array, never a copy.
+    return pre, pre.transform(data, rows=np.concatenate(splits))
 
 
 def source_hash(source: Any, *, table: str | None = None, query: str | None = None) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,9 @@ FORMAT_VERSION = 1
 _ID_NAME = re.compile(r"(^|[_\-\s.])(id|uuid|guid|key)$|[a-z0-9](Id|ID|Uuid|UUID|Key)$")
 _FEW_CLASSES = 20  # a numeric target with at most this many integral values is a label
 _HEAD_ROWS = 4096  # rows looked at first for a repeated value
+_ID_REASON = "id-like: every value is unique"
+_THREADS = min(4, os.cpu_count() or 1)
+_POOL_BYTES = 64 << 20  # outputs this big come from Arrow's memory pool (see _zeroed)
 _BAND_BYTES = 1 << 20  # rows of the output written together: about a CPU's L2 cache
 
 
@@ -143,9 +148,10 @@ def _check_names(table: pa.Table, parameter: str, names: tuple[str, ...]) -> Non
         )
 
 
-def _train_table(table: pa.Table, train_rows: Any) -> pa.Table:
+def _train_positions(table: pa.Table, train_rows: Any) -> pa.Array | None:
+    """``train_rows`` as checked positions for ``take``; None for every row."""
     if train_rows is None:
-        return table
+        return None
     rows = np.asarray(train_rows)
     if rows.ndim != 1 or not (rows.size == 0 or np.issubdtype(rows.dtype, np.integer)):
         raise ParameterError(
@@ -157,7 +163,34 @@ def _train_table(table: pa.Table, train_rows: Any) -> pa.Table:
             f"train_rows must hold at least one row number in [0, {len(table)}), got "
             f"{rows.size} rows. Pass the indices of the training rows."
         )
-    return table.take(pa.array(rows % len(table)))
+    return pa.array(rows % len(table))
+
+
+def _zeroed(shape: tuple[int, int]) -> np.ndarray:
+    """A zeroed float32 array; a big one in Arrow's memory pool.
+
+    numpy's own big arrays ask the kernel for huge pages, and on a busy machine the first
+    write to each then waits while the kernel gathers and clears them: the first transform
+    of a million rows ran several times slower than the next. Arrow's allocator (the one
+    that read the table) hands out memory it has mapped already, at a steady cost.
+    """
+    if shape[0] * shape[1] * 4 < _POOL_BYTES:
+        return np.zeros(shape, dtype=np.float32)
+    out = np.frombuffer(pa.allocate_buffer(shape[0] * shape[1] * 4), dtype=np.float32)
+    out.fill(0.0)
+    return out.reshape(shape)
+
+
+def in_threads(fn: Any, items: list[Any]) -> list[Any]:
+    """``[fn(item) for item in items]``, the items side by side on every core.
+
+    Arrow's kernels and numpy's loops release the GIL, so columns of a big table encode in
+    parallel; a small table is not worth the threads.
+    """
+    if len(items) < 2 or _THREADS < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        return list(pool.map(fn, items))
 
 
 def _order(rows: Any, n: int) -> np.ndarray | None:
@@ -190,12 +223,20 @@ def _role(
 
 
 def _fit_column(
-    train: pa.Table, name: str, role: str, reason: str | None, *, options: dict[str, Any]
+    table: pa.Table,
+    name: str,
+    role: str,
+    reason: str | None,
+    *,
+    train: pa.Array | None,
+    options: dict[str, Any],
 ) -> Column:
-    """The fitted entry of one input column; an id-like column comes back dropped."""
-    column = train.column(name)
+    """The fitted entry of one input column, from its train rows; an id-like one is dropped."""
+    column = table.column(name)
     if role == "dropped":
         return Column(name, str(column.type), role, reason=reason)
+    if train is not None:
+        column = column.take(train)
     sensitive = name in options["sensitive"]
     categorical = name in options["categorical"]
     # A column the user named is kept even if it looks like an id: they asked for it.
@@ -203,13 +244,7 @@ def _fit_column(
     dtype = dtype_of(column, name)
     column = canonical(column, dtype, name)
     if role == "feature" and not explicit and _is_id(column, name, dtype):
-        warnings.warn(
-            f"Column {name!r} looks like an id (every value is unique), so it is not used "
-            "as a feature. Name it in features=[...] or categorical=[...] to keep it.",
-            PreprocessWarning,
-            stacklevel=3,
-        )
-        return Column(name, dtype, "dropped", reason="id-like: every value is unique")
+        return Column(name, dtype, "dropped", reason=_ID_REASON)
     if dtype == "timestamp[us]":
         encoder: Encoder = Date.fit(name, column)
     elif dtype == "string" or categorical:
@@ -295,23 +330,36 @@ class Preprocessor:
             categorical=categorical,
             sensitive=sensitive,
         )
-        train = _train_table(table, train_rows)
+        train = _train_positions(table, train_rows)
         options = {
             "features": features,
             "categorical": set(categorical),
             "sensitive": set(sensitive),
             "max_categories": max_categories,
         }
-        columns = [
-            _fit_column(
-                train,
+        columns = in_threads(
+            lambda name: _fit_column(
+                table,
                 name,
                 *_role(name, target, features, drop, sensitive, use_sensitive),
+                train=train,
                 options=options,
-            )
-            for name in table.column_names
-        ]
-        task, classes = _target_task(train.column(target), target, task)
+            ),
+            table.column_names,
+        )
+        for column in columns:
+            if column.reason == _ID_REASON:
+                warnings.warn(
+                    f"Column {column.name!r} looks like an id (every value is unique), so it "
+                    "is not used as a feature. Name it in features=[...] or "
+                    "categorical=[...] to keep it.",
+                    PreprocessWarning,
+                    stacklevel=2,
+                )
+        target_column = table.column(target)
+        if train is not None:
+            target_column = target_column.take(train)
+        task, classes = _target_task(target_column, target, task)
         return cls(
             target=target,
             task=task,
@@ -346,9 +394,11 @@ class Preprocessor:
         order = _order(rows, len(table))
         # Each column is put in row order where that is cheapest: raw numbers and dates
         # before they are encoded, categories as codes.
-        encoded = [c.encoder.encode(self._column(table, c), order) for c in self._features]
+        encoded = in_threads(
+            lambda c: c.encoder.encode(self._column(table, c), order), self._features
+        )
         n = len(table) if order is None else len(order)
-        out = np.zeros((n, len(self.feature_names)), dtype=np.float32)
+        out = _zeroed((n, len(self.feature_names)))
         # A band of rows at a time, all its columns, while the band is in the CPU's cache.
         band = max(1, _BAND_BYTES // max(1, out.shape[1] * out.itemsize))
         for start in range(0, n, band):
