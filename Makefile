@@ -7,7 +7,7 @@ STAMP := $(VENV)/.mlkit-installed
 TORCH ?= torch==2.13.0
 export WANDB_SILENT ?= true
 
-.PHONY: demo test test-fast lint format venv clean-venv
+.PHONY: demo test test-fast lint format venv clean-venv notebook-git
 
 venv: $(STAMP)
 
@@ -16,7 +16,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
+	@$(MAKE) --no-print-directory notebook-git
 	@touch $(STAMP)
+
+# `git diff` and `git merge` of notebooks cell by cell (.gitattributes names the drivers):
+# nbdime defines the drivers in .git/config, then they are pointed at this venv's scripts so
+# they work without activating it (a driver git cannot find makes `git diff` die). Nothing to
+# do outside a git checkout, such as an unpacked source archive.
+notebook-git:
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+		$(VENV)/bin/nbdime config-git --enable && \
+		git config diff.jupyternotebook.command "$(abspath $(VENV))/bin/git-nbdiffdriver diff" && \
+		git config merge.jupyternotebook.driver \
+			"$(abspath $(VENV))/bin/git-nbmergedriver merge %O %A %B %L %P"; \
+	fi
 
 demo: $(STAMP)
 	$(VENV)/bin/mlkit run templates/classify.ipynb --experiment demo
@@ -28,10 +41,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/nbstripout --verify --keep-id templates/*.ipynb
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+	$(VENV)/bin/nbstripout --keep-id templates/*.ipynb
 
 test: lint
 	$(VENV)/bin/pytest tests

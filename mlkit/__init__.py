@@ -37,6 +37,7 @@ __all__ = [
     "parameters",
     "record",
     "runner",
+    "runs",
     "space",
     "start_run",
     "sweep",
@@ -86,4 +87,6 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module(_SUBMODULES[name])
     if name in {"start_run", "parameters"}:
         return getattr(importlib.import_module("mlkit.record"), name)
+    if name == "runs":  # the run records as a DataFrame: pandas loads on first use
+        return importlib.import_module("mlkit.run_table").runs
     raise AttributeError(f"module 'mlkit' has no attribute {name!r}")

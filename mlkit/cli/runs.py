@@ -46,7 +46,24 @@ def add_parsers(commands: common.Subcommands) -> None:
 
     p = common.add_command(commands, "runs", cmd_runs, parents=[common.JSON])
     p.add_argument("experiment", nargs="?", help="only this experiment")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="NAME OP VALUE",
+        help="keep the runs where this holds (repeatable: all must); OP is = != > >= < <=, "
+        "NAME a parameter or a metric: --where 'test/accuracy>0.95' --where model=cnn",
+    )
+    p.add_argument("--sort", metavar="NAME", help="order by this parameter or metric")
+    p.add_argument("--desc", action="store_true", help="with --sort: largest first")
+    p.add_argument(
+        "--csv",
+        action="store_true",
+        help="write the runs as CSV to stdout: the columns of mlkit.runs()",
+    )
+    p.add_argument(
+        "--limit", type=int, help="at most this many runs (the table shows 50 unless told)"
+    )
     p.add_argument("--max-params", type=int, default=6)
     p.add_argument("--max-metrics", type=int, default=4)
 
@@ -130,36 +147,58 @@ def _duration(info: dict[str, Any]) -> str:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    """``mlkit runs``: a table of the runs, newest first."""
-    from rich.console import Console
-    from rich.table import Table
-
+    """``mlkit runs``: a table of the runs, newest first, or as --where and --sort say."""
     from mlkit.record_store import list_runs
 
     rows = list_runs(args.experiment)
+    named: list[str] = []  # what --where and --sort test: the table shows those columns
+    if args.where or args.sort or args.csv:
+        from mlkit import run_table
+
+        conditions = [run_table.parse_condition(text) for text in args.where]
+        frame = run_table.select(run_table.table(rows), conditions, args.sort, args.desc)
+        if args.csv:
+            frame.iloc[: args.limit].to_csv(sys.stdout, index=False)
+            return EXIT_OK
+        rows = [rows[i] for i in frame.index]  # the frame's index is each row's position
+        named = [c.name for c in conditions] + ([args.sort] if args.sort else [])
     if args.json:
-        common.print_json(rows, default=str)
+        common.print_json(rows[: args.limit], default=str)
         return EXIT_OK
     if not rows:
-        print("No runs yet. Start one with: mlkit run templates/classify.ipynb")
+        if args.where:
+            print(f"No run where {' and '.join(args.where)}.")
+        else:
+            print("No runs yet. Start one with: mlkit run templates/classify.ipynb")
         return EXIT_OK
+    _print_runs(rows, args, named)
+    return EXIT_OK
+
+
+def _print_runs(rows: list[dict[str, Any]], args: argparse.Namespace, named: list[str]) -> None:
+    """The rich table of the first --limit ``rows``: key parameters, the first metrics, and
+    those --where and --sort named."""
+    from rich.console import Console
+    from rich.table import Table
+
     # Key parameters: those that vary across the listed runs, else the first few.
     names: list[str] = []
     for row in rows:
         names.extend(k for k in row["params"] if k not in names)
     varying = [n for n in names if len({repr(r["params"].get(n)) for r in rows}) > 1]
-    keys = (varying or names)[: args.max_params]
+    keys = _named_first((varying or names), named, names)[: args.max_params]
     metrics: list[str] = []
     for row in rows:
         metrics.extend(k for k in (row.get("result") or {}) if k not in metrics)
-    metrics = metrics[: args.max_metrics]
+    metrics = _named_first(metrics, named, metrics)[: args.max_metrics]
     table = Table()
     table.add_column("id", no_wrap=True)
     for column in ("experiment", "status", *keys, *metrics, "duration"):
         table.add_column(column, overflow="fold")
     colors = {"completed": "green", "failed": "red", "crashed": "red", "running": "yellow"}
     colors["unreadable"] = "red"
-    for row in rows[: args.limit]:
+    shown = rows[: 50 if args.limit is None else args.limit]
+    for row in shown:
         color = colors.get(row.get("status", ""), "white")
         table.add_row(
             row["id"],
@@ -171,10 +210,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
         )
     console = Console()
     console.print(table)
-    for row in rows[: args.limit]:
+    for row in shown:
         if row.get("status") == "unreadable":
             console.print(f"[red]unreadable[/red] {row['id']}: {row.get('reason')}", soft_wrap=True)
-    return EXIT_OK
+
+
+def _named_first(shown: list[str], named: list[str], known: list[str]) -> list[str]:
+    """``shown``, led by the names --where and --sort used: a filter shows what it tested."""
+    first = [n.removeprefix("param.") for n in named]
+    first = [n for n in dict.fromkeys(first) if n in known]
+    return [*first, *(n for n in shown if n not in first)]
 
 
 def cmd_show(args: argparse.Namespace) -> int:

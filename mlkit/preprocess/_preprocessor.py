@@ -258,6 +258,19 @@ def _fit_column(
     return Column(name, dtype, role, sensitive, missing_share=share, encoder=encoder)
 
 
+def _warn_ids(columns: list[Column]) -> None:
+    """Say which columns were dropped as ids, in table order (they were fitted in threads)."""
+    for column in columns:
+        if column.reason == _ID_REASON:
+            warnings.warn(
+                f"Column {column.name!r} looks like an id (every value is unique), so it "
+                "is not used as a feature. Name it in features=[...] or "
+                "categorical=[...] to keep it.",
+                PreprocessWarning,
+                stacklevel=4,
+            )
+
+
 class Preprocessor:
     """Turns rows of a canonical table into float32 model inputs, the same way everywhere.
 
@@ -347,15 +360,7 @@ class Preprocessor:
             ),
             table.column_names,
         )
-        for column in columns:
-            if column.reason == _ID_REASON:
-                warnings.warn(
-                    f"Column {column.name!r} looks like an id (every value is unique), so it "
-                    "is not used as a feature. Name it in features=[...] or "
-                    "categorical=[...] to keep it.",
-                    PreprocessWarning,
-                    stacklevel=2,
-                )
+        _warn_ids(columns)
         target_column = table.column(target)
         if train is not None:
             target_column = target_column.take(train)
