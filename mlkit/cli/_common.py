@@ -86,6 +86,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ops",
         "Drift of a served model's logged traffic against its training data; exit 1 on drift.",
     ),
+    "skew": ("ops", "Where a served model and its shadow disagree; exit 1 over --max-disagreement."),
     "log": ("ops", "Prediction log: verify its hash chain (exit 1 naming the first bad row)."),
 }
 

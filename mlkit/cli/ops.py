@@ -1,4 +1,5 @@
-"""Operations on served models: ``mlkit abtest report``, ``feedback``, ``monitor``, ``log``."""
+"""Operations on served models: ``mlkit abtest report``, ``feedback``, ``monitor``, ``skew``,
+``log``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from mlkit.errors import CheckFailedError, ParameterError
 
 
 def add_parsers(commands: common.Subcommands) -> None:
-    """Add ``mlkit abtest``, ``feedback``, ``monitor`` and ``log``."""
+    """Add ``mlkit abtest``, ``feedback``, ``monitor``, ``skew`` and ``log``."""
     abtest = common.add_group(commands, "abtest")
     p = common.add_command(
         abtest,
@@ -37,6 +38,7 @@ def add_parsers(commands: common.Subcommands) -> None:
     )
     _add_feedback(commands)
     _add_monitor(commands)
+    _add_skew(commands)
     _add_log(commands)
 
 
@@ -106,6 +108,46 @@ def _add_monitor(commands: common.Subcommands) -> None:
     )
     p.add_argument(
         "--demo", action="store_true", help="the template's built-in digits_flat demo instead"
+    )
+
+
+def _add_skew(commands: common.Subcommands) -> None:
+    p = common.add_command(
+        commands,
+        "skew",
+        cmd_skew,
+        parents=[
+            common.prediction_log(
+                "prediction log: sqlite:///PATH, a SQLite file or postgresql://... (default: "
+                "the SQLite file beside the model)"
+            ),
+            common.JSON,
+        ],
+    )
+    p.add_argument(
+        "model",
+        metavar="NAME[:ALIAS]",
+        help="the served model and alias (default production): only answers of the version "
+        "it points to now are compared",
+    )
+    p.add_argument(
+        "--window", type=int, default=1000, help="latest examples both models answered to compare"
+    )
+    p.add_argument(
+        "--max-disagreement",
+        type=float,
+        metavar="RATE",
+        help="a check: exit 1 when the lower end of the disagreement rate's 95%% interval is "
+        "above RATE",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="T",
+        help="regression: an example disagrees when |shadow - primary| > T",
+    )
+    p.add_argument(
+        "--top", type=int, default=10, help="largest disagreements to list with their inputs"
     )
 
 
@@ -183,6 +225,28 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     # 1 when any feature or the predictions drifted: a scheduler can act on it.
     return EXIT_FAILED if (info.get("result") or {}).get("drift/detected") else EXIT_OK
+
+
+def cmd_skew(args: argparse.Namespace) -> int:
+    """``mlkit skew``: exit 1 when --max-disagreement is crossed."""
+    from mlkit.ops import skew
+    from mlkit.registry.store import parse_target
+
+    name, alias = parse_target(args.model)
+    report = skew.skew(
+        name,
+        alias,
+        window=args.window,
+        max_disagreement=args.max_disagreement,
+        tolerance=args.tolerance,
+        top=args.top,
+        log=args.log,
+    )
+    if args.json:
+        common.print_json({k: v for k, v in report.items() if k != "differences"})
+    else:
+        print(skew.format_report(report), flush=True)
+    return EXIT_FAILED if report["crossed"] else EXIT_OK
 
 
 def cmd_log_verify(args: argparse.Namespace) -> int:

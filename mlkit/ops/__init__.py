@@ -1,4 +1,5 @@
-"""Operations on served models: drift monitoring, A/B reports, the rollback guard.
+"""Operations on served models: drift monitoring, A/B reports, the rollback guard, and
+skew between a served model and its shadow.
 
 ``stats`` holds the statistics they share (intervals, tests, corrections, PSI).
 """
