@@ -65,6 +65,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "runs",
         "Re-execute a run from its record and check that the metrics match exactly.",
     ),
+    "diff": ("diff", "Put two runs side by side: what differs in parameters, metrics, code, data."),
     "evaluate": (
         "evaluate",
         "Evaluate a run's model: fairness by group, attributions, calibration, errors by slice.",
