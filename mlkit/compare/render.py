@@ -26,7 +26,8 @@ def value(v: Any) -> str:
 
 def render(comparison: dict[str, Any], console: Console | None = None) -> None:
     """Print ``comparison`` (from :func:`mlkit.compare.compare`) to ``console``."""
-    console = console or Console(highlight=False, soft_wrap=True)
+    # In a notebook too, one block of text rather than one HTML output per line.
+    console = console or Console(highlight=False, soft_wrap=True, force_jupyter=False)
     for side in ("a", "b"):
         h = comparison[side]
         console.print(
