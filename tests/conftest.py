@@ -17,6 +17,7 @@ import pytest
 import wandb  # noqa: F401
 
 from mlkit._io import redact
+from tests.browser import chromium, lab, page, scratch_lab  # noqa: F401  (fixtures)
 from tests.helpers import ROOT, needs_service
 
 

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from mlkit import explore, record_store
 from mlkit.errors import ParameterError
+from mlkit.explore import table as explore_table
 from tests.helpers import ROOT, SCENARIOS, TEMPLATES, wait_until
 
 WAIT_S = 180  # a cold warm kernel on a busy 2-core machine
@@ -72,7 +73,14 @@ def test_controls_from_space_and_rules(env: Path) -> None:
     assert ex.cfg.study == "classify-explore"
     assert ex.cfg.storage == str(env / "classify-explore" / "study.journal")
     assert "mlkit-run" in ex.run_button._dom_classes and ex.run_button.description == "Run"
-    assert ex.widget._repr_mimebundle_() == ex._repr_mimebundle_()
+    view = "application/vnd.jupyter.widget-view+json"
+    bundle = ex._repr_mimebundle_()
+    assert bundle[view] == ex.widget._repr_mimebundle_()[view]
+    # Where no widget is drawn (a saved notebook), a sentence, not `VBox(children=...`.
+    assert bundle["text/plain"] == (
+        "Explorer of classify.ipynb: run this cell in JupyterLab to get its controls."
+    )
+    assert "VBox" not in bundle["text/html"] and "classify.ipynb" in bundle["text/html"]
 
 
 # values() converts and validates; a bad value names the parameter and a fix.
@@ -203,3 +211,24 @@ def test_use_best_fills_controls(env: Path, tmp_path: Path) -> None:
     ex.best_button.click()
     assert ex.controls["x"].value == 2.0
     assert ex.controls["epochs"].value == 2
+
+
+# The runs table reads in a narrow panel: padded cells (headers do not run together) in a
+# box that scrolls sideways rather than cutting the last columns.
+def test_runs_table_is_padded_and_scrolls() -> None:
+    row = {
+        "number": 0,
+        "state": "COMPLETE",
+        "source": "manual",
+        "searched": {"lr": 0.003},
+        "params": {"lr": 0.003, "weight_decay": 1e-4},
+        "objective": 0.9,
+        "test": {"test/accuracy": 0.91},
+        "duration": 4.2,
+        "fail_reason": "",
+    }
+    page = explore_table.table_html(
+        [row], ["lr", "weight_decay"], {"lr"}, metric="val/accuracy", sort_by="#", minimize=False
+    )
+    assert page.startswith('<div style="overflow-x:auto')
+    assert page.count("padding:") == 2 * 8, page  # 8 headers, 8 cells

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
 from jupyter_client.manager import KernelManager
 
@@ -148,3 +151,50 @@ def test_old_record_relative_to_cwd_resolves(
     assert record_store.resolve_notebook("gone.ipynb", str(tmp_path / "old.ipynb")) == (
         tmp_path / "old.ipynb"
     )
+
+
+# A notebook that opens a file beside itself, run in JupyterLab (its folder is the kernel's
+# cwd), reproduces from the repository root: the kernel runs in the notebook's folder again.
+@pytest.mark.slow
+def test_notebook_reading_beside_itself_reproduces_from_the_root(
+    exp_root: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "beside.txt").write_text("3.5\n")
+    notebook = folder / "reads_beside.ipynb"
+    nb = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    nb["cells"] = [nb["cells"][0], nb["cells"][1]]
+    nb["cells"].append(
+        {
+            **nb["cells"][1],
+            "id": "reads-beside",
+            "source": 'value = float(open("beside.txt").read())\nrun.finish({"value": value})\n',
+        }
+    )
+    notebook.write_text(json.dumps(nb), encoding="utf-8")
+    with lab_kernel(notebook, exp_root) as execute:
+        for cell_id, code in cells(notebook):
+            execute(cell_id, code)
+    run_dir = only_run(exp_root)
+    assert read_json(run_dir / "result.json") == {"value": 3.5}
+
+    done = run_cli("reproduce", run_dir.name, "-q", env={"MLKIT_EXPERIMENTS": str(exp_root)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "metrics reproduced exactly" in done.stdout
+    new = next(p for p in exp_root.glob("*/runs/*") if p != run_dir)
+    assert read_json(new / PARAMS_FILE)["cwd"] == str(folder.resolve())
+
+
+# `runner.run` in a notebook shows its cells' progress as one display that ends as a finished
+# line, which the saved notebook keeps: not a widget's "0%" text, not one line per update.
+@pytest.mark.slow
+def test_run_from_a_notebook_saves_a_finished_progress_line(exp_root: Path) -> None:
+    code = f"from mlkit import runner\nrunner.run({str(SCENARIOS / 'echo.ipynb')!r}, {{}})"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nbclient.NotebookClient(nb, kernel_name="python3").execute()
+    outputs = [o for o in nb.cells[0].outputs if o["output_type"] == "display_data"]
+    assert len(outputs) == 1, nb.cells[0].outputs
+    text = outputs[0]["data"]["text/plain"]
+    assert re.fullmatch(r"Executed 3 cells in \d+\.\d s", text), text
+    assert "widget" not in str(outputs[0]["data"]) and "%" not in text

@@ -247,7 +247,11 @@ class Explorer:
         self.best_button = widgets.Button(description="Use best", icon="trophy")
         self.sweep_count = widgets.IntText(value=5, description="N", layout={"width": "120px"})
         self.sweep_count.style.description_width = "20px"
-        self.sweep_button = widgets.Button(description="Sweep N more", icon="forward")
+        # As wide as its label, never shrunk by the row (the hidden progress bar still takes
+        # room): a button squeezed to fit cuts "Sweep N more" to "Sweep N ...".
+        self.sweep_button = widgets.Button(
+            description="Sweep N more", icon="forward", layout={"width": "auto", "flex": "0 0 auto"}
+        )
         self.sweep_button.disabled = not self.sweepable
         if not self.sweepable:
             self.sweep_button.tooltip = "pass space='space.yaml' to sweep"
@@ -284,7 +288,13 @@ class Explorer:
         self.study_plots.add_class("mlkit-study-plots")
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        """The live widget in JupyterLab; one line instead of its repr where no widget
+        can be drawn (a saved notebook opened later, GitHub, an HTML page)."""
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs))
+        text = f"Explorer of {self.notebook.name}: run this cell in JupyterLab to get its controls."
+        bundle["text/plain"] = text
+        bundle["text/html"] = f"<p><i>{html.escape(text)}</i></p>"
+        return bundle
 
     def _click(self, action: Callable[..., Any], *args: Any) -> None:
         """Button handlers return at once; a refused action shows why in the status."""

@@ -114,14 +114,20 @@ def table_html(
         title = html.escape(r["fail_reason"], quote=True)
         body.append(
             f'<tr title="{title}">'
-            + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in cells)
+            + "".join(f"<td{CELL}>{html.escape(fmt(c))}</td>" for c in cells)
             + "</tr>"
         )
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    header = "".join(f"<th{CELL}>{html.escape(h)}</th>" for h in head)
+    # A table wider than the panel scrolls in its own box instead of being cut at its edge.
     return (
+        '<div style="overflow-x:auto;max-width:100%">'
         '<table class="mlkit-runs" style="border-collapse:collapse">'
-        f"<thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f"<thead><tr>{header}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
+
+
+# Inline: the widget's HTML takes no stylesheet. Without padding the headers run together.
+CELL = ' style="padding:2px 10px;text-align:left;white-space:nowrap"'
 
 
 def fmt(value: Any) -> str:

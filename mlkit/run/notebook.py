@@ -5,13 +5,12 @@ from evidence, whether the run succeeded: no cell failed *and* the notebook
 recorded its result. papermill alone calls a run complete after ``sys.exit(0)``
 or when nothing was recorded; mlkit does not.
 
-``MlkitEngine`` is registered as the papermill engine ``mlkit``, so
-``papermill --engine mlkit in.ipynb out.ipynb`` uses it too. Beyond papermill's
-default engine it gives the kernel its own environment and working directory
-(papermill's ``cwd=`` changes the driver's), and after the last cell it finishes
-the notebook's W&B run with the executed notebook attached as an artifact. It writes
-the executed notebook on a clock (see ``SAVE_EVERY_S``) instead of twice per cell, and
-every write of it is atomic (see ``atomic_local_writes``).
+``MlkitEngine`` is registered as the papermill engine ``mlkit``, so ``papermill --engine
+mlkit in.ipynb out.ipynb`` uses it too. Beyond papermill's default engine it gives the
+kernel its own environment and working directory (papermill's ``cwd=`` changes the
+driver's), and after the last cell it finishes the notebook's W&B run with the executed
+notebook attached as an artifact. It writes the executed notebook on a clock (see
+``SAVE_EVERY_S``) instead of twice per cell, each write atomic (``atomic_local_writes``).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from mlkit._contract import RESULT_FILE, RESULT_MIME
 from mlkit._io import read_json, write_text
 from mlkit.errors import RecordWriteError
 from mlkit.record_store import write_error
+from mlkit.run import progress
 
 EPILOGUE_TIMEOUT_S = 120
 SAVE_EVERY_S = 1.0  # while cells run, the executed notebook on disk is at most this old
@@ -131,8 +131,7 @@ class _CellSavingAndEpilogue:
     epilogue_values: dict[str, Any] | None
 
     def _execute_cell_saving(self, cell: Any, index: int) -> None:
-        """Execute a cell; if it is still running after SAVE_EVERY_S, write the notebook
-        (it shows the cell running) as papermill's save at every cell start did."""
+        """Execute a cell; write the notebook if it still runs after SAVE_EVERY_S."""
         from jupyter_core.utils import run_sync
 
         try:
@@ -275,15 +274,20 @@ def _manager_class() -> type:
 
         papermill writes the whole notebook (a JSON dump and a schema validation) when
         each cell starts and ends: 2 writes per cell, 32 per trial of the classify
-        template, about 50 ms of a one-second trial. Here a cell boundary writes only
-        when the file on disk is older than SAVE_EVERY_S, and a cell still running
-        after SAVE_EVERY_S is written then (see ``_execute_cell_saving``), so the file
-        is never more than about a second behind. The start of the run, an error and
-        the end are written at once, as before.
+        template, about 50 ms of a one-second trial. Here a cell boundary writes only when
+        the file is older than SAVE_EVERY_S, and a cell still running after SAVE_EVERY_S
+        is written then (see ``_execute_cell_saving``): the file is about a second behind
+        at most. The start, an error and the end are written at once, as before. In a
+        notebook, the progress bar is ``progress.CellProgress``.
         """
 
         pending = False
         _deferring = False
+
+        def __init__(self, nb: Any, *, progress_bar: Any = True, **kwargs: Any) -> None:
+            ours = progress.cell_progress(len(nb.cells), progress_bar)  # not a tqdm widget
+            super().__init__(nb, progress_bar=progress_bar if ours is None else False, **kwargs)
+            self.pbar = ours or self.pbar
 
         @contextlib.contextmanager
         def _at_cell_boundary(self) -> Iterator[None]:

@@ -105,6 +105,7 @@ def run(
     root: Path | None = None,
     engine: str = "papermill",
     on_start: Callable[[dict[str, Any]], None] | None = None,
+    cwd: str | Path | None = None,
 ) -> RunRecord:
     """Execute ``notebook`` as a recorded run and return its record.
 
@@ -124,6 +125,8 @@ def run(
             process's pool (see ``mlkit.run.warm``).
         on_start: called with run.json's content (``path`` added) once the record exists,
             before the kernel runs; live views use it to follow ``metrics.jsonl``.
+        cwd: the kernel's working directory, recorded in params.json; default the
+            caller's, as papermill does.
 
     Raises:
         MlkitError: before anything is written, for any bad input.
@@ -135,6 +138,7 @@ def run(
     mode = track.resolve_mode(tracking)
     experiment = experiment or notebook.stem
     _check_options(experiment, engine, cell_timeout, full)
+    cwd = Path(cwd or Path.cwd()).resolve()
 
     run_id, run_dir = create_run_dir(experiment, root)
     info = _start_record(
@@ -147,6 +151,7 @@ def run(
         extra=extra or {},
         parameters=full,
         given=values,
+        cwd=cwd,
     )
     if on_start is not None:
         on_start({**info, "path": str(run_dir)})
@@ -155,6 +160,7 @@ def run(
         run_dir,
         full if inject == "all" else values,
         env=_kernel_env(env, run_dir, experiment, notebook, mode, root),
+        cwd=cwd,
         cell_timeout=cell_timeout,
         progress=progress,
         kernel_name=sig.kernel_name,
@@ -191,6 +197,7 @@ def _execute(
     parameters: dict[str, Any],
     *,
     env: dict[str, str],
+    cwd: Path,
     cell_timeout: float | None,
     progress: bool,
     kernel_name: str | None,
@@ -203,7 +210,7 @@ def _execute(
             run_dir / OUTPUT_NOTEBOOK,
             parameters,
             env=env,
-            cwd=Path.cwd(),
+            cwd=cwd,
             cell_timeout=cell_timeout,
             progress=progress,
             kernel_name=kernel_name,
@@ -271,6 +278,7 @@ def _start_record(
     extra: dict[str, Any],
     parameters: dict[str, Any],
     given: dict[str, Any],
+    cwd: Path,
 ) -> dict[str, Any]:
     """Write run.json (status running), params.json and lineage.json; return run.json's content.
 
@@ -295,7 +303,7 @@ def _start_record(
         _write_record(run_dir / RUN_FILE, info)
         _write_record(
             run_dir / PARAMS_FILE,
-            {**named, "parameters": parameters, "given": given},
+            {**named, "parameters": parameters, "given": given, "cwd": str(cwd)},
         )
         _write_record(run_dir / LINEAGE_FILE, lineage.collect(notebook))
     except RecordWriteError as exc:
@@ -450,10 +458,24 @@ def reproduce(
         tracking=tracking,
         inject="all",
         extra={"reproduce_of": old["id"]},
+        cwd=_recorded_cwd(record, notebook),
     )
     comparison = compare(old.get("result") or {}, new.get("result") or {})
     match = bool(comparison) and all(row["equal"] for row in comparison)
     return {"old": old, "new": new, "comparison": comparison, "match": match, "warnings": warnings}
+
+
+def _recorded_cwd(record: dict[str, Any], notebook: Path) -> Path:
+    """Where the run's kernel ran: its recorded folder, else the notebook's own.
+
+    A run made by hand records no folder: JupyterLab and VS Code start the kernel in the
+    notebook's folder, so a notebook that opens ``data.csv`` beside itself finds it there
+    too, whichever folder ``mlkit reproduce`` is called from.
+    """
+    recorded = record.get("cwd")
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    return notebook.resolve().parent
 
 
 def _recorded_notebook(run_id: str, record: dict[str, Any]) -> Path:
