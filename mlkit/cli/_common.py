@@ -74,6 +74,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "model",
         "Model registry: register, promote, rollback, guard, policy, bounds, list, show.",
     ),
+    "retrain": ("retrain", "Retrain a registered model on new data; register it as a candidate."),
     "serve": (
         "serve",
         "Serve a registered model over HTTP (FastAPI, uvicorn); every response is logged.",
@@ -87,7 +88,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ops",
         "Drift of a served model's logged traffic against its training data; exit 1 on drift.",
     ),
-    "skew": ("ops", "Where a served model and its shadow disagree; exit 1 over --max-disagreement."),
+    "skew": (
+        "ops",
+        "Where a served model and its shadow disagree; exit 1 over --max-disagreement.",
+    ),
     "log": ("ops", "Prediction log: verify its hash chain (exit 1 naming the first bad row)."),
 }
 

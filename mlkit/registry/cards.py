@@ -107,6 +107,7 @@ def _card(name: str, number: int, run_dir: Path, info: dict[str, Any], sha: str)
             "seed": lineage.get("seed"),
             "device": lineage.get("device"),
             "host": lineage.get("host"),
+            "parent": lineage.get("parent"),  # the version a retrain started from
         },
         "run": {
             "id": info["id"],
@@ -170,9 +171,14 @@ def _card_md(card: dict[str, Any]) -> str:
         f"- python {lin.get('python')}, torch {lin.get('torch')}, mlkit {lin.get('mlkit')}, "
         f"seed {lin.get('seed')}, device {lin.get('device')}",
         f"- reproduce: `mlkit reproduce {run['id']}`",
+        *([f"- retrained from: {_parent_md(lin['parent'])}"] if lin.get("parent") else []),
         "",
     ]
     return "\n".join(lines)
+
+
+def _parent_md(parent: dict[str, Any]) -> str:
+    return f"{parent.get('model')} v{parent.get('version')} (run `{parent.get('run_id')}`)"
 
 
 def _table_md(data: dict[str, Any]) -> list[str]:
