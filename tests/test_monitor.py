@@ -97,6 +97,10 @@ def test_prediction_drift_when_the_class_mix_shifts() -> None:
     out = monitor.prediction_drift(ref, moved)
     assert out["drifted"] and out["test"] == "chi2"
     assert out["shares"]["2"]["current"] > out["shares"]["2"]["reference"]
+    named = monitor.prediction_drift(ref, moved, class_names=["no", "yes"])
+    # Classes by name where the model has one; a class past the names keeps its index.
+    assert list(named["shares"]) == ["no", "yes", "2"]
+    assert named["shares"]["2"] == out["shares"]["2"]
     values = rng.standard_normal(REFERENCE)
     assert monitor.prediction_drift(values, rng.standard_normal(WINDOW) + 0.5, task="regression")[
         "drifted"

@@ -146,8 +146,13 @@ def prediction_drift(
     *,
     task: str = "classification",
     alpha: float = DEFAULT_ALPHA,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Predicted classes (chi-squared) or values (KS), current vs reference, at ``alpha``."""
+    """Predicted classes (chi-squared) or values (KS), current vs reference, at ``alpha``.
+
+    ``class_names`` (by class index) names the classes in ``shares``; without them, or for a
+    class past their end, the class is named by its index.
+    """
     ref = np.asarray(reference)
     cur = np.asarray(current)
     if len(ref) < 2 or len(cur) < 2:
@@ -155,8 +160,9 @@ def prediction_drift(
     if task == "classification":
         stat, p, index = labels_test(ref, cur)
         classes = sorted(set(ref.tolist()) | set(cur.tolist()))
+        names = list(class_names or [])
         shares = {
-            str(c): {
+            (names[c] if isinstance(c, int) and 0 <= c < len(names) else str(c)): {
                 "reference": float(np.mean(ref == c)),
                 "current": float(np.mean(cur == c)),
             }
