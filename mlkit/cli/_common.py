@@ -92,6 +92,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "ops",
         "Where a served model and its shadow disagree; exit 1 over --max-disagreement.",
     ),
+    "replay": ("ops", "Score a candidate offline on production's logged traffic; compare."),
     "log": ("ops", "Prediction log: verify its hash chain (exit 1 naming the first bad row)."),
 }
 

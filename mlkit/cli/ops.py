@@ -1,5 +1,5 @@
 """Operations on served models: ``mlkit abtest report``, ``feedback``, ``monitor``, ``skew``,
-``log``."""
+``replay``, ``log``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from mlkit.errors import CheckFailedError, ParameterError
 
 
 def add_parsers(commands: common.Subcommands) -> None:
-    """Add ``mlkit abtest``, ``feedback``, ``monitor``, ``skew`` and ``log``."""
+    """Add ``mlkit abtest``, ``feedback``, ``monitor``, ``skew``, ``replay`` and ``log``."""
     abtest = common.add_group(commands, "abtest")
     p = common.add_command(
         abtest,
@@ -39,6 +39,7 @@ def add_parsers(commands: common.Subcommands) -> None:
     _add_feedback(commands)
     _add_monitor(commands)
     _add_skew(commands)
+    _add_replay(commands)
     _add_log(commands)
 
 
@@ -151,6 +152,43 @@ def _add_skew(commands: common.Subcommands) -> None:
     )
 
 
+def _add_replay(commands: common.Subcommands) -> None:
+    p = common.add_command(
+        commands,
+        "replay",
+        cmd_replay,
+        parents=[
+            common.prediction_log(
+                "prediction log: sqlite:///PATH, a SQLite file or postgresql://... (default: "
+                "the SQLite file beside the model)"
+            ),
+            common.JSON,
+        ],
+    )
+    p.add_argument(
+        "model",
+        metavar="NAME[:ALIAS]",
+        help="the served model and alias (default production): the logged requests of the "
+        "version it points to now are replayed",
+    )
+    p.add_argument(
+        "--candidate",
+        required=True,
+        metavar="ALIAS|vN",
+        help="the version to score offline on production's logged inputs",
+    )
+    p.add_argument("--window", type=int, default=1000, help="latest answered examples to replay")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="T",
+        help="regression: an example disagrees when |candidate - production| > T",
+    )
+    p.add_argument(
+        "--top", type=int, default=10, help="largest disagreements to list with their inputs"
+    )
+
+
 def cmd_abtest_report(args: argparse.Namespace) -> int:
     """``mlkit abtest report``: a table of the variants with their intervals and tests."""
     from mlkit.ops import abtest
@@ -247,6 +285,28 @@ def cmd_skew(args: argparse.Namespace) -> int:
     else:
         print(skew.format_report(report), flush=True)
     return EXIT_FAILED if report["crossed"] else EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """``mlkit replay``: a report and its record; exit 0 once written."""
+    from mlkit.ops import replay
+    from mlkit.registry.store import parse_target
+
+    name, alias = parse_target(args.model)
+    report = replay.replay(
+        name,
+        args.candidate,
+        alias,
+        window=args.window,
+        tolerance=args.tolerance,
+        top=args.top,
+        log=args.log,
+    )
+    if args.json:
+        common.print_json({k: v for k, v in report.items() if k != "differences"})
+    else:
+        print(replay.format_report(report), flush=True)
+    return EXIT_OK
 
 
 def cmd_log_verify(args: argparse.Namespace) -> int:

@@ -47,17 +47,24 @@ __all__ = [
     "DEFAULT_TOP",
     "DEFAULT_WINDOW",
     "Pair",
+    "body_examples",
+    "check_options",
+    "check_rate",
     "classification_skew",
+    "draw_disagreement",
     "format_report",
+    "headline",
+    "largest_lines",
+    "log_url",
     "pairs_from_rows",
+    "predictions",
     "regression_skew",
     "skew",
+    "write_record",
 ]
 
 DEFAULT_WINDOW = 1000
 DEFAULT_TOP = 10
-REPORT_FILE = "skew.json"
-FIGURE_FILE = "skew.png"
 # The request body's keys (mlkit.serve.schema.BODY_KEYS): one example, or a list of them.
 _BODY_KEYS = ("input", "inputs", "raw_input", "raw_inputs", "record", "records")
 
@@ -78,24 +85,29 @@ class Pair:
 # --- pairing the log's rows ---------------------------------------------------------
 
 
-def _predictions(row: dict[str, Any]) -> list[Any]:
+def predictions(row: dict[str, Any]) -> list[Any]:
+    """The answers of a log row, one per example (empty when it holds none)."""
     out = json.loads(row["output"]) if row.get("output") else {}
     if out.get("prediction") is not None:
         return [out["prediction"]]
     return list(out.get("predictions") or [])
 
 
-def _inputs(row: dict[str, Any], n: int) -> list[Any]:
-    """The examples of the request's body, or ``n`` Nones when it cannot be read as such."""
+def body_examples(row: dict[str, Any], n: int) -> tuple[str | None, list[Any]]:
+    """The body key a request's ``n`` examples came under, and the examples, one per answer.
+
+    ``(None, n Nones)`` when the body cannot be read as ``n`` examples. The key (``input``,
+    ``raw_inputs``, ``records``...) says which space they are in.
+    """
     try:
         body = json.loads(row["input"]) if row.get("input") else {}
     except json.JSONDecodeError:
         body = {}
     key = next((k for k in _BODY_KEYS if isinstance(body, dict) and body.get(k) is not None), None)
     if key is None:
-        return [None] * n
+        return None, [None] * n
     xs = body[key] if key.endswith("s") else [body[key]]
-    return xs if isinstance(xs, list) and len(xs) == n else [None] * n
+    return (key, xs) if isinstance(xs, list) and len(xs) == n else (None, [None] * n)
 
 
 def pairs_from_rows(
@@ -122,11 +134,11 @@ def pairs_from_rows(
         if other["status"] != 200:
             counts["shadow_failed"] += 1
             continue
-        mine, theirs = _predictions(row), _predictions(other)
+        mine, theirs = predictions(row), predictions(other)
         if not mine or len(mine) != len(theirs):
             continue  # not a pair this report understands; never guess its pairing
         counts["requests"] += 1
-        xs = _inputs(row, len(mine))
+        xs = body_examples(row, len(mine))[1]
         shown = f"{other['model']}:v{other['version']}"
         for i in reversed(range(len(mine))):
             pairs.append(
@@ -244,7 +256,7 @@ def _task(pairs: list[Pair]) -> str:
 # --- the check, the record -------------------------------------------------------------
 
 
-def _check(report: dict[str, Any], bound: float | None) -> None:
+def check_rate(report: dict[str, Any], bound: float | None) -> None:
     """``crossed`` and a ``note`` in words, by the guard's rule: the lower end above the bound."""
     if report.get("rate") is None:
         report["crossed"] = False
@@ -264,16 +276,16 @@ def _check(report: dict[str, Any], bound: float | None) -> None:
         )
 
 
-def _figure(report: dict[str, Any]) -> bytes:
-    """The confusion table as a heatmap, or the histogram of the differences, as PNG."""
-    # matplotlib takes a second to import: only when a report is drawn
-    from matplotlib.figure import Figure
+def draw_disagreement(fig: Any, ax: Any, report: dict[str, Any], ours: str, theirs: str) -> None:
+    """The confusion table ``ours`` x ``theirs`` as a heatmap, or the histogram of the
+    differences (``theirs`` minus ``ours``), on ``ax`` of the matplotlib figure ``fig``.
 
+    ``theirs`` names the columns' side in full (``shadow (m:v2)``); its first word heads the
+    histogram's axis.
+    """
     if report["task"] == "classification":
         table = np.asarray(report["confusion"])
         k = len(table)
-        fig = Figure(figsize=(max(4.0, 0.5 * k + 2), max(3.5, 0.5 * k + 1.5)))
-        ax = fig.add_subplot()
         image = ax.imshow(table, cmap="Blues")
         fig.colorbar(image, ax=ax, label="examples")
         for i in range(k):
@@ -283,46 +295,81 @@ def _figure(report: dict[str, Any]) -> bytes:
                     ax.text(j, i, str(table[i, j]), ha="center", va="center", color=color)
         ax.set_xticks(range(k), report["classes"], rotation=90 if k > 6 else 0)
         ax.set_yticks(range(k), report["classes"])
-        ax.set(xlabel=f"shadow ({', '.join(report['shadows'])})", ylabel="primary")
+        ax.set(xlabel=theirs, ylabel=ours)
     else:
-        fig = Figure(figsize=(6, 3.5))
-        ax = fig.add_subplot()
         ax.hist(report["differences"], bins=30, color="tab:blue")
         ax.axvline(0.0, ls="--", color="grey")
-        ax.set(xlabel="shadow - primary", ylabel="examples")
-    target = f"{report['model']}:{report['alias']}" if report["alias"] else report["model"]
+        ax.set(xlabel=f"{theirs.split()[0]} - {ours}", ylabel="examples")
+
+
+def headline(report: dict[str, Any]) -> str:
+    """The disagreement rate with its interval, or the mean difference, in a few words."""
     if report.get("rate") is not None:
         low, high = report["ci95"]
-        headline = f"disagreement {report['rate']:.3f}, 95% CI [{low:.3f}, {high:.3f}]"
+        return f"disagreement {report['rate']:.3f}, 95% CI [{low:.3f}, {high:.3f}]"
+    return f"mean difference {report['mean_difference']:+.4g}"
+
+
+def _figure(report: dict[str, Any]) -> bytes:
+    """The confusion table as a heatmap, or the histogram of the differences, as PNG."""
+    # matplotlib takes a second to import: only when a report is drawn
+    from matplotlib.figure import Figure
+
+    if report["task"] == "classification":
+        k = len(report["confusion"])
+        fig = Figure(figsize=(max(4.0, 0.5 * k + 2), max(3.5, 0.5 * k + 1.5)))
     else:
-        headline = f"mean difference {report['mean_difference']:+.4g}"
-    ax.set_title(f"{target} vs {', '.join(report['shadows'])}\n{headline}", fontsize=9)
+        fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    shadows = ", ".join(report["shadows"])
+    draw_disagreement(fig, ax, report, "primary", f"shadow ({shadows})")
+    target = f"{report['model']}:{report['alias']}" if report["alias"] else report["model"]
+    ax.set_title(f"{target} vs {shadows}\n{headline(report)}", fontsize=9)
     return render_png(fig)
 
 
-def _write_record(
-    report: dict[str, Any], params: dict[str, Any], t0: float, root: Path | None
+def write_record(
+    kind: str,
+    report: dict[str, Any],
+    params: dict[str, Any],
+    result: dict[str, Any],
+    figure: bytes,
+    t0: float,
+    root: Path | None,
 ) -> Path:
-    """A completed run record of the report, as ``mlkit runs`` and ``mlkit show`` read it.
+    """A completed run record of a report, as ``mlkit runs`` and ``mlkit show`` read it.
 
+    It goes under ``experiments/<kind>-<model>/runs/<id>/``: ``<kind>.json`` (the report),
+    ``<kind>.png`` (``figure``) and ``result.json`` (``result``, the headline numbers).
     ``t0`` is when the command began (``time.monotonic``): the run's duration counts from it.
     """
-    run_id, path = record_store.create_run_dir(f"skew-{report['model']}", root)
+    experiment = f"{kind}-{report['model']}"
+    run_id, path = record_store.create_run_dir(experiment, root)
     info: dict[str, Any] = {
         "id": run_id,
-        "experiment": f"skew-{report['model']}",
+        "experiment": experiment,
         "notebook": "",
         "status": "running",
         "started": report["at"],
         "pid": os.getpid(),
         "host": hostname(),
         "driver": "mlkit",
-        "job_type": "skew",
+        "job_type": kind,
     }
     write_json(path / RUN_FILE, info)
     write_json(path / PARAMS_FILE, {"notebook": "", "parameters": params})
-    write_json(path / REPORT_FILE, report)
-    (path / FIGURE_FILE).write_bytes(_figure(report))
+    write_json(path / f"{kind}.json", report)
+    (path / f"{kind}.png").write_bytes(figure)
+    write_json(path / RESULT_FILE, result)  # the sentinel: written last but run.json
+    info.update(status="completed", ended=now_iso(), duration=round(time.monotonic() - t0, 3))
+    write_json(path / RUN_FILE, info)
+    return path
+
+
+def _write_record(
+    report: dict[str, Any], params: dict[str, Any], t0: float, root: Path | None
+) -> Path:
+    """The skew record: the report, its figure and the headline numbers (``skew/...``)."""
     result: dict[str, Any] = {"skew/window": report["n"], "skew/crossed": int(report["crossed"])}
     if report.get("rate") is not None:
         low, high = report["ci95"]
@@ -330,28 +377,30 @@ def _write_record(
     if report["task"] == "regression":
         result["skew/mean_abs_difference"] = report["mean_abs_difference"]
         result["skew/max_abs_difference"] = report["max_abs_difference"]
-    write_json(path / RESULT_FILE, result)  # the sentinel: written last but run.json
-    info.update(status="completed", ended=now_iso(), duration=round(time.monotonic() - t0, 3))
-    write_json(path / RUN_FILE, info)
-    return path
+    return write_record("skew", report, params, result, _figure(report), t0, root)
 
 
 # --- the whole command -----------------------------------------------------------------
 
 
-def _log_url(log: str | Path | None, name: str, root: Path | None) -> str:
-    """The log's URL: ``log`` as a URL or a SQLite path, else the file beside the model."""
+def log_url(log: str | Path | None, name: str, root: Path | None, serve: str) -> str:
+    """The log's URL: ``log`` as a URL or a SQLite path, else the file beside the model.
+
+    Raises:
+        NotFoundError: a SQLite log that does not exist; the message says to ``serve`` it
+            first (the command that would have logged what is wanted).
+    """
     text = str(log) if log else predlog.default_url(name, root)
     url = text if "://" in text else f"sqlite:///{Path(text).resolve()}"
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
         raise NotFoundError(
-            f"No prediction log at {url[len('sqlite:///') :]}: serve the model with a shadow "
-            f"first (mlkit serve {name} --shadow {name}:ALIAS) or pass --log URL."
+            f"No prediction log at {url[len('sqlite:///') :]}: serve the model first "
+            f"({serve}) or pass --log URL."
         )
     return url
 
 
-def _check_options(
+def check_options(
     window: int, max_disagreement: float | None, tolerance: float | None, top: int
 ) -> None:
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
@@ -376,7 +425,8 @@ def _read_window(
     root: Path | None,
 ) -> tuple[list[Pair], dict[str, int], str]:
     """(pairs, counts, the log's URL as shown) of the window; StateError when it is empty."""
-    plog = predlog.PredictionLog(_log_url(log, name, root))
+    serve = f"with a shadow: mlkit serve {name} --shadow {name}:ALIAS"
+    plog = predlog.PredictionLog(log_url(log, name, root, serve))
     try:
         rows = plog.rows()
     finally:
@@ -450,7 +500,7 @@ def skew(
             regression model without ``tolerance``.
     """
     started, t0 = now_iso(), time.monotonic()
-    _check_options(window, max_disagreement, tolerance, top)
+    check_options(window, max_disagreement, tolerance, top)
     version = store.resolve(name, alias, root) if alias else None
     pairs, counts, shown_url = _read_window(name, alias, version, window, log, root)
     task = _task(pairs)
@@ -478,7 +528,7 @@ def skew(
         "max_disagreement": max_disagreement,
         **stats,
     }
-    _check(report, max_disagreement)
+    check_rate(report, max_disagreement)
     params = {
         "model": name,
         "alias": alias or "",
@@ -508,16 +558,29 @@ def format_report(report: dict[str, Any]) -> str:
         )
     mark = "CROSSED" if report["crossed"] else "ok"
     lines.append(f"  {mark:<8} {report['note']}")
+    lines += largest_lines(report, "primary", "shadow")
+    lines.append(f"record: {report['path']}")
+    return "\n".join(lines)
+
+
+def largest_lines(report: dict[str, Any], ours: str, theirs: str) -> list[str]:
+    """The regression's differences, then one line per largest disagreement with its input.
+
+    ``ours`` and ``theirs`` name the two sides (``primary`` and ``shadow``) in the words the
+    report's own keys use for them (the rows of ``largest`` hold the shadow's answer under
+    ``shadow`` whatever ``theirs`` says).
+    """
+    lines = []
     if report["task"] == "regression":
         lines.append(
-            f"  difference (shadow - primary): mean {report['mean_difference']:+.4g}, "
+            f"  difference ({theirs} - {ours}): mean {report['mean_difference']:+.4g}, "
             f"mean |d| {report['mean_abs_difference']:.4g}, max |d| "
             f"{report['max_abs_difference']:.4g}"
         )
     for row in report["largest"]:
         if report["task"] == "classification":
             what = (
-                f"{row['primary']} -> {row['shadow']} (shadow p of {row['primary']} "
+                f"{row['primary']} -> {row['shadow']} ({theirs} p of {row['primary']} "
                 f"{row['shadow_p_of_primary_class']:.3f})"
             )
         else:
@@ -525,5 +588,4 @@ def format_report(report: dict[str, Any]) -> str:
         shown = json.dumps(row["input"])
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         lines.append(f"  {row['request_id']}[{row['example']}] {what} input {shown}")
-    lines.append(f"record: {report['path']}")
-    return "\n".join(lines)
+    return lines
