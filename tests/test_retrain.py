@@ -17,20 +17,18 @@ from tests.test_table_data import credit_frame
 pytestmark = pytest.mark.slow  # the module's fixture trains and registers a real model
 
 
-@pytest.fixture(scope="module")
-def credit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """classify.ipynb (a copy, so a test may change it) on 300 rows; v1 is production."""
-    tmp = tmp_path_factory.mktemp("retrain")
+def train_and_register(tmp: Path, frame: Any, *params: str) -> dict[str, Any]:
+    """classify.ipynb (a copy, so a test may change it) on ``frame``, registered as v1 of
+    ``credit`` and promoted to production; ``params`` are more ``-p NAME VALUE`` pairs."""
     root = tmp / "experiments"
     notebook = tmp / "classify.ipynb"
     shutil.copyfile(TEMPLATES / "classify.ipynb", notebook)
-    old, new = tmp / "credit.csv", tmp / "june.csv"
-    credit_frame(n=300).to_csv(old, index=False)
-    credit_frame(n=200, seed=1).to_csv(new, index=False)
+    old = tmp / "credit.csv"
+    frame.to_csv(old, index=False)
     env = {"MLKIT_EXPERIMENTS": str(root), "WANDB_MODE": "disabled"}
     proc = run_cli(
         *("run", str(notebook), "-q", "--tracking", "disabled"),
-        *("-p", "dataset", str(old), "-p", "target", "default", "-p", "epochs", "2"),
+        *("-p", "dataset", str(old), "-p", "target", "default", *params),
         env=env,
     )
     assert proc.returncode == 0, proc.stderr
@@ -38,7 +36,17 @@ def credit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for args in (("register", run_dir.name, "--name", "credit"), ("promote", "credit", "v1")):
         proc = run_cli("model", *args, "--tracking", "disabled", env=env)
         assert proc.returncode == 0, proc.stderr
-    return {"root": root, "env": env, "run": run_dir, "old": old, "new": new, "notebook": notebook}
+    return {"root": root, "env": env, "run": run_dir, "old": old, "notebook": notebook}
+
+
+@pytest.fixture(scope="module")
+def credit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """classify.ipynb on 300 rows; v1 is production; ``new`` is a table of 200 more."""
+    tmp = tmp_path_factory.mktemp("retrain")
+    registered = train_and_register(tmp, credit_frame(n=300), "-p", "epochs", "2")
+    new = tmp / "june.csv"
+    credit_frame(n=200, seed=1).to_csv(new, index=False)
+    return {**registered, "new": new}
 
 
 def _retrain(credit: dict[str, Any], *args: str):

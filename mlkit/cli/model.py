@@ -7,6 +7,7 @@ import time
 
 from mlkit.cli import _common as common
 from mlkit.cli._common import EXIT_FAILED, EXIT_OK, fmt
+from mlkit.cli.retrain import MARGIN
 from mlkit.errors import ParameterError
 
 NAME = common.parent("name")
@@ -37,7 +38,7 @@ def _add_lifecycle(model: common.Subcommands) -> None:
 
     help = "Point an alias (production) at a version."
     p = common.add_command(
-        model, "promote", cmd_model_promote, help, [NAME, ALIAS, common.TRACKING]
+        model, "promote", cmd_model_promote, help, [NAME, ALIAS, common.TRACKING, MARGIN]
     )
     p.add_argument("version", help="v3 or 3")
     p.add_argument(
@@ -46,6 +47,13 @@ def _add_lifecycle(model: common.Subcommands) -> None:
         help="promote even if the evaluation breaks the model's bounds (needs --reason)",
     )
     p.add_argument("--reason", help="why, kept in the alias history (required with --force)")
+    p.add_argument(
+        "--evidence",
+        action="store_true",
+        help="first compare the version with the alias's current one on the version's held-out "
+        "rows; promote only if it is not worse by more than --margin (else exit 1, kept in the "
+        "alias history)",
+    )
 
     help = "Move an alias back to its previous version."
     common.add_command(model, "rollback", cmd_model_rollback, help, [NAME, ALIAS, common.TRACKING])
@@ -134,6 +142,8 @@ def cmd_model_promote(args: argparse.Namespace) -> int:
     """``mlkit model promote``: through the promotion gate, or past it with a reason."""
     from mlkit.registry import aliases
 
+    if args.evidence or args.margin is not None:
+        return _promote_on_evidence(args)
     out = aliases.promote(
         args.name,
         args.version,
@@ -149,6 +159,24 @@ def cmd_model_promote(args: argparse.Namespace) -> int:
         for violation in out["violations"]:
             print(f"  - {violation}")
     return EXIT_OK
+
+
+def _promote_on_evidence(args: argparse.Namespace) -> int:
+    """``mlkit model promote --evidence``: exit 1 when the comparison keeps the alias still."""
+    from mlkit.registry import comparison
+
+    if not args.evidence or args.force or args.reason:
+        raise ParameterError(
+            "--evidence decides on a comparison and records its own reason: it takes --margin, "
+            "not --force or --reason (and --margin needs --evidence). Pass --evidence [--margin "
+            "M], or --force --reason TEXT without them."
+        )
+    margin = comparison.DEFAULT_MARGIN if args.margin is None else args.margin
+    out = comparison.promote_on_evidence(
+        args.name, args.version, args.alias, margin=margin, tracking=args.tracking
+    )
+    print(comparison.format_comparison(out["comparison"]))
+    return EXIT_OK if out["promoted"] else EXIT_FAILED
 
 
 def cmd_model_rollback(args: argparse.Namespace) -> int:

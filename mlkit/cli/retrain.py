@@ -6,6 +6,17 @@ import argparse
 
 from mlkit.cli import _common as common
 from mlkit.cli._common import EXIT_FAILED, EXIT_OK
+from mlkit.errors import ParameterError
+
+# Shared with ``mlkit model promote --evidence``: the same rule, the same flag.
+MARGIN = common.parent(
+    "--margin",
+    type=float,
+    metavar="M",
+    help="how much worse than the current version the candidate may be, in the metric's "
+    "units (accuracy, or MAE in the target's), judged on the 95%% interval of the "
+    "difference (default 0.01)",
+)
 
 
 def add_parsers(commands: common.Subcommands) -> None:
@@ -19,6 +30,7 @@ def add_parsers(commands: common.Subcommands) -> None:
             common.TRACKING,
             common.QUIET,
             common.JSON,
+            MARGIN,
         ],
     )
     p.add_argument(
@@ -50,13 +62,29 @@ def add_parsers(commands: common.Subcommands) -> None:
         help="run the notebook even if it changed since the parent ran; the new run's record "
         "keeps the warning",
     )
+    p.add_argument(
+        "--promote",
+        action="store_true",
+        help="then compare the new version with production on the same held-out rows and "
+        "promote it unless it may be worse by more than --margin (exit 1 when it stays a "
+        "candidate)",
+    )
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    """``mlkit retrain``: exit 0 when the new version is registered, 1 when the run failed."""
-    from mlkit.registry import retrain
+    """``mlkit retrain``: exit 0 when the new version is registered, 1 when the run failed.
+
+    With --promote, exit 1 too when the comparison with production kept it a candidate.
+    """
+    from mlkit.registry import comparison, retrain
     from mlkit.run import runner
 
+    if args.margin is not None and not args.promote:
+        raise ParameterError(
+            f"--margin {args.margin:g} is the rule of --promote, which was not given. Pass "
+            "--promote --margin M, or leave out --margin."
+        )
+    margin = comparison.DEFAULT_MARGIN if args.margin is None else args.margin
     with runner.terminate_as_interrupt():
         out = retrain.retrain(
             args.target,
@@ -66,13 +94,16 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             append=args.append,
             alias=args.alias,
             allow_changed_notebook=args.allow_changed_notebook,
+            promote_on_evidence=args.promote,
+            margin=margin,
             tracking=args.tracking,
             progress=not (args.quiet or args.json),
         )
-    version = out["version"]
+    version, promotion = out["version"], out["promotion"]
+    refused = promotion is not None and not promotion["promoted"]
     if args.json:
         common.print_json(out, default=str)
-        return EXIT_OK if version else EXIT_FAILED
+        return EXIT_FAILED if not version or refused else EXIT_OK
     parent = out["parent"]
     print(f"retrain of {parent['model']} v{parent['version']} (run {parent['run_id']})")
     for warning in out["warnings"]:
@@ -85,4 +116,6 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     print(f"  version:  {version['path']}")
     print(f"  run:      {out['run']['id']}")
     print(f"  data:     {out['data']}")
-    return EXIT_OK
+    if promotion is not None:
+        print(comparison.format_comparison(promotion["comparison"]))
+    return EXIT_FAILED if refused else EXIT_OK

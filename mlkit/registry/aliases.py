@@ -36,6 +36,8 @@ def promote(
     *,
     force: bool = False,
     reason: str | None = None,
+    by: str | None = None,
+    details: dict[str, Any] | None = None,
     root: Path | None = None,
     tracking: str | None = None,
 ) -> dict[str, Any]:
@@ -46,7 +48,8 @@ def promote(
     :class:`PromotionBlockedError` and nothing is written. ``force=True`` with a non-empty
     ``reason`` promotes anyway; the history event then keeps ``forced``, ``reason``, the
     ``violations`` and the ``evaluation`` id. Promoting the version the alias already points
-    at changes nothing.
+    at changes nothing. ``by`` (who moved it: ``retrain``) and ``details`` (more fields, such
+    as the ``parent`` version or the ``comparison`` that decided) are kept in the event too.
 
     Returns:
         ``{"name", "alias", "version", "previous"}``, plus ``forced`` and ``violations`` when
@@ -88,6 +91,7 @@ def promote(
                 event.update(forced=True, reason=reason, violations=violations)
             elif reason:
                 event["reason"] = reason
+            event.update({**(details or {}), **({"by": by} if by else {})})
             reg["aliases"][alias] = number
             reg["alias_history"].setdefault(alias, []).append(event)
             write_json(folder / REGISTRY_FILE, reg)
@@ -192,11 +196,48 @@ def set_policy(
     return current
 
 
+def record_refusal(
+    name: str,
+    version: str | int,
+    alias: str = DEFAULT_ALIAS,
+    *,
+    reason: str,
+    by: str | None = None,
+    details: dict[str, Any] | None = None,
+    root: Path | None = None,
+) -> dict[str, Any]:
+    """Keep a promotion that was refused in ``alias``'s history; the alias does not move.
+
+    The event's action is ``refused``: rollback and :func:`alias_since` replay only the moves
+    (promote, rollback), so a refusal is there to read, never to follow.
+
+    Returns:
+        The event as written.
+    """
+    check_alias(alias)
+    _version_number(version, _read(name, root))  # fail before the lock creates anything
+    with _locked(name, root) as folder:
+        reg = _read(name, root)
+        event: dict[str, Any] = {
+            "action": "refused",
+            "from": reg["aliases"].get(alias),
+            "to": _version_number(version, reg),
+            "at": now_iso(),
+            "reason": reason,
+            **(details or {}),
+        }
+        if by:
+            event["by"] = by
+        reg["alias_history"].setdefault(alias, []).append(event)
+        write_json(folder / REGISTRY_FILE, reg)
+    return event
+
+
 def alias_since(name: str, alias: str = DEFAULT_ALIAS, root: Path | None = None) -> str | None:
     """When ``alias`` last moved to the version it points at now (ISO time), None if never."""
     reg = _read(name, root)
     current = reg["aliases"].get(alias)
     for event in reversed(reg["alias_history"].get(alias) or []):
-        if event.get("to") == current:
+        if event.get("action") in ("promote", "rollback") and event.get("to") == current:
             return event.get("at")
     return None

@@ -44,6 +44,7 @@ from mlkit.errors import (
     StateError,
 )
 from mlkit.record_store import find_run, resolve_notebook
+from mlkit.registry import comparison
 from mlkit.registry.aliases import promote
 from mlkit.registry.store import (
     DEFAULT_ALIAS,
@@ -84,6 +85,8 @@ class Parent:
         return {"model": self.name, "version": self.version, "run_id": self.run_id}
 
 
+# Long on purpose: the one entry point of a retrain, its options documented in place (the
+# docstring is half of it); the steps it runs are the helpers below.
 def retrain(
     target: str,
     data: str,
@@ -93,6 +96,8 @@ def retrain(
     append: bool = False,
     alias: str = CANDIDATE,
     allow_changed_notebook: bool = False,
+    promote_on_evidence: bool = False,
+    margin: float = comparison.DEFAULT_MARGIN,
     root: Path | None = None,
     tracking: str | None = None,
     progress: bool = True,
@@ -109,13 +114,21 @@ def retrain(
         alias: the alias pointed at the new version; never ``production``.
         allow_changed_notebook: run the notebook even if it changed since the parent ran;
             the new run's record keeps the warning.
+        promote_on_evidence: once registered, compare the new version with production on the
+            same held-out rows and promote it when it is not worse by more than ``margin``
+            (:func:`mlkit.registry.comparison.promote_on_evidence`); the alias history names
+            ``retrain`` and the parent version.
+        margin: how much worse than production the new version may be, in the metric's
+            units, judged on the interval of the difference.
         root: experiments folder; default ``experiments/`` at the project root.
         tracking: W&B mode for the run and the registration.
         progress: show a progress bar while cells run.
 
     Returns:
-        ``{"parent", "run", "version", "alias", "warnings", "data"}``. ``version`` is the
-        registry entry (with ``path``), None when the run did not complete.
+        ``{"parent", "run", "version", "alias", "warnings", "data", "promotion"}``.
+        ``version`` is the registry entry (with ``path``), None when the run did not
+        complete; ``promotion`` is the decision on evidence (``promoted``, ``reason``,
+        ``comparison``), None when not asked for or nothing was registered.
 
     Raises:
         UsageError: before any run, for a missing model, alias, run record or notebook, a
@@ -124,6 +137,8 @@ def retrain(
             the alias from moving (it has no evaluation yet).
     """
     alias = _check_target_alias(alias)
+    if promote_on_evidence:
+        margin = comparison.check_margin(margin)
     name, ref = parse_target(target)
     parent = find_parent(name, ref, root, allow_changed_notebook=allow_changed_notebook)
     given = {**parent.parameters, **(params or {})}
@@ -158,10 +173,21 @@ def retrain(
         "alias": alias,
         "warnings": parent.warnings,
         "data": str(source),
+        "promotion": None,
     }
     if run.get("status") == "completed":
         reason = f"retrained from {name} v{parent.version} on {redact(data)}"
         out["version"] = _register(run, name, alias, reason, root=root, tracking=tracking)
+        if promote_on_evidence:
+            out["promotion"] = comparison.promote_on_evidence(
+                name,
+                out["version"]["version"],
+                DEFAULT_ALIAS,
+                margin=margin,
+                by="retrain",
+                root=root,
+                tracking=tracking,
+            )
     return out
 
 
