@@ -83,7 +83,7 @@ class VersionEntry(TypedDict, total=False):
 class AliasEvent(TypedDict, total=False):
     """One move of an alias: every promotion and rollback, with who decided and why."""
 
-    action: str  # promote or rollback
+    action: str  # promote, rollback, or refused (a promotion the evidence or the gate stopped)
     to: int
     at: str
     reason: str
