@@ -94,7 +94,12 @@ def test_report_single_objective(exp_root: Path) -> None:
     page, _ = page_and_notebook(out)
     assert "quad-sweep" in page
     assert 'href="../runs/run-1/output.ipynb"' in page
-    assert page.count("data:image/png;base64") >= 5
+    # history, importances, parallel coordinates, intermediate values, slice: plotly figures,
+    # plotly.js inline once, and no script fetched from anywhere (require.js, MathJax)
+    assert page.count('class="plotly-graph-div"') == 5
+    assert page.count("plotly.js v") == 1
+    assert "<script src=" not in page
+    assert "run-1" in page.split("plotly.js v")[1]  # a trial's record id in the plots' data
     assert "cell 7 raised &lt;boom&gt;" in page  # the failed trial's reason, escaped
     assert "test/accuracy" in page
     result = read_result(out["notebook"])
@@ -124,12 +129,72 @@ def test_report_two_objectives(exp_root: Path) -> None:
     out = report.sweep_report("pareto-sweep", progress=False)
     assert out["status"] == "completed", out["reason"]
     page, _ = page_and_notebook(out)
-    assert "Pareto front" in page and "data:image/png;base64" in page
+    assert "Pareto front" in page and page.count('class="plotly-graph-div"') >= 3
     assert read_result(out["notebook"]) == {
         "n_trials": 4,
         "n_complete": 4,
         "pareto_size": 3,
     }
+
+
+def history_figure(study: Any) -> Any:
+    import optuna.visualization as vis
+
+    return vis.plot_optimization_history(study, target_name="val/loss")
+
+
+# Hovering a point of the history plot shows that trial's record id, value and parameters,
+# and the points lie over the best-value line, which would otherwise take the hover.
+def test_history_hover_names_the_trial_record_and_params(exp_root: Path) -> None:
+    url, _ = make_study(exp_root, "hover-sweep")
+    study = storages.load_study(url, "hover-sweep")
+    trials = study.get_trials()
+    figure = report.trial_hover(history_figure(study), trials, ["val/loss"])
+    points = figure.data[-1]
+    assert points.mode == "markers" and points.hovertemplate == "%{customdata}<extra></extra>"
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert [int(x) for x in points.x] == [t.number for t in complete]
+    first = points.customdata[0]
+    assert first.startswith("<b>trial 0</b> · run-0<br>val/loss 9<br>")
+    assert "x -2<br>width 8" in first
+    assert "heartbeat" not in first and "run_path" not in first
+    line = next(t for t in figure.data if t.mode == "lines")
+    assert line.hovertemplate is None  # a trace of no trials keeps its own hover
+
+
+# Optuna's Pareto-front hover (every user attribute as JSON) becomes the same short text.
+def test_pareto_hover_is_short(exp_root: Path) -> None:
+    import optuna
+    import optuna.visualization as vis
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for number, values in enumerate([(0.8, 3.0), (0.9, 5.0)]):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"x": number / 4},
+                distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+                values=list(values),
+                user_attrs={"run_id": f"run-{number}", "heartbeat": "2026-01-01"},
+            )
+        )
+    figure = vis.plot_pareto_front(study, target_names=["acc", "time"])
+    report.trial_hover(figure, study.get_trials(), ["acc", "time"])
+    texts = [text for trace in figure.data for text in (trace.customdata or [])]
+    assert sorted(texts) == [
+        "<b>trial 0</b> · run-0<br>acc 0.8<br>time 3<br>x 0",
+        "<b>trial 1</b> · run-1<br>acc 0.9<br>time 5<br>x 0.25",
+    ]
+
+
+# plotly.js goes inline only where asked (the report's first figure), never from a CDN.
+def test_figure_html_inlines_plotlyjs_once(exp_root: Path) -> None:
+    url, _ = make_study(exp_root, "html-sweep")
+    study = storages.load_study(url, "html-sweep")
+    first = report.figure_html(history_figure(study), plotlyjs=True)
+    later = report.figure_html(history_figure(study), plotlyjs=False)
+    assert "plotly.js v" in first and len(first) > 1_000_000
+    assert "plotly.js v" not in later and len(later) < 100_000
+    assert "Plotly.newPlot" in later and "<script src=" not in first + later
 
 
 # A study that does not exist fails before a kernel starts, and nothing is written.

@@ -23,11 +23,13 @@ CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: .5em 0 1.5em; }
 td, th { padding: .2em .8em; text-align: left; border-bottom: 1px solid #eee; }
+#runs td { overflow-wrap: anywhere; } /* a run's long path, not the page, breaks */
 .changed { color: #a15c00; } .added { color: #137333; } .removed { color: #b3261e; }
 .same { color: #888; } .note { background: #fff4e5; padding: .5em 1em; }
 pre { background: #f6f8fa; padding: .8em; overflow-x: auto; font-size: 90%; }
 .figure-pair { display: flex; gap: 1em; margin-bottom: 1.5em; }
-.figure-pair figure { flex: 1; margin: 0; } .figure-pair img { max-width: 100%; }
+/* min-width: 0 lets a wide figure shrink to its half, not widen the page past the window */
+.figure-pair figure { flex: 1; min-width: 0; margin: 0; } .figure-pair img { max-width: 100%; }
 """
 
 
@@ -77,9 +79,10 @@ def _section_body(name: str, section: dict[str, Any]) -> str:
     e = html.escape
     out = []
     if section.get("rows"):
-        extra = ["B - A", "relative"] if name == "metrics" else []
-        extra = ["part at epoch"] if name == "curves" else extra
-        head = "".join(f"<th>{h}</th>" for h in ("", "A", "B", *extra))
+        heads = ("", "A", "B", *(["B - A", "relative"] if name == "metrics" else []))
+        if name == "curves":  # a curve is a summary per side: the terminal's columns
+            heads = ("", "epochs A / B", "best epoch A / B", "best A", "best B", "part at epoch")
+        head = "".join(f"<th>{h}</th>" for h in heads)
         out.append(f"<table><tr>{head}</tr>")
         for r in section["rows"]:
             cells = [r["key"], value(r["a"]), value(r["b"])]
@@ -87,7 +90,14 @@ def _section_body(name: str, section: dict[str, Any]) -> str:
                 rel = r.get("relative")
                 cells += [value(r.get("delta")) if "delta" in r else "", _percent(rel)]
             elif name == "curves":
-                cells.append(value(r["parted_at"]))
+                a, b = r["a"], r["b"]
+                cells[1:] = [
+                    f"{a['epochs']} / {b['epochs']}",
+                    f"{value(a['best_epoch'])} / {value(b['best_epoch'])}",
+                    value(a["best"]),
+                    value(b["best"]),
+                    value(r["parted_at"]),
+                ]
             tds = "".join(f"<td>{e(c)}</td>" for c in cells)
             out.append(f'<tr class="{r["change"]}">{tds}</tr>')
         out.append("</table>")
@@ -133,6 +143,9 @@ def curves_html(a: Side, b: Side) -> str:
                 col=i % columns + 1,
             )
     fig.update_layout(height=280 * rows, template="plotly_white", margin={"t": 40})
+    epochs = max((h["epoch"] for r in (a, b) for h in r.history if "epoch" in h), default=0)
+    if epochs <= 10:  # a tick per epoch, not at epoch 1.2, 1.4...
+        fig.update_xaxes(dtick=1)
     # A fixed div id, inlined JS and no config link keep the page the same bytes each time.
     return fig.to_html(
         full_html=False, include_plotlyjs=True, div_id="curves", config={"displaylogo": False}

@@ -2,8 +2,13 @@
 
 The report is ``templates/sweep_report.ipynb`` executed like any other notebook, so
 it can be opened, changed and re-run in JupyterLab; the HTML page is that notebook
-converted with its images embedded, readable without Jupyter. The page shows the
+converted, readable without Jupyter and without a network. The page shows the
 outputs only: the code is in the notebook beside it.
+
+The plots are Optuna's plotly figures, each an HTML output that draws itself: plotly.js
+rides inline in the first one only (``figure_html``), so JupyterLab, the page and a
+papermill run all show the same working figures. Hovering a trial's point shows its
+record id, values and parameters (``trial_hover``).
 
 A storage URL that holds a password reaches the kernel through the environment
 (``MLKIT_REPORT_STORAGE``), never as a parameter: papermill writes parameters into
@@ -12,7 +17,11 @@ the executed notebook, and the page is made from that notebook.
 
 from __future__ import annotations
 
+import html
+import json
+import numbers
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +34,14 @@ from mlkit.run import notebook as nbexec
 
 ENV_STORAGE = "MLKIT_REPORT_STORAGE"
 TEMPLATE = "sweep_report.ipynb"
+# No plotly logo linking to plotly.com: the page makes no request, not even on a click.
+PLOTLY_CONFIG = {"displaylogo": False}
+# nbconvert's lab page without the scripts it fetches from CDNs (require.js, MathJax): the
+# report has no math, and its plots need only the plotly.js inlined in the first figure.
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+"""
 
 
 def template_path() -> Path:
@@ -132,15 +149,103 @@ def _absolute(url: str) -> str:
     return f"{prefix}{path}{query}"
 
 
+def figure_html(figure: Any, *, plotlyjs: bool) -> str:
+    """A plotly figure as an HTML fragment that draws itself where it is shown.
+
+    Args:
+        figure: a ``plotly.graph_objects.Figure``.
+        plotlyjs: inline plotly.js (4.8 MB) in this fragment; the report's first figure
+            does, the later ones use the ``Plotly`` it defined.
+    """
+    # Optuna sizes some plots for one screen each (the slice plot: 300 px a parameter);
+    # the page's width suits every plot, and a plot's height stays Optuna's or plotly's.
+    figure.update_layout(width=None, autosize=True)
+    height = f"{figure.layout.height or 450}px"
+    return figure.to_html(
+        full_html=False,
+        include_plotlyjs=plotlyjs,
+        config=PLOTLY_CONFIG,
+        default_height=height,
+    )
+
+
+def trial_hover(figure: Any, trials: Sequence[Any], objectives: Sequence[str]) -> Any:
+    """``figure`` with each trial's point hovering its number, record id, values and params.
+
+    Applies to Optuna's plots of trials as points (history, slice, Pareto front); other
+    traces keep their hover. Optuna's own hover, where it has one, is every user attribute
+    as JSON (heartbeats, the whole result): this one is what a reader compares.
+    """
+    by_number = {t.number: t for t in trials}
+    points, others = [], []
+    for trace in figure.data:
+        which = _trial_numbers(trace)
+        if which is None or not all(n in by_number for n in which):
+            others.append(trace)
+            continue
+        trace.customdata = [hover_text(by_number[n], objectives) for n in which]
+        trace.hovertemplate = "%{customdata}<extra></extra>"
+        trace.text = None
+        points.append(trace)
+    # Drawn last, the points lie on top of the history's best-value line, which passes
+    # through every improving trial: the pointer over such a point then hovers the trial.
+    figure.data = [*others, *points]
+    return figure
+
+
+def hover_text(trial: Any, objectives: Sequence[str]) -> str:
+    """One trial as plotly hover text: ``trial 3 · RUN_ID``, then its values and params."""
+    e = html.escape
+    record = trial.user_attrs.get("run_id")
+    lines = [f"<b>trial {trial.number}</b>" + (f" · {e(str(record))}" if record else "")]
+    values = trial.values or []
+    lines += [f"{e(name)} {_short(v)}" for name, v in zip(objectives, values, strict=False)]
+    lines += [f"{e(name)} {e(_short(v))}" for name, v in trial.params.items()]
+    return "<br>".join(lines)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _trial_numbers(trace: Any) -> list[int] | None:
+    """Which trial each point of an Optuna plot's trace is; None for a trace of no trials.
+
+    The Pareto front's hover text is each trial as JSON, the slice plot colours its points
+    by trial number, the history plot puts trial numbers on x.
+    """
+    if trace.type != "scatter" or trace.mode != "markers" or trace.x is None:
+        return None
+    if trace.text is not None and not isinstance(trace.text, str):
+        try:
+            return [int(json.loads(t.replace("<br>", "\n"))["number"]) for t in trace.text]
+        except (AttributeError, TypeError, ValueError, KeyError):
+            return None
+    color = trace.marker.color
+    if _integers(color) and len(color) == len(trace.x):
+        return [int(n) for n in color]
+    return [int(n) for n in trace.x] if _integers(trace.x) else None
+
+
+def _integers(values: Any) -> bool:
+    return (
+        isinstance(values, Sequence)
+        and not isinstance(values, str)
+        and bool(values)
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values)
+    )
+
+
 def to_html(notebook: Path) -> str:
     """The executed notebook as one self-contained HTML page, outputs only.
 
-    Images are embedded as data URIs. Conversion reads nothing from the network; the
-    page itself refers to MathJax and require.js CDNs, used only when viewed.
+    Images are embedded as data URIs and plotly.js is inline in the first figure: the
+    page loads nothing from the network, neither when made nor when viewed.
     """
-    import logging
+    import logging  # nbconvert takes seconds to import: only making a page needs it
 
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(notebook, as_version=4)
@@ -151,7 +256,13 @@ def to_html(notebook: Path) -> str:
     # nbconvert warns that plots have no alt text: true, and nothing a user can fix.
     log = logging.getLogger("mlkit.report.nbconvert")
     log.setLevel(logging.ERROR)
-    exporter = HTMLExporter(embed_images=True, exclude_input=True, log=log)
+    exporter = HTMLExporter(
+        embed_images=True,
+        exclude_input=True,
+        log=log,
+        extra_loaders=[DictLoader({"offline.html.j2": OFFLINE_TEMPLATE})],
+        template_file="offline.html.j2",
+    )
     body, _ = exporter.from_notebook_node(nb)
     return body
 
