@@ -9,10 +9,17 @@ as soon as a run ends, while the driver records it and asks for the next trial.
 
 A kernel is retired after ``MLKIT_WARM_MAX_RUNS`` runs (default 50), after any
 failed run, after a timeout or a death, and whenever the run left something a
-reset cannot undo (a running thread, an unfinished ``wandb.run``). Its
-replacement starts warming at once, while the driver records the run that ended.
-A kernel serves runs of the W&B mode it was warmed for; a run in another mode
-retires it.
+reset cannot undo (a running thread, an unfinished ``wandb.run``). The run count
+is foreseeable, so its successor starts warming while the old kernel's last runs
+go on: the pool measures how long a warm-up takes and how long runs take, and
+starts it once the runs left no longer cover a warm-up and a margin. After an
+unforeseen retirement the replacement starts at once, and a thread whose runs
+often fail keeps a spare warm while the machine has a core for it. A kernel serves
+runs of the W&B mode it was warmed for; a run in another mode retires it.
+
+What the pool decides is in ``KernelPool.events`` and, at INFO, on the
+``mlkit.warm`` logger: kernels started (and why), taken for a run (and how long
+the run waited for a warm-up), retired (and why).
 
 It is a papermill engine (``papermill --engine mlkit-warm``); the pool lives in
 the driver process, so reuse happens across the runs one process makes
@@ -23,254 +30,84 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
-import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mlkit.run.notebook import base_engine, lazy_engine, make_client
-from mlkit.track import resolve_mode
-
-DEFAULT_IMPORTS = (
-    "numpy",
-    "torch",
-    "mlkit",
-    "mlkit.record",
-    "mlkit.train",
-    "mlkit.data",
-    "mlkit.models",
-    "mlkit.trial",
-    "mlkit.track",
-    "sklearn.datasets",  # mlkit.data's loaders and split: about 1 s, else in the first run
-    "sklearn.model_selection",
-    "wandb",
-    "matplotlib.pyplot",
+from mlkit.run.warm_kernel import (
+    DEFAULT_IMPORTS,
+    LEFTOVERS,
+    WARM_TIMEOUT_S,
+    WarmKernel,
+    _default_wandb_mode,
 )
-WARM_TIMEOUT_S = 180
+
+__all__ = [
+    "DEFAULT_IMPORTS",
+    "WARM_TIMEOUT_S",
+    "Event",
+    "KernelPool",
+    "WarmEngine",
+    "WarmKernel",
+    "cancel_when",
+    "pool",
+]
+
+logger = logging.getLogger("mlkit.warm")
+
 KILL_AFTER_S = 5.0  # after an interrupt, how long a run has to end before its kernel is killed
-LEFTOVERS = "__import__('mlkit.run.kernel_state').run.kernel_state.leftovers()"
-
-
-def _imports() -> list[str]:
-    raw = os.environ.get("MLKIT_WARM_IMPORTS")
-    return [m.strip() for m in raw.split(",") if m.strip()] if raw else list(DEFAULT_IMPORTS)
-
-
-def _kernel_env(wandb_mode: str | None = None) -> dict[str, str]:
-    """The driver's environment, with the W&B mode of the runs the kernel is for.
-
-    A warming kernel sets W&B up, and W&B reads its variables only then: the same mode
-    as the runs' means no second set-up in the first run. By default, the mode runs get
-    by default (``mlkit.runner``).
-    """
-    env = dict(os.environ)
-    env["WANDB_MODE"] = wandb_mode or _default_wandb_mode()
-    return env
-
-
-def _default_wandb_mode() -> str:
-
-    try:
-        return resolve_mode(None)
-    except Exception:  # an unknown WANDB_MODE: the run reports it
-        return os.environ.get("WANDB_MODE", "")
+UNMEASURED_WARM_S = 15.0  # a warm-up's length until one is measured: torch and W&B, busy machine
+# A successor starts when the runs left cover less than this many warm-ups, plus LEAD_EXTRA_S:
+# a warm-up beside running trials (or another warm-up) is slower than the one measured alone.
+LEAD_FACTOR = 1.5
+LEAD_EXTRA_S = 1.0
+MAX_AHEAD = 2  # standby kernels (successors, a spare) one thread may have warming or warm
+FAILURE_WINDOW = 10  # a thread's last runs, of which...
+FREQUENT_FAILURES = 2  # ...this many failed: it keeps a spare warm
+EVENTS_KEPT = 10_000  # the newest: a long-lived process (the explorer) keeps starting runs
 
 
 def _max_runs() -> int:
     return int(os.environ.get("MLKIT_WARM_MAX_RUNS", "50"))
 
 
-class WarmKernel:
-    """One kernel process, its single client, and what it has been through."""
+def _cores() -> int:
+    return os.cpu_count() or 1
 
-    def __init__(self, kernel_name: str, wandb_mode: str | None = None) -> None:
-        from jupyter_client.manager import AsyncKernelManager
-        from jupyter_core.utils import run_sync
 
-        self.kernel_name = kernel_name
-        env = _kernel_env(wandb_mode)
-        # The only W&B mode its runs have: W&B keeps state across a mode change that no
-        # reset undoes (a run after a "disabled" one starts telemetry exporters).
-        self.wandb_mode = env["WANDB_MODE"]
-        self.runs = 0
-        self.log_path = Path(tempfile.mkstemp(prefix="mlkit-kernel-", suffix=".log")[1])
-        self._log_offset = 0
-        self.km = AsyncKernelManager(kernel_name=kernel_name)
-        with open(self.log_path, "ab") as log:
-            # No SQLite history: runs never read it, a thread writes it every few cells,
-            # and parallel kernels would share one file. ``In`` and ``Out`` still work.
-            run_sync(self.km.start_kernel)(
-                stderr=log, env=env, extra_arguments=["--HistoryManager.enabled=False"]
-            )
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self._warm_msg: str | None = None
-        self._scrub_msg: str | None = None
-        # Replies to the warm-up and the scrub that another wait read first.
-        self._early: dict[str, dict[str, Any]] = {}
-        self._warm_started = time.monotonic()
-        self.warm_seconds: float | None = None
-        self.kill_timer_for: int | None = None  # the run an interrupt's kill timer watches
+class Event(NamedTuple):
+    """One decision of the pool, as ``KernelPool.events`` keeps it."""
 
-    # -- messaging -------------------------------------------------------------
-    def _wait_reply(
-        self, msg_id: str, timeout: float, cancelled: Callable[[], bool] | None = None
-    ) -> dict[str, Any]:
-        from jupyter_core.utils import run_sync
+    kind: str  # "started", "acquired" (a kernel's first run), "reused", "retired"
+    kernel: int  # the kernel's number: 1 for the first this pool started
+    # started: "first", "successor of K", "replacement of K" or "spare"; retired: why;
+    # acquired, reused: "run N", the kernel's run it is taken for
+    reason: str
+    waited_s: float  # acquired, reused: how long the run waited for a warm-up (0.0: not at all)
+    thread: str
+    at: float  # time.monotonic()
 
-        if msg_id in self._early:
-            return self._early.pop(msg_id)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the kernel did not answer in time")
-            if cancelled is not None and cancelled():
-                raise KeyboardInterrupt("cancelled while waiting for the kernel")
-            if not self.alive():
-                raise RuntimeError("the kernel died")
-            try:
-                msg = run_sync(self.kc.get_shell_msg)(timeout=min(left, 1.0))
-            except Exception:  # queue.Empty: poll again, checking the process is alive
-                continue
-            parent = msg["parent_header"].get("msg_id")
-            if parent == msg_id:
-                return msg["content"]
-            if parent is not None and parent in (self._warm_msg, self._scrub_msg):
-                self._early[parent] = msg["content"]  # its own waiter comes later
+    @property
+    def waited(self) -> bool:
+        """The run waited for a warm-up (``waited_s`` counts no I/O with a warm kernel)."""
+        return self.waited_s > 0
 
-    def run_code(self, code: str, timeout: float = 60, **expressions: str) -> dict[str, Any]:
-        """Execute hidden code (not in any notebook); raise when it fails."""
-        msg_id = self.kc.execute(
-            code, silent=True, store_history=False, user_expressions=expressions, allow_stdin=False
-        )
-        content = self._wait_reply(msg_id, timeout)
-        if content.get("status") != "ok":
-            raise RuntimeError(f"{content.get('ename')}: {content.get('evalue')}")
-        return content.get("user_expressions", {})
 
-    # -- life cycle ----------------------------------------------------------------
-    def begin_warm(self) -> None:
-        """Ask the kernel to import the heavy modules; do not wait for the imports.
+@dataclass
+class _Lane:
+    """One thread's kernels of one kernel name, and what that thread's runs have shown."""
 
-        It does wait for the kernel to be ready: that is also how it makes sure the IOPub
-        subscription is connected, and without it a run's output could be lost (nbclient
-        then times out waiting for it).
-        """
-        self._wait_until_ready(60)
-        code = f"import mlkit.run.kernel_state as _ks\n_ks.warm({_imports()!r})\ndel _ks"
-        self._warm_msg = self.kc.execute(code, silent=True, store_history=False)
-
-    def _wait_until_ready(self, timeout: float) -> None:
-        """jupyter_client's ``wait_for_ready`` without its last step.
-
-        As there, a kernel_info reply proves the kernel answers, and then any IOPub message
-        proves the IOPub subscription is connected. jupyter_client then waits until IOPub
-        has been quiet for 0.2 s: 0.2 s of every kernel start, on the first run's path.
-        Messages still queued there belong to no cell, and nbclient skips them.
-        """
-        from jupyter_core.utils import run_sync
-
-        deadline = time.monotonic() + timeout
-        while True:
-            self.kc.kernel_info()
-            try:
-                reply = run_sync(self.kc.get_shell_msg)(timeout=1)
-            except Exception:  # queue.Empty: ask again
-                reply = None
-            if reply is not None and reply["msg_type"] == "kernel_info_reply":
-                try:
-                    run_sync(self.kc.get_iopub_msg)(timeout=0.2)
-                except Exception:  # queue.Empty: not subscribed yet, ask again
-                    pass
-                else:
-                    self.kc._handle_kernel_info_reply(reply)
-                    return
-            if not self.alive():
-                raise RuntimeError("the kernel died before it was ready")
-            if time.monotonic() > deadline:
-                raise TimeoutError("the kernel did not start in time")
-
-    def ensure_warm(self, cancelled: Callable[[], bool] | None = None) -> None:
-        if self._warm_msg is None:
-            return
-        content = self._wait_reply(self._warm_msg, WARM_TIMEOUT_S, cancelled)
-        self._warm_msg = None
-        self.warm_seconds = time.monotonic() - self._warm_started
-        if content.get("status") != "ok":
-            raise RuntimeError(f"warming the kernel failed: {content.get('evalue')}")
-
-    def alive(self) -> bool:
-        from jupyter_core.utils import run_sync
-
-        try:
-            return bool(run_sync(self.km.is_alive)())
-        except Exception:
-            return False
-
-    def scrub(self) -> None:
-        """Start clearing what the last run left (``kernel_state.scrub``); do not wait.
-
-        It runs while the driver records the run and sets up the next one; ``reset``
-        waits for it.
-        """
-        code = "__import__('mlkit.run.kernel_state').run.kernel_state.scrub()"
-        self._scrub_msg = self.kc.execute(code, silent=True, store_history=False)
-
-    def reset(self, env: dict[str, str], cwd: str | None) -> None:
-        if self._scrub_msg is not None:
-            msg_id, self._scrub_msg = self._scrub_msg, None
-            content = self._wait_reply(msg_id, 60)
-            if content.get("status") != "ok":
-                raise RuntimeError(
-                    f"clearing the kernel failed: {content.get('ename')}: {content.get('evalue')}"
-                )
-        # Binds no name: reset() clears the user namespace it would live in.
-        code = f"__import__('mlkit.run.kernel_state').run.kernel_state.reset({env!r}, {cwd!r})"
-        self.run_code(code, timeout=60)
-
-    def leftovers(self, evaluated: dict[str, Any] | None = None) -> list[str]:
-        """Why the kernel cannot be reused, from ``LEFTOVERS`` as the epilogue evaluated it
-        (``evaluated``: one request less a run), else asked for now."""
-        value = (evaluated or {}).get("leftovers")
-        if value is None:
-            value = self.run_code("", timeout=30, leftovers=LEFTOVERS)["leftovers"]
-        if value.get("status") != "ok":
-            return ["could not inspect the kernel"]
-        import ast
-
-        return list(ast.literal_eval(value["data"]["text/plain"]))
-
-    def copy_log(self, target: Path | None) -> None:
-        """Append what the kernel wrote to stderr since the last run to ``target``."""
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(self._log_offset)
-                chunk = fh.read()
-                self._log_offset = fh.tell()
-        except OSError:
-            return
-        if target is not None and chunk:
-            with open(target, "ab") as out:
-                out.write(chunk)
-
-    def kill(self) -> None:
-        """SIGKILL the kernel process (safe from any thread): its run sees a dead kernel."""
-        with contextlib.suppress(Exception):
-            self.km.provisioner.process.kill()
-
-    def shutdown(self) -> None:
-        from jupyter_core.utils import run_sync
-
-        try:
-            self.kc.stop_channels()
-            run_sync(self.km.shutdown_kernel)(now=True)
-        except Exception:
-            pass
-        self.log_path.unlink(missing_ok=True)
+    idle: list[WarmKernel] = field(default_factory=list)  # the in-service one and its standbys
+    dying: list[WarmKernel] = field(default_factory=list)  # killed: shut down between runs
+    run_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=FAILURE_WINDOW))
+    failed: deque[bool] = field(default_factory=lambda: deque(maxlen=FAILURE_WINDOW))
 
 
 class KernelPool:
@@ -279,17 +116,20 @@ class KernelPool:
     A kernel's client channels belong to the event loop of the thread that started it (used
     from another thread's loop, replies never arrive: a hang), so a thread is only ever handed
     the kernels it started; the main thread, a sweep's worker and the explorer's worker each
-    keep their own. Threads are told apart by the thread object, not its id, which a new
-    thread can reuse. Idle kernels of threads that have ended are shut down.
+    keep their own lane: the kernel in service and its standbys, warming or warm. Threads are
+    told apart by the thread object, not its id, which a new thread can reuse. Kernels of
+    threads that have ended are shut down.
     """
 
     def __init__(self) -> None:
-        self.idle: dict[tuple[str, threading.Thread], list[WarmKernel]] = {}
-        self._lock = threading.Lock()  # guards the dict; each list is used by one thread
+        self.lanes: dict[tuple[str, threading.Thread], _Lane] = {}
+        self._lock = threading.Lock()  # guards the dict and the count; each lane has one thread
         self.busy: list[WarmKernel] = []
         self.started = 0
         self.retired: list[str] = []
         self.interrupts = 0  # how many times interrupt() was called
+        self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
+        self.warm_seconds: deque[float] = deque(maxlen=5)  # the last warm-ups measured
 
     def interrupt(self) -> int:
         """Interrupt every run this process has in flight (a Cancel button); returns how many.
@@ -330,28 +170,60 @@ class KernelPool:
         timer.daemon = True
         timer.start()
 
-    def _new(self, kernel_name: str, wandb_mode: str | None = None) -> WarmKernel:
-        kernel = WarmKernel(kernel_name, wandb_mode)
+    # -- the event log -------------------------------------------------------------
+    def _record(self, kind: str, kernel: WarmKernel, reason: str, waited_s: float = 0.0) -> None:
+        thread = threading.current_thread().name
+        event = Event(kind, kernel.number, reason, waited_s, thread, time.monotonic())
+        self.events.append(event)
+        logger.info("[%s] %s", thread, describe(event))
+
+    # -- starting and retiring -------------------------------------------------------
+    def _new(self, kernel_name: str, wandb_mode: str | None, reason: str) -> WarmKernel:
+        with self._lock:
+            self.started += 1
+            number = self.started
+        kernel = WarmKernel(kernel_name, wandb_mode, number)
         kernel.begin_warm()
-        self.started += 1
+        self._record("started", kernel, reason)
         return kernel
 
-    def idle_for(self, kernel_name: str) -> list[WarmKernel]:
-        """This thread's idle kernels of ``kernel_name`` (the list itself)."""
-        with self._lock:
-            orphans = [self.idle.pop(k) for k in list(self.idle) if not k[1].is_alive()]
-            mine = self.idle.setdefault((kernel_name, threading.current_thread()), [])
-        for kernel in (k for kernels in orphans for k in kernels):
-            self.retired.append("its thread ended")
+    def _retire(self, kernel: WarmKernel, why: str, lane: _Lane | None = None) -> None:
+        """Out of service: shut down now, or with ``lane``, killed now and shut down later.
+
+        A shutdown waits for the process to end (0.1 to 0.2 s); a kernel killed after a
+        run is long gone by the end of the next run, and its shutdown then waits for nothing.
+        """
+        self.retired.append(why)
+        self._record("retired", kernel, why)
+        if lane is None:
             kernel.shutdown()
-        return mine
+        else:
+            kernel.kill()
+            lane.dying.append(kernel)
+
+    def _lane(self, kernel_name: str) -> _Lane:
+        with self._lock:
+            orphans = [self.lanes.pop(k) for k in list(self.lanes) if not k[1].is_alive()]
+            lane = self.lanes.setdefault((kernel_name, threading.current_thread()), _Lane())
+        for old in orphans:
+            for kernel in old.idle:
+                self._retire(kernel, "its thread ended")
+            for kernel in old.dying:
+                kernel.shutdown()
+        return lane
+
+    def idle_for(self, kernel_name: str) -> list[WarmKernel]:
+        """This thread's idle kernels of ``kernel_name`` (the list itself): the one in
+        service, if any, and its standbys."""
+        return self._lane(kernel_name).idle
 
     def prewarm(self, kernel_name: str, wandb_mode: str | None = None) -> None:
         """Start a kernel warming now, so it is ready by this thread's first run."""
-        idle = self.idle_for(kernel_name)
-        if not idle:
-            idle.append(self._new(kernel_name, wandb_mode))
+        lane = self._lane(kernel_name)
+        if not lane.idle:
+            lane.idle.append(self._new(kernel_name, wandb_mode, "first"))
 
+    # -- handing kernels out and taking them back ---------------------------------------
     def acquire(self, kernel_name: str, wandb_mode: str | None = None) -> WarmKernel:
         """A warm kernel for a run in ``wandb_mode`` (default: the default mode)."""
         wandb_mode = wandb_mode or _default_wandb_mode()
@@ -363,54 +235,133 @@ class KernelPool:
 
         if cancelled():
             raise KeyboardInterrupt("cancelled before the run started")
-        idle = self.idle_for(kernel_name)
-        while idle:
-            kernel = idle.pop()
-            if kernel.wandb_mode != wandb_mode:
-                self.retired.append(f"W&B mode {kernel.wandb_mode}, the run's {wandb_mode}")
-            elif kernel.alive():
-                try:
-                    kernel.ensure_warm(cancelled)
-                    self.busy.append(kernel)
-                    return kernel
-                except KeyboardInterrupt:
-                    idle.append(kernel)  # still warming, for the next run
-                    raise
-                except Exception as exc:
-                    self.retired.append(f"warm-up failed: {exc}")
-            else:
-                self.retired.append("died while idle")
-            kernel.shutdown()
-        kernel = self._new(kernel_name, wandb_mode)
+        lane = self._lane(kernel_name)
+        gone: WarmKernel | None = None
+        for kernel in [k for k in lane.idle if k.wandb_mode != wandb_mode]:
+            lane.idle.remove(kernel)
+            self._retire(kernel, f"W&B mode {kernel.wandb_mode}, the run's {wandb_mode}")
+            gone = kernel
+        while lane.idle:
+            # The oldest: the one in service, else the standby that has warmed longest.
+            kernel = min(lane.idle, key=lambda k: k.number)
+            lane.idle.remove(kernel)
+            if not kernel.alive():
+                self._retire(kernel, "died while idle")
+                gone = kernel
+                continue
+            try:
+                return self._take(kernel, cancelled)
+            except KeyboardInterrupt:
+                lane.idle.append(kernel)  # still warming, for the next run
+                raise
+            except Exception as exc:
+                self._retire(kernel, f"warm-up failed: {exc}")
+                gone = kernel
+        kernel = self._new(
+            kernel_name, wandb_mode, f"replacement of {gone.number}" if gone else "first"
+        )
         try:
-            kernel.ensure_warm(cancelled)
+            return self._take(kernel, cancelled)
         except KeyboardInterrupt:
-            idle.append(kernel)
+            lane.idle.append(kernel)
             raise
+
+    def _take(self, kernel: WarmKernel, cancelled: Callable[[], bool]) -> WarmKernel:
+        """``kernel``, warm, for a run; the log says whether the run waited for its warm-up."""
+        fresh = kernel.runs == 0
+        began = time.monotonic()
+        waited = not kernel.warmed()
+        kernel.ensure_warm(cancelled)
+        now = time.monotonic()
+        if fresh and kernel.warm_seconds is not None:
+            self.warm_seconds.append(kernel.warm_seconds)
+        kernel.acquired_at = now
         self.busy.append(kernel)
+        kind = "acquired" if fresh else "reused"
+        self._record(kind, kernel, f"run {kernel.runs + 1}", now - began if waited else 0.0)
         return kernel
 
     def release(self, kernel: WarmKernel, reasons: list[str]) -> None:
-        """Back to the pool, or retired with a warm replacement already on its way."""
+        """Back to the pool, or retired; a standby starts warming if the thread needs one."""
         if kernel in self.busy:
             self.busy.remove(kernel)
+        lane = self._lane(kernel.kernel_name)
+        for dead in lane.dying:
+            dead.shutdown()
+        lane.dying.clear()
+        if kernel.acquired_at is not None:
+            lane.run_seconds.append(time.monotonic() - kernel.acquired_at)
+        alive = kernel.alive()
+        lane.failed.append(bool(reasons) or not alive)
+        foreseen = not reasons and alive
         if kernel.runs >= _max_runs():
             reasons = [*reasons, f"reached {kernel.runs} runs"]
-        if reasons or not kernel.alive():
-            self.retired.append("; ".join(reasons) or "not alive")
-            kernel.shutdown()
-            replacement = self._new(kernel.kernel_name, kernel.wandb_mode)
-            self.idle_for(kernel.kernel_name).append(replacement)
+        serving: WarmKernel | None = kernel
+        if reasons or not alive:
+            self._retire(kernel, "; ".join(reasons) or "not alive", lane)
+            serving = None
+            if not lane.idle:  # no standby: the next run waits for this one's warm-up
+                why = "successor" if foreseen else "replacement"
+                self._add(lane, f"{why} of {kernel.number}", kernel)
+        else:
+            kernel.scrub()
+            lane.idle.append(kernel)
+        self._plan(lane, serving)
+
+    # -- standbys ---------------------------------------------------------------------
+    def lead_seconds(self) -> float:
+        """How long before a kernel is needed its warm-up must start."""
+        warm = max(self.warm_seconds, default=UNMEASURED_WARM_S)
+        return warm * LEAD_FACTOR + LEAD_EXTRA_S
+
+    def _plan(self, lane: _Lane, serving: WarmKernel | None) -> None:
+        """Start a standby now if the thread would otherwise wait for a warm-up.
+
+        A successor, when the runs left to the kernels this thread has (the one in service,
+        then its standbys, each ``MLKIT_WARM_MAX_RUNS``) would, after one more run, no
+        longer cover ``lead_seconds``: the next chance to start one is at that run's end.
+        Runs are counted at the shortest run time seen lately. Only the newest kernel gets
+        one, so none has more than one, and a second warms beside the first only on a
+        spare core. A spare, when runs often fail (a failure retires its kernel).
+        """
+        ahead = sorted((k for k in lane.idle if k is not serving), key=lambda k: k.number)
+        newest = ahead[-1] if ahead else serving
+        if newest is None or len(ahead) >= MAX_AHEAD or not lane.run_seconds:
             return
-        kernel.scrub()
-        self.idle_for(kernel.kernel_name).append(kernel)
+        runs_left = (_max_runs() - serving.runs if serving else 0) + _max_runs() * len(ahead)
+        warming = sum(not k.warmed() for k in ahead)
+        if (runs_left - 1) * min(lane.run_seconds) < self.lead_seconds():
+            if not warming or self._spare_cores(warming):
+                self._add(lane, f"successor of {newest.number}", newest)
+            return
+        spares = ahead if serving else ahead[1:]
+        if sum(lane.failed) >= FREQUENT_FAILURES and not spares and self._spare_cores(0):
+            self._add(lane, "spare", newest)
+
+    def _spare_cores(self, warming: int) -> bool:
+        """More cores than the kernels running (this thread's next run among them) and
+        ``warming`` kernels warming up."""
+        return _cores() > len(self.busy) + 1 + warming
+
+    def _add(self, lane: _Lane, reason: str, like: WarmKernel) -> None:
+        lane.idle.append(self._new(like.kernel_name, like.wandb_mode, reason))
 
     def close(self) -> None:
         with self._lock:
-            kernels = [k for idle in self.idle.values() for k in idle]
-            self.idle.clear()
-        for kernel in kernels:
-            kernel.shutdown()
+            lanes = list(self.lanes.values())
+            self.lanes.clear()
+        for lane in lanes:
+            for kernel in (*lane.idle, *lane.dying):
+                kernel.shutdown()
+
+
+def describe(event: Event) -> str:
+    """One line for the log: ``kernel 3 started: successor of 2``."""
+    head = f"kernel {event.kernel} {event.kind}"
+    if event.kind in ("acquired", "reused"):
+        wait = f"waited {event.waited_s:.2f} s for its warm-up" if event.waited else "warm"
+        return f"{head} for {event.reason}, {wait}"
+    return f"{head}: {event.reason}"
 
 
 _CANCEL = threading.local()
