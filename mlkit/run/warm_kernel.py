@@ -33,6 +33,7 @@ DEFAULT_IMPORTS = (
     "sklearn.model_selection",
     "wandb",
     "matplotlib.pyplot",
+    "optuna",  # a sweep's trial reports through it: else in each new kernel's first trial
 )
 WARM_TIMEOUT_S = 180
 LEFTOVERS = "__import__('mlkit.run.kernel_state').run.kernel_state.leftovers()"
