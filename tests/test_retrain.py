@@ -7,10 +7,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from mlkit._io import read_json
+from mlkit.errors import DataError
 from mlkit.registry import retrain
+from mlkit.serve import predlog
 from tests.helpers import TEMPLATES, run_cli
 from tests.test_table_data import credit_frame
 
@@ -199,3 +202,102 @@ def test_expected_columns_leave_out_dropped_columns(credit: dict[str, Any]) -> N
         "region": "string",
         "default": "string",
     }
+
+
+def _log_row(rid: str, body: dict[str, Any], n: int) -> dict[str, Any]:
+    """An answered primary row of credit v1 in the prediction log, ``n`` examples."""
+    answers = [{"class": "no", "index": 0, "probabilities": [0.6, 0.4]}] * n
+    output = {"prediction": answers[0]} if n == 1 and "record" in body else {"predictions": answers}
+    return {
+        "request_id": rid,
+        "time": "2025-01-01T00:00:00+00:00",
+        "role": "primary",
+        "model": "credit",
+        "version": 1,
+        "sha256": "0" * 64,
+        "status": 200,
+        "latency_ms": 1.0,
+        "n": n,
+        "input": json.dumps(body),
+        "output": json.dumps(output),
+    }
+
+
+def _records(n: int, seed: int) -> list[dict[str, Any]]:
+    """Rows of credit_frame as a client sends them: ISO dates, null for a missing value."""
+    frame = credit_frame(n=n, seed=seed).drop(columns=["default"])
+    frame["signup"] = frame["signup"].dt.strftime("%Y-%m-%d")
+    return [
+        {k: None if v is None or v != v else v for k, v in r.items()}
+        for r in frame.to_dict("records")
+    ]
+
+
+# --labels-from-log: the answered records whose labels came back join the parent's table
+# and the new one; a class index reads as its class; unlabelled requests, arrays and a
+# batch labelled with a list of another length stay out.
+def test_labels_from_log_adds_the_labelled_records(credit: dict[str, Any]) -> None:
+    root = credit["root"]
+    batch, single, other = _records(10, seed=5), _records(1, seed=6)[0], _records(3, seed=7)
+    log = predlog.open_log("credit", root=root)
+    try:
+        log.write_many(
+            [
+                _log_row("batch", {"records": batch}, 10),
+                _log_row("single", {"record": single}, 1),
+                _log_row("unlabelled", {"records": other}, 3),
+                _log_row("short", {"records": other}, 3),
+                _log_row("arrays", {"inputs": [[0.0] * 4]}, 1),
+            ]
+        )
+        truth = ["yes"] * 4 + ["no"] * 6
+        labels = {"batch": truth, "single": 1, "short": ["no", "yes"], "arrays": 0}
+        log.add_feedback(labels, "test")
+    finally:
+        log.close()
+    _, runs = _state(root)
+    proc = _retrain(credit, "credit", "--data", str(credit["new"]), "--labels-from-log")
+    assert proc.returncode == 0, proc.stderr
+    assert "labelled: 11 records of the prediction log" in proc.stdout
+    dataset = Path(read_json(_new_run(root, runs) / "params.json")["parameters"]["dataset"])
+    assert dataset.parent == root / "registry" / "credit" / "data"
+    table = pq.read_table(dataset)
+    assert table.num_rows == 300 + 200 + 11
+    added = table.slice(500).to_pylist()
+    assert [r["default"] for r in added] == [*truth, "yes"], "index 1 is the class 'yes'"
+    assert [r["customer_id"] for r in added] == [r["customer_id"] for r in [*batch, single]]
+    assert str(table.schema.field("signup").type) == "timestamp[us]"
+    assert added[0]["signup"].strftime("%Y-%m-%d") == batch[0]["signup"]
+
+
+# Nothing labelled in the log: exit 2 with the fix, no run. --log alone is refused too.
+def test_labels_from_log_without_labels_is_refused(credit: dict[str, Any], tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'unlabelled.sqlite'}"
+    log = predlog.open_log("credit", url)
+    try:
+        log.write_many([_log_row("r1", {"records": _records(2, seed=8)}, 2)])
+    finally:
+        log.close()
+    before = _state(credit["root"])
+    new = str(credit["new"])
+    proc = _retrain(credit, "credit", "--data", new, "--labels-from-log", "--log", url)
+    assert proc.returncode == 2, proc.stderr
+    assert "no labelled records" in proc.stderr and "mlkit feedback credit" in proc.stderr
+    proc = _retrain(credit, "credit", "--data", new, "--log", url)
+    assert proc.returncode == 2 and "--labels-from-log" in proc.stderr
+    assert _state(credit["root"]) == before
+
+
+# A labelled record that cannot be a row of the parent's table is refused, naming the column.
+def test_labelled_record_of_another_type_is_refused(credit: dict[str, Any]) -> None:
+    parent = retrain.find_parent("credit", "v1", credit["root"])
+    good, bad = _records(2, seed=9)
+    bad["age"] = "forty"
+    with pytest.raises(DataError, match="do not fit column 'age'"):
+        retrain._append(
+            parent,
+            str(credit["new"]),
+            parent.parameters,
+            credit["root"],
+            [{"record": good, "label": "no"}, {"record": bad, "label": 1}],
+        )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from mlkit._io import redact
 from mlkit.cli import _common as common
 from mlkit.cli._common import EXIT_FAILED, EXIT_OK
-from mlkit.errors import ParameterError
+from mlkit.errors import ParameterError, StateError
 
 # Shared with ``mlkit model promote --evidence``: the same rule, the same flag.
 MARGIN = common.parent(
@@ -31,6 +33,11 @@ def add_parsers(commands: common.Subcommands) -> None:
             common.QUIET,
             common.JSON,
             MARGIN,
+            # the help of mlkit monitor, skew and replay: the same log, read the same way
+            common.prediction_log(
+                "prediction log: sqlite:///PATH, a SQLite file or postgresql://... (default: "
+                "the SQLite file beside the model)"
+            ),
         ],
     )
     p.add_argument(
@@ -50,6 +57,13 @@ def add_parsers(commands: common.Subcommands) -> None:
         action="store_true",
         help="train on the parent's table and the new one together (written as one Parquet "
         "file under the model's registry folder)",
+    )
+    p.add_argument(
+        "--labels-from-log",
+        action="store_true",
+        help="also train on the records production answered whose labels were stored with "
+        "mlkit feedback, read from --log (with --append's union: the parent's table, the new "
+        "one and these)",
     )
     p.add_argument(
         "--alias",
@@ -84,7 +98,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             f"--margin {args.margin:g} is the rule of --promote, which was not given. Pass "
             "--promote --margin M, or leave out --margin."
         )
+    if args.log and not args.labels_from_log:
+        raise ParameterError(
+            f"--log {redact(args.log)} is where --labels-from-log reads, which was not given. "
+            "Pass --labels-from-log --log URL, or leave out --log."
+        )
     margin = comparison.DEFAULT_MARGIN if args.margin is None else args.margin
+    labelled = _labelled(args.target, args.log) if args.labels_from_log else None
     with runner.terminate_as_interrupt():
         out = retrain.retrain(
             args.target,
@@ -93,6 +113,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             experiment=args.experiment,
             append=args.append,
             alias=args.alias,
+            labelled=labelled,
             allow_changed_notebook=args.allow_changed_notebook,
             promote_on_evidence=args.promote,
             margin=margin,
@@ -116,6 +137,27 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     print(f"  version:  {version['path']}")
     print(f"  run:      {out['run']['id']}")
     print(f"  data:     {out['data']}")
+    if labelled is not None:
+        print(f"  labelled: {out['labelled']} records of the prediction log")
     if promotion is not None:
         print(comparison.format_comparison(promotion["comparison"]))
     return EXIT_FAILED if refused else EXIT_OK
+
+
+def _labelled(target: str, log: str | None) -> list[dict[str, Any]]:
+    """The model's answered records that have labels; refused when there are none."""
+    from mlkit.ops import labelled
+    from mlkit.registry.store import parse_target, resolve
+
+    name, ref = parse_target(target)
+    resolve(name, ref)  # an unknown model or alias is the first thing to say
+    found = labelled.labelled_records(name, log=log)
+    if not found.records:
+        skipped = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in found.skipped.items() if n)
+        raise StateError(
+            f"--labels-from-log found no labelled records of {name!r} in the prediction log "
+            f"{found.log} (labelled requests left out: {skipped or 'none'}). Store labels of "
+            f"answered requests first (mlkit feedback {name} --labels FILE), or retrain "
+            "without --labels-from-log."
+        )
+    return found.records

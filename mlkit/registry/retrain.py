@@ -17,12 +17,19 @@ the parent's schema (missing, or of another canonical type).
 written once, as Parquet named by its content hash, under the model's registry folder
 (``registry/<name>/data/<hash>.parquet``): the same union is the same file, and it stays
 readable as long as the model's versions that were trained on it.
+
+``labelled=`` adds rows the prediction log taught: records production answered whose labels
+came back (``mlkit feedback``), joined by :func:`mlkit.ops.labelled.labelled_records` (the
+registry never reads the log itself). Each becomes a row of the parent's table, its label in
+the target column (a class index read as the class it names), and the rows join the parent's
+table and the new one as with ``append=True``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +102,7 @@ def retrain(
     experiment: str | None = None,
     append: bool = False,
     alias: str = CANDIDATE,
+    labelled: Sequence[dict[str, Any]] | None = None,
     allow_changed_notebook: bool = False,
     promote_on_evidence: bool = False,
     margin: float = comparison.DEFAULT_MARGIN,
@@ -112,6 +120,9 @@ def retrain(
         experiment: the new run's experiment; default the parent run's.
         append: train on the parent's table and ``data`` together.
         alias: the alias pointed at the new version; never ``production``.
+        labelled: records with their true labels (``{"record", "label"}``, as
+            :func:`mlkit.ops.labelled.labelled_records` returns them), added as rows of the
+            training table; implies ``append``.
         allow_changed_notebook: run the notebook even if it changed since the parent ran;
             the new run's record keeps the warning.
         promote_on_evidence: once registered, compare the new version with production on the
@@ -125,7 +136,8 @@ def retrain(
         progress: show a progress bar while cells run.
 
     Returns:
-        ``{"parent", "run", "version", "alias", "warnings", "data", "promotion"}``.
+        ``{"parent", "run", "version", "alias", "warnings", "data", "labelled", "promotion"}``
+        (``labelled``: how many rows came from ``labelled``).
         ``version`` is the registry entry (with ``path``), None when the run did not
         complete; ``promotion`` is the decision on evidence (``promoted``, ``reason``,
         ``comparison``), None when not asked for or nothing was registered.
@@ -144,8 +156,8 @@ def retrain(
     given = {**parent.parameters, **(params or {})}
     source = _absolute(data, Path.cwd())
     _check_source(source, parent, given)
-    if append:
-        source = _append(parent, source, given, root)
+    if append or labelled:
+        source = _append(parent, source, given, root, labelled or ())
     given["dataset"] = source
 
     def name_parent(info: dict[str, Any]) -> None:
@@ -173,10 +185,13 @@ def retrain(
         "alias": alias,
         "warnings": parent.warnings,
         "data": str(source),
+        "labelled": len(labelled or ()),
         "promotion": None,
     }
     if run.get("status") == "completed":
         reason = f"retrained from {name} v{parent.version} on {redact(data)}"
+        if labelled:
+            reason += f" and {len(labelled)} labelled records of the prediction log"
         out["version"] = _register(run, name, alias, reason, root=root, tracking=tracking)
         if promote_on_evidence:
             out["promotion"] = comparison.promote_on_evidence(
@@ -395,11 +410,17 @@ def _column_problems(
     return problems
 
 
-def _append(parent: Parent, source: str, given: dict[str, Any], root: Path | None) -> str:
-    """The parent's table and the new one as one Parquet file; its path.
+def _append(
+    parent: Parent,
+    source: str,
+    given: dict[str, Any],
+    root: Path | None,
+    labelled: Sequence[dict[str, Any]] = (),
+) -> str:
+    """The parent's table, the new one and the labelled records as one Parquet file; its path.
 
-    Both are read as canonical tables and must have the same columns of the same types; the
-    union keeps the parent table's column order.
+    Both tables are read as canonical tables and must have the same columns of the same
+    types; the union keeps the parent table's column order.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -418,7 +439,10 @@ def _append(parent: Parent, source: str, given: dict[str, Any], root: Path | Non
             f"{'; '.join(problems)}. Pass a table with the same columns, or retrain without "
             "--append."
         )
-    union = pa.concat_tables([old, new.select(old.column_names)])
+    parts = [old, new.select(old.column_names)]
+    if labelled:
+        parts.append(_labelled_rows(parent, labelled, old.schema, root))
+    union = pa.concat_tables(parts)
     path = model_dir(parent.name, root) / "data" / f"{tables.table_hash(union)[:16]}.parquet"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -426,3 +450,51 @@ def _append(parent: Parent, source: str, given: dict[str, Any], root: Path | Non
         pq.write_table(union, staging)
         os.replace(staging, path)
     return str(path)
+
+
+def _labelled_rows(
+    parent: Parent, labelled: Sequence[dict[str, Any]], schema: Any, root: Path | None
+) -> Any:
+    """Labelled records as rows of a table of ``schema``: the label in the target column.
+
+    A column a record lacks is null; values are made canonical (ISO dates become dates) and
+    then of the column's type, so a record that cannot be a row of the table is refused.
+    """
+    import pyarrow as pa
+
+    # Here, not at the top: pyarrow costs a quarter second that `mlkit --help` need not pay.
+    from mlkit import tables
+
+    fitted = read_json(model_dir(parent.name, root) / f"v{parent.version}" / PREPROCESS_FILE, {})
+    target, classes = (fitted or {}).get("target"), (fitted or {}).get("classes") or []
+    if target not in schema.names:
+        raise StateError(
+            f"{parent.name} v{parent.version} names no target column of its table "
+            f"(preprocess.json says {target!r}), so labels have no column to go to. Retrain "
+            "without --labels-from-log."
+        )
+
+    def as_class(label: Any) -> Any:
+        # mlkit feedback takes a class by name or by index, as abtest and replay read it
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(classes):
+            return classes[label]
+        return label
+
+    rows = [{**item["record"], target: as_class(item["label"])} for item in labelled]
+    columns = []
+    for column in schema:
+        values = [r.get(column.name) for r in rows]
+        if all(v is None for v in values):  # a column no record holds: null of its type
+            columns.append(pa.nulls(len(rows), column.type))
+            continue
+        try:
+            typed = tables.canonical(pa.table({column.name: values})).column(0)
+            columns.append(typed.cast(column.type).combine_chunks())
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, DataError) as exc:
+            raise DataError(
+                f"The labelled records of the prediction log do not fit column {column.name!r} "
+                f"({column.type}) of {parent.name} v{parent.version}'s table: {exc}. Retrain "
+                "without --labels-from-log, or correct the labels (mlkit feedback stores a "
+                "newer one per request id)."
+            ) from None
+    return pa.Table.from_arrays(columns, schema=schema)
