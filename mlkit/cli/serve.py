@@ -38,7 +38,15 @@ def add_parsers(commands: common.Subcommands) -> None:
         "each commit, so a power cut loses none; slower)",
     )
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (per worker)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes on the one port, e.g. one per core (default 1); each loads the "
+        "model and follows its aliases, all append to the same log",
+    )
     p.add_argument(
         "--shadow",
         metavar="NAME[:ALIAS]",
@@ -76,5 +84,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ab=args.ab,
         follow_s=args.follow_every,
         allow_unauthenticated=args.allow_unauthenticated,
+        workers=args.workers,
     )
     return EXIT_OK

@@ -17,6 +17,14 @@ Endpoints:
     GET  /metadata  name, version, content hash, input shape, task, classes (and the A/B
                     variants with their weights under ``--ab``).
 
+Several processes (``--workers N``): uvicorn starts N copies of the app on one port, each
+built by :func:`worker_app` from the settings the parent puts in ``$MLKIT_SERVE_WORKER``.
+The parent first builds the app once itself, so a bad model, alias or log fails before any
+worker starts. Every worker loads the model, follows the aliases on its own and appends to
+the same prediction log (one chain: see :mod:`mlkit.serve.predlog`); A/B buckets are a hash
+of the client id, the same in every worker. Each response says which process answered in
+its ``X-Worker-PID`` header. SIGINT or SIGTERM to the parent stops every worker.
+
 A/B split (``--ab NAME:a=0.9,NAME:b=0.1``): each request is answered by one variant. The
 ``X-Client-ID`` header is hashed to a fixed bucket in [0, 1), so a client always gets the same
 variant; a request without it gets a random one. The body (``variant``), the ``X-Variant``
@@ -34,12 +42,22 @@ is sent, and carries its request id in the ``X-Request-ID`` header and the body.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from mlkit.errors import ParameterError
+from mlkit._io import write_json
+from mlkit.errors import (
+    CheckFailedError,
+    MlkitError,
+    ParameterError,
+    ServiceUnavailableError,
+    UnsafeArtifactError,
+    UsageError,
+)
 from mlkit.registry import loading, store
 from mlkit.registry.store import parse_target
 from mlkit.serve import predlog
@@ -54,6 +72,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BODY_KEYS",
     "ENV_TOKEN",
+    "ENV_WORKER",
     "LOOPBACK",
     "Server",
     "check_exposure",
@@ -62,9 +81,21 @@ __all__ = [
     "request_ids",
     "request_model",
     "serve",
+    "worker_app",
 ]
 
 ENV_TOKEN = "MLKIT_SERVE_TOKEN"
+# The settings (create_app's arguments, JSON) each process of ``--workers N`` builds its app from.
+ENV_WORKER = "MLKIT_SERVE_WORKER"
+# The exit status with which uvicorn's supervisor stops, rather than restarts, a worker.
+_STARTUP_FAILURE = 3
+# A worker's start-up error comes back to the parent as its exit code: the error it stands for.
+_ERRORS_BY_CODE: dict[int, type[MlkitError]] = {
+    CheckFailedError.exit_code: CheckFailedError,
+    UsageError.exit_code: UsageError,
+    UnsafeArtifactError.exit_code: UnsafeArtifactError,
+    ServiceUnavailableError.exit_code: ServiceUnavailableError,
+}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -229,18 +260,26 @@ def serve(
     ab: str | None = None,
     follow_s: float = 2.0,
     allow_unauthenticated: bool = False,
+    workers: int = 1,
 ) -> None:
     """Run ``mlkit serve NAME[:alias]`` (or ``mlkit serve --ab ...``) with uvicorn.
 
+    Args:
+        workers: processes on the one port; the app is built here first, to fail early.
+
     Raises:
         ParameterError: ``host`` is reachable from other machines, ``$MLKIT_SERVE_TOKEN``
-            is unset and ``allow_unauthenticated`` is False (see :func:`check_exposure`).
+            is unset and ``allow_unauthenticated`` is False (see :func:`check_exposure`),
+            or ``workers`` is not an int >= 1.
+        MlkitError: a worker failed to build its app (the others are stopped): the error it
+            met, with its exit code.
     """
     import uvicorn
 
     check_exposure(
         host, token=os.environ.get(ENV_TOKEN), allow_unauthenticated=allow_unauthenticated
     )
+    _check_workers(workers)
     if bool(target) == bool(ab):
         raise ParameterError(
             "mlkit serve needs exactly one of NAME[:ALIAS] or --ab NAME:a=0.9,NAME:b=0.1."
@@ -250,17 +289,18 @@ def serve(
         name, ref = first.name, first.ref
     else:
         name, ref = parse_target(target or "")
-    app = create_app(
-        name,
-        ref,
-        log_url=log_url,
-        log_sync=log_sync,
-        max_body_bytes=max_body_bytes,
-        threads=threads,
-        shadow=shadow,
-        ab=ab,
-        follow_s=follow_s,
-    )
+    settings: dict[str, Any] = {
+        "name": name,
+        "ref": ref,
+        "log_url": log_url,
+        "log_sync": log_sync,
+        "max_body_bytes": max_body_bytes,
+        "threads": threads,
+        "shadow": shadow,
+        "ab": ab,
+        "follow_s": follow_s,
+    }
+    app = create_app(**settings)
     server: Server = app.state.server
     if not is_loopback(host) and server.token is None:
         print(
@@ -273,8 +313,96 @@ def serve(
         f"serving {loaded.name} v{loaded.version} ({ref}, sha256 {loaded.sha256[:12]}) on "
         f"http://{host}:{port}  log: {server.log.shown_url}"
         + (f"  shadow: {shadow}" if shadow else "")
-        + (f"  ab: {ab}" if ab else ""),
+        + (f"  ab: {ab}" if ab else "")
+        + (f"  workers: {workers}" if workers > 1 else ""),
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        return
+    # Checked: the workers build their own. This process only supervises them from here on.
+    if server.shadow is not None:
+        server.shadow.close()
+    server.log.close()
+    del app, server
+    _run_workers(settings, host=host, port=port, workers=workers)
+
+
+def _check_workers(workers: int) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ParameterError(
+            f"The 'workers' parameter of mlkit serve must be an int >= 1. Got {workers!r} "
+            "instead. Pass --workers 2 to serve from two processes."
+        )
+
+
+def _run_workers(settings: dict[str, Any], *, host: str, port: int, workers: int) -> None:
+    """uvicorn's process model: ``workers`` processes build :func:`worker_app` from ``settings``.
+
+    It returns once they have all stopped (SIGINT or SIGTERM to this process stops them). A
+    worker that fails to build its app leaves its error in a file beside the settings: uvicorn
+    then stops the others, and that error is raised here.
+    """
+    import uvicorn
+
+    fd, failed = tempfile.mkstemp(prefix="mlkit-serve-", suffix=".failed.json")
+    os.close(fd)
+    os.environ[ENV_WORKER] = json.dumps({**settings, "failed": failed})
+    try:
+        uvicorn.run(
+            f"{__name__}:worker_app",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+        )
+        report = Path(failed).read_text(encoding="utf-8")
+    finally:
+        os.environ.pop(ENV_WORKER, None)
+        Path(failed).unlink(missing_ok=True)
+    if report:
+        error = json.loads(report)
+        kind = _ERRORS_BY_CODE.get(error["exit_code"], CheckFailedError)
+        raise kind(f"{error['message']} (worker process {error['pid']}; every worker stopped)")
+
+
+def worker_app() -> FastAPI:
+    """The app of one ``--workers`` process: uvicorn's factory, run in each worker.
+
+    Built from the settings :func:`serve` put in ``$MLKIT_SERVE_WORKER``; every response
+    carries this process's id in ``X-Worker-PID``.
+    """
+    settings = json.loads(os.environ[ENV_WORKER])
+    failed = settings.pop("failed")
+    try:
+        app = create_app(**settings)
+    except Exception as exc:  # the parent checked all this; the registry or log changed since
+        code = exc.exit_code if isinstance(exc, MlkitError) else CheckFailedError.exit_code
+        message = str(exc) if isinstance(exc, MlkitError) else f"{type(exc).__name__}: {exc}"
+        write_json(failed, {"exit_code": code, "message": message, "pid": os.getpid()})
+        sys.exit(_STARTUP_FAILURE)  # uvicorn's supervisor stops every worker, restarts none
+    app.add_middleware(_WorkerPID)
+    return app
+
+
+class _WorkerPID:
+    """ASGI middleware: an ``X-Worker-PID`` header on every response, this process's id."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.header = (b"x-worker-pid", str(os.getpid()).encode())
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_pid(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_pid)

@@ -8,15 +8,18 @@ response a client received. ``sync`` picks what a power cut or an OS crash may c
 ``benchmarks/serve.py``). ``write_many`` commits many rows in one transaction: the server
 gathers the rows of the requests answered in one turn of its event loop into one commit.
 
-With several server processes or machines, ``--log postgresql://...`` writes the same table to
-PostgreSQL. Append-only is enforced by the database too: triggers abort any UPDATE or DELETE
-(and TRUNCATE on PostgreSQL) of either table, and SQLite's REPLACE of an existing row, whoever
-sends it. And it is evident: every row carries a SHA-256 chained to the row before it
-(:mod:`mlkit.serve.chain`), so a row changed, removed or slipped in by someone who dropped the
-triggers first is found by ``mlkit log verify``. Readers (:meth:`PredictionLog.rows`,
-:meth:`PredictionLog.feedback`: the monitor, the guard, the A/B report) read rows only up to
-the first break of the chain and say on stderr what they left out; a server checks the newest
-rows when it opens the log and refuses to append to a broken chain.
+Several server processes on one machine (``mlkit serve --workers N``) append to one SQLite
+file: each append takes the database's write lock, then links to the newest row, whoever wrote
+it. Across machines, ``--log postgresql://...`` writes the same table to PostgreSQL (an
+advisory lock plays the write lock's part). Append-only is enforced by the database too:
+triggers abort any UPDATE or DELETE (and TRUNCATE on PostgreSQL) of either table, and SQLite's
+REPLACE of an existing row, whoever sends it. And it is evident: every row carries a SHA-256
+chained to the row before it (:mod:`mlkit.serve.chain`), so a row changed, removed or slipped
+in by someone who dropped the triggers first is found by ``mlkit log verify``. Readers
+(:meth:`PredictionLog.rows`, :meth:`PredictionLog.feedback`: the monitor, the guard, the A/B
+report) read rows only up to the first break of the chain and say on stderr what they left
+out; a server checks the newest rows when it opens the log and refuses to append to a broken
+chain.
 
 Labels that arrive later (``mlkit feedback``) go to a second append-only table, ``feedback``, in
 the same database: request id, label (JSON), time, source. A log made before it gets the table
@@ -33,6 +36,7 @@ import json
 import math
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,6 +95,8 @@ _KINDS = {
 SYNC_MODES = ("normal", "full")
 # How many of the newest rows a server checks when it opens the log.
 TAIL_CHECK = 1000
+# How long an append waits for another process's write lock before it fails (a 503).
+BUSY_TIMEOUT_S = 30.0
 
 
 _LOCK_KEY = 0x6D6C6B6974_7072  # "mlkit" "pr": the advisory lock for creating the table
@@ -120,7 +126,10 @@ def default_url(name: str, root: Path | None = None) -> str:
 
 
 class PredictionLog:
-    """An append-only, hash-chained table of responses; thread-safe, one per server process."""
+    """An append-only, hash-chained table of responses; thread-safe, one per server process.
+
+    Processes that each hold one may append to the same database at once.
+    """
 
     def __init__(self, url: str, sync: str = "normal") -> None:
         import sqlalchemy as sa
@@ -144,7 +153,6 @@ class PredictionLog:
         self._sqlite_path = url[len("sqlite:///") :] if self.is_sqlite else None
         self.engine = _engine(url, sync, self._sqlite_path)
         self._writer: Any = None  # the raw sqlite3 connection rows are inserted through
-        self._tails: dict[str, tuple[int, str]] = {}  # (id, row_hash) this process appended
         meta = sa.MetaData()
         self.table = _table(meta, TABLE, COLUMNS)
         self.feedback_table = _table(meta, FEEDBACK_TABLE, FEEDBACK_COLUMNS)
@@ -215,32 +223,22 @@ class PredictionLog:
                     self._sqlite_path, timeout=30, check_same_thread=False
                 )
                 _sqlite_pragmas(self.sync)(self._writer, None)
-            db = self._writer
-            # The newest row this process wrote: linking to it needs no read. If another
-            # process has appended since, the ids are taken and the insert fails (primary
-            # key, and the trigger that refuses a taken id); then lock, read, link.
-            tail = self._tails.get(table)
-            if tail is not None:
-                linked = link(tail, rows)
+                # Appends wait for the write lock below, in short steps: SQLite's own busy
+                # handler sleeps 1 ms at the first conflict (up to 100 ms later), many
+                # commits' worth, so server processes sharing the file would mostly sleep.
+                self._writer.execute("PRAGMA busy_timeout = 0")
+            deadline = time.monotonic() + BUSY_TIMEOUT_S
+            pause = 20e-6
+            while True:
                 try:
-                    with db:  # commits, or rolls back on an error
-                        db.executemany(_INSERT_SQL[table], linked)
-                except sqlite3.IntegrityError:
-                    self._tails.pop(table, None)
-                else:
-                    self._tails[table] = (linked[-1][0], linked[-1][-1])
+                    _sqlite_append(self._writer, table, rows)
                     return
-            # IMMEDIATE: the write lock before reading the tail, so a server in another
-            # process cannot link to the same row in between.
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                linked = link(db.execute(_TAIL_SQL[table]).fetchone(), rows)
-                db.executemany(_INSERT_SQL[table], linked)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            self._tails[table] = (linked[-1][0], linked[-1][-1])
+                except sqlite3.OperationalError as exc:
+                    # Another process holds the write lock for one commit: try again soon.
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(2 * pause, 1e-3)
 
     def rows(self, since: str | None = None, **where: Any) -> list[dict[str, Any]]:
         """Rows matching column == value (and time >= ``since``), oldest first.
@@ -469,6 +467,24 @@ def _refuse_changes(conn: Any, table: str, *, postgres: bool) -> None:
             f"CREATE OR REPLACE TRIGGER {table}_append_only_{level.lower()} BEFORE {verbs} ON "
             f"{table} FOR EACH {level} EXECUTE FUNCTION mlkit_refuse_change()"
         )
+
+
+def _sqlite_append(db: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """Link ``rows`` to ``table``'s newest row and commit them, in one write transaction.
+
+    IMMEDIATE takes the database's write lock before the tail is read, so the rows link to
+    the true newest row even when other processes (``--workers``, other servers) append to
+    the same file: none can slip a row in between the read and the insert. Raises
+    ``sqlite3.OperationalError`` (database is locked) at once while another holds the lock.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        linked = link(db.execute(_TAIL_SQL[table]).fetchone(), rows)
+        db.executemany(_INSERT_SQL[table], linked)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _insert_sql(table: str) -> str:
