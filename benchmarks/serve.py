@@ -11,7 +11,11 @@ One invocation starts both servers (uvicorn, one process each, one torch thread)
   the target is on the default);
 - the same with ``--workers W`` (2 by default): W processes on one port, all appending to one
   log, against the one-process `mlkit serve` (target: at least 1.3x its requests/s on a
-  2-core machine, the client running beside it).
+  2-core machine, the client running beside it);
+- the same with adaptive batching, ``--batch-max K --batch-wait-ms M`` (32 and 2 by default):
+  concurrent requests share one forward pass, each still answered and logged on its own,
+  against the unbatched one-process `mlkit serve` (target: at least 1.5x its requests/s under
+  32 concurrent clients, ``--concurrency 32``).
 
 The same client drives them all: C keep-alive connections on one asyncio loop (a light
 client: the CPU it leaves goes to the servers), posting one digits-sized example per request.
@@ -24,9 +28,11 @@ server's figures pool its rounds. After the last round the benchmark checks that
 holds exactly one row per answered request (logging really was on) and that its hash chain
 verifies over all of them.
 Prints requests/s, p50 and p99 latency per server, the ratio mlkit / baseline of requests/s
-(target: at least 0.8) and the ratio W workers / 1 worker (target: at least 1.3).
+(target: at least 0.8), the ratio W workers / 1 worker (target: at least 1.3) and the ratio
+batched / unbatched (target: at least 1.5).
 
     python benchmarks/serve.py [--requests 1500] [--rounds 5] [--concurrency 8] [--workers 2]
+                               [--batch-max 32] [--batch-wait-ms 2]
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.8
 WORKERS_TARGET = 1.3
+BATCH_TARGET = 1.5
 REQUEST = (
     b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     b"Content-Length: %d\r\n\r\n"
@@ -199,6 +206,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="processes of the workers row")
+    parser.add_argument("--batch-max", type=int, default=32, help="K of the batching row")
+    parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="M of the batching row")
     args = parser.parse_args()
 
     import numpy as np
@@ -217,15 +226,19 @@ def main() -> int:
     X = np.concatenate([ds.val.X, ds.test.X]).astype(np.float32)
     bodies = [json.dumps({"input": X[i % len(X)].tolist()}).encode() for i in range(args.requests)]
     full_log, workers_log = tmp / "full.sqlite", tmp / "workers.sqlite"
+    batch_log = tmp / "batch.sqlite"
     serve_cmd = [sys.executable, "-m", "mlkit", "serve", f"{MODEL}:production"]
     many = f"  workers={args.workers}"
+    batched = f"  batch={args.batch_max}/{args.batch_wait_ms:g}ms"
+    batch_flags = ["--batch-max", str(args.batch_max), "--batch-wait-ms", str(args.batch_wait_ms)]
     commands = {
         "bare FastAPI": [sys.executable, str(tmp / "bare_app.py"), str(root)],
         "mlkit serve": serve_cmd,
         "  sync=full": [*serve_cmd, "--log-sync", "full", "--log", f"sqlite:///{full_log}"],
         many: [*serve_cmd, "--workers", str(args.workers), "--log", f"sqlite:///{workers_log}"],
+        batched: [*serve_cmd, *batch_flags, "--log", f"sqlite:///{batch_log}"],
     }
-    logs = {"mlkit serve": None, "  sync=full": full_log, many: workers_log}
+    logs = {"mlkit serve": None, "  sync=full": full_log, many: workers_log, batched: batch_log}
     ports = {way: free_port() for way in commands}
     procs = {}
     try:
@@ -291,6 +304,12 @@ def main() -> int:
         f"ratio mlkit serve --workers {args.workers} / 1 worker (requests/s): {scale:.2f} "
         f"(target >= {WORKERS_TARGET}: {'met' if scale >= WORKERS_TARGET else 'missed'}; "
         f"requests per worker {shares}; {os.cpu_count()} cores, the client beside them)"
+    )
+    gain = rps[batched] / rps["mlkit serve"]
+    print(
+        f"ratio mlkit serve --batch-max {args.batch_max} --batch-wait-ms {args.batch_wait_ms:g} "
+        f"/ unbatched (requests/s): {gain:.2f} (target >= {BATCH_TARGET}: "
+        f"{'met' if gain >= BATCH_TARGET else 'missed'}; {args.concurrency} clients)"
     )
     return 0
 

@@ -48,6 +48,22 @@ def add_parsers(commands: common.Subcommands) -> None:
         "model and follows its aliases, all append to the same log",
     )
     p.add_argument(
+        "--batch-max",
+        type=int,
+        default=1,
+        metavar="K",
+        help="adaptive batching: score up to K examples of concurrent requests in one forward "
+        "pass, each still answered and logged on its own (default 1: no batching)",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        metavar="M",
+        help="with --batch-max: how long the first request of a batch waits for others to join "
+        "(default 2)",
+    )
+    p.add_argument(
         "--shadow",
         metavar="NAME[:ALIAS]",
         help="also score every input with this model after the response; logged, never returned",
@@ -85,5 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         follow_s=args.follow_every,
         allow_unauthenticated=args.allow_unauthenticated,
         workers=args.workers,
+        batch_max=args.batch_max,
+        batch_wait_ms=args.batch_wait_ms,
     )
     return EXIT_OK

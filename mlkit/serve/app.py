@@ -30,6 +30,11 @@ A/B split (``--ab NAME:a=0.9,NAME:b=0.1``): each request is answered by one vari
 variant; a request without it gets a random one. The body (``variant``), the ``X-Variant``
 header and the log row's ``variant`` and ``version`` say which answered.
 
+Adaptive batching (``--batch-max K --batch-wait-ms M``, off by default): concurrent requests
+for one version are scored together, up to K examples in one forward pass, the first waiting
+at most M ms for the others (:mod:`mlkit.serve.batching`). Each is still answered and logged
+on its own, with its own request id and latency; refusals never join a batch.
+
 Refusals: 401 missing or wrong bearer token (when ``$MLKIT_SERVE_TOKEN`` is set), 413 body over
 the limit, 422 invalid JSON, not exactly one body key, wrong shape, a non-number, a number
 beyond float32's range, or NaN/inf anywhere (the error names the position), and an input
@@ -61,6 +66,7 @@ from mlkit.errors import (
 from mlkit.registry import loading, store
 from mlkit.registry.store import parse_target
 from mlkit.serve import predlog
+from mlkit.serve.batching import Batcher, check_batching
 from mlkit.serve.routing import DEFAULT_REF, Variant, parse_ab
 from mlkit.serve.schema import BODY_KEYS, request_ids, request_model
 from mlkit.serve.server import Server
@@ -112,6 +118,8 @@ def create_app(
     shadow: str | None = None,
     ab: str | None = None,
     follow_s: float = 2.0,
+    batch_max: int = 1,
+    batch_wait_ms: float = 2.0,
     root: Path | None = None,
 ) -> FastAPI:
     """A FastAPI app serving version ``ref`` (alias, ``v3`` or ``latest``) of model ``name``.
@@ -130,6 +138,9 @@ def create_app(
         ab: ``NAME:a=0.9,NAME:b=0.1``: split the traffic between versions of ``name`` (see the
             module docstring); ``ref`` is then ignored in favour of the first variant.
         follow_s: how often to check whether a served alias moved; 0 never checks.
+        batch_max: most examples scored in one forward pass (adaptive batching, see
+            :mod:`mlkit.serve.batching`); 1, the default, scores each request alone.
+        batch_wait_ms: how long the first request of a batch waits for others to join.
     """
     loading.check_weights_only_env()
     variants = parse_ab(ab) if ab else []
@@ -144,6 +155,7 @@ def create_app(
     if shadow_target:
         store.resolve(*shadow_target, root)
     _check_limits(follow_s=follow_s, max_body_bytes=max_body_bytes, max_batch=max_batch)
+    check_batching(batch_max, batch_wait_ms)
     # Before torch loads: a log whose newest rows do not chain up is refused at once.
     log = predlog.open_log(name, log_url, root, sync=log_sync, check_tail=True)
     try:
@@ -170,7 +182,8 @@ def create_app(
     # FastAPI and Starlette load here, once the models have: importing the server stays light.
     from mlkit.serve.endpoints import build_app
 
-    return build_app(server, follow_s=follow_s)
+    batcher = Batcher(batch_max, batch_wait_ms / 1000.0) if batch_max > 1 else None
+    return build_app(server, follow_s=follow_s, batcher=batcher)
 
 
 def _check_limits(*, follow_s: float, max_body_bytes: int, max_batch: int) -> None:
@@ -261,11 +274,16 @@ def serve(
     follow_s: float = 2.0,
     allow_unauthenticated: bool = False,
     workers: int = 1,
+    batch_max: int = 1,
+    batch_wait_ms: float = 2.0,
 ) -> None:
     """Run ``mlkit serve NAME[:alias]`` (or ``mlkit serve --ab ...``) with uvicorn.
 
     Args:
         workers: processes on the one port; the app is built here first, to fail early.
+        batch_max: most examples in one forward pass (1: no batching); each worker batches
+            its own requests.
+        batch_wait_ms: how long the first request of a batch waits for others.
 
     Raises:
         ParameterError: ``host`` is reachable from other machines, ``$MLKIT_SERVE_TOKEN``
@@ -280,15 +298,7 @@ def serve(
         host, token=os.environ.get(ENV_TOKEN), allow_unauthenticated=allow_unauthenticated
     )
     _check_workers(workers)
-    if bool(target) == bool(ab):
-        raise ParameterError(
-            "mlkit serve needs exactly one of NAME[:ALIAS] or --ab NAME:a=0.9,NAME:b=0.1."
-        )
-    if ab:
-        first = parse_ab(ab)[0]
-        name, ref = first.name, first.ref
-    else:
-        name, ref = parse_target(target or "")
+    name, ref = _served(target, ab)
     settings: dict[str, Any] = {
         "name": name,
         "ref": ref,
@@ -299,6 +309,8 @@ def serve(
         "shadow": shadow,
         "ab": ab,
         "follow_s": follow_s,
+        "batch_max": batch_max,
+        "batch_wait_ms": batch_wait_ms,
     }
     app = create_app(**settings)
     server: Server = app.state.server
@@ -314,7 +326,8 @@ def serve(
         f"http://{host}:{port}  log: {server.log.shown_url}"
         + (f"  shadow: {shadow}" if shadow else "")
         + (f"  ab: {ab}" if ab else "")
-        + (f"  workers: {workers}" if workers > 1 else ""),
+        + (f"  workers: {workers}" if workers > 1 else "")
+        + (f"  batch: {batch_max} / {batch_wait_ms:g} ms" if batch_max > 1 else ""),
         file=sys.stderr,
         flush=True,
     )
@@ -327,6 +340,18 @@ def serve(
     server.log.close()
     del app, server
     _run_workers(settings, host=host, port=port, workers=workers)
+
+
+def _served(target: str | None, ab: str | None) -> tuple[str, str]:
+    """The model and ref ``mlkit serve`` answers with: its target, or the first A/B variant."""
+    if bool(target) == bool(ab):
+        raise ParameterError(
+            "mlkit serve needs exactly one of NAME[:ALIAS] or --ab NAME:a=0.9,NAME:b=0.1."
+        )
+    if ab:
+        first = parse_ab(ab)[0]
+        return first.name, first.ref
+    return parse_target(target or "")
 
 
 def _check_workers(workers: int) -> None:

@@ -22,9 +22,10 @@ from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
 from mlkit._io import now_iso
+from mlkit.serve.batching import Batcher
 from mlkit.serve.predlog import LogBatch
 from mlkit.serve.schema import openapi_paths, read_body, request_ids, summary
-from mlkit.serve.server import Server
+from mlkit.serve.server import Outcome, Server
 from mlkit.serve.shadow import _warn
 
 if TYPE_CHECKING:
@@ -47,8 +48,11 @@ NOT_FINITE = [
 ]
 
 
-def build_app(server: Server, *, follow_s: float) -> FastAPI:
-    """The FastAPI app around ``server``; it checks the served aliases every ``follow_s`` s."""
+def build_app(server: Server, *, follow_s: float, batcher: Batcher | None = None) -> FastAPI:
+    """The FastAPI app around ``server``; it checks the served aliases every ``follow_s`` s.
+
+    With a ``batcher`` (``--batch-max`` over 1), concurrent requests share forward passes.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -79,7 +83,7 @@ def build_app(server: Server, *, follow_s: float) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.server = server
-    endpoints = Endpoints(server)
+    endpoints = Endpoints(server, batcher)
     app.add_api_route("/predict", endpoints.predict, methods=["POST"], response_model=None)
     app.add_api_route("/health", endpoints.health, methods=["GET"], response_model=None)
     app.add_api_route("/metadata", endpoints.metadata, methods=["GET"], response_model=None)
@@ -120,9 +124,10 @@ def openapi_document(app: FastAPI, server: Server) -> dict[str, Any]:
 class Endpoints:
     """/predict, /health and /metadata of one server, with its log batch and request ids."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, batcher: Batcher | None = None) -> None:
         self.server = server
         self.batch = LogBatch(server.log)
+        self.batcher = batcher
         self.next_request_id = request_ids()
 
     def respond(
@@ -182,13 +187,7 @@ class Endpoints:
             detail = f"request body over {server.max_body_bytes} bytes; send smaller batches"
             return await self.refuse(rid, 413, detail, arm, row)
 
-        # Scored on the event loop, as a bare FastAPI app would: a thread hop per request
-        # costs more than a small model's forward pass. max_batch bounds the longest one.
-        try:
-            status, payload, n, output, error, X = server.predict(body, arm[1])
-        except Exception as exc:  # a model error is the server's fault: 500, logged
-            status, payload, n, output, X = 500, {"detail": "prediction failed"}, 0, None, None
-            error = f"{type(exc).__name__}: {exc}"
+        status, payload, n, output, error, X = await self.score(body, arm[1])
         # Rendered before it is logged, so the row says what the client gets.
         try:
             response = self.respond(rid, status, payload, arm)
@@ -216,6 +215,22 @@ class Endpoints:
             # Runs once the response is sent, and only enqueues: the client never waits on it.
             response.background = BackgroundTask(server.shadow.submit, rid, X)
         return response
+
+    async def score(self, body: bytes, loaded: LoadedModel) -> Outcome:
+        """Validate and score one body; a model error is the server's fault: a 500."""
+        server = self.server
+        try:
+            if self.batcher is None:
+                # Scored on the event loop, as a bare FastAPI app would: a thread hop per
+                # request costs more than a small model's forward pass. max_batch bounds it.
+                return server.predict(body, loaded)
+            refusal, X, single = server.prepare(body, loaded)
+            if refusal is not None:  # a refused body never joins a batch
+                return refusal
+            return server.answer(X, single, await self.batcher.score(loaded, X))
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            return 500, {"detail": "prediction failed"}, 0, None, error, None
 
     def health(self) -> JSONResponse:
         """GET /health: liveness, no token needed (it says nothing about inputs)."""

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from mlkit.registry.loading import LoadedModel
     from mlkit.serve.predlog import PredictionLog
 
+# What one /predict body comes to: (status, payload, n examples, output, error, X).
+Outcome = tuple[int, dict[str, Any], int, Any, str | None, Any]
+
 
 class Server:
     """What the app holds: the model, its request schema, the log and the token."""
@@ -130,10 +133,20 @@ class Server:
             given.strip().encode(), self.token
         )
 
-    def predict(
-        self, body: bytes, loaded: LoadedModel | None = None
-    ) -> tuple[int, dict[str, Any], int, Any, str | None, Any]:
+    def predict(self, body: bytes, loaded: LoadedModel | None = None) -> Outcome:
         """Validate and score one body: (status, payload, n examples, output, error, X)."""
+        loaded = loaded or self.loaded
+        refusal, X, single = self.prepare(body, loaded)
+        if refusal is not None:
+            return refusal
+        return self.answer(X, single, score(loaded, X))
+
+    def prepare(self, body: bytes, loaded: LoadedModel) -> tuple[Outcome | None, Any, bool]:
+        """Validate one body into the model's inputs: (refusal or None, X, single example).
+
+        Everything that can refuse a request happens here, before scoring: a refused body
+        never reaches the model (nor, under ``--batch-max``, a batch).
+        """
         from pydantic import ValidationError
 
         np = self.np
@@ -143,13 +156,12 @@ class Server:
             detail = json.loads(exc.json(include_url=False, include_input=False))
             for item in detail:
                 item["loc"] = ["body", *item["loc"]]
-            return 422, {"detail": detail}, 0, None, summary(detail), None
+            return (422, {"detail": detail}, 0, None, summary(detail), None), None, False
         key = next(k for k in BODY_KEYS if getattr(req, k) is not None)
         single = not key.endswith("s")
         value = getattr(req, key)
-        loaded = loaded or self.loaded
         if key.startswith("record"):
-            return self._predict_records(loaded, key, [value] if single else value, single)
+            return self._prepare_records(loaded, key, [value] if single else value, single)
         X = np.asarray([value] if single else value, dtype=np.float32)
         finite = np.isfinite(X)
         if not finite.all():  # finite in float64, out of float32's range
@@ -162,25 +174,24 @@ class Server:
                     "msg": "Input should be a finite float32 (|x| < 3.4e38)",
                 }
             ]
-            return 422, {"detail": detail}, 0, None, summary(detail), None
+            return (422, {"detail": detail}, 0, None, summary(detail), None), None, single
         if key.startswith("raw"):
             try:
                 X = loaded.raw_to_inputs(X)
             except UsageError as exc:
                 detail = [{"type": "raw_inputs", "loc": ["body", key], "msg": str(exc)}]
-                return 422, {"detail": detail}, 0, None, summary(detail), None
-        return self._answer(loaded, X, single)
+                return (422, {"detail": detail}, 0, None, summary(detail), None), None, single
+        return None, X, single
 
-    def _answer(
-        self, loaded: LoadedModel, X: Any, single: bool
-    ) -> tuple[int, dict[str, Any], int, Any, str | None, Any]:
-        preds = score(loaded, X)
+    @staticmethod
+    def answer(X: Any, single: bool, preds: list[dict[str, Any]]) -> Outcome:
+        """The outcome of a scored body: its predictions as the client gets and the log keeps."""
         payload = {"prediction": preds[0]} if single else {"predictions": preds}
         return 200, payload, len(X), payload, None, X
 
-    def _predict_records(
+    def _prepare_records(
         self, loaded: LoadedModel, key: str, records: list[dict[str, Any]], single: bool
-    ) -> tuple[int, dict[str, Any], int, Any, str | None, Any]:
+    ) -> tuple[Outcome | None, Any, bool]:
         """Records in the table's own columns, through the version's preprocessing."""
         try:
             X = loaded.records_to_inputs(records)
@@ -193,8 +204,8 @@ class Server:
                 loc += [exc.column] if exc.column is not None else []  # type: ignore[attr-defined]
             kind = "record" if hasattr(exc, "index") else "records"
             detail = [{"type": kind, "loc": loc, "msg": str(exc)}]
-            return 422, {"detail": detail}, 0, None, summary(detail), None
-        return self._answer(loaded, X, single)
+            return (422, {"detail": detail}, 0, None, summary(detail), None), None, single
+        return None, X, single
 
     def row(
         self,
