@@ -32,7 +32,11 @@ Prints requests/s, p50 and p99 latency per server, the ratio mlkit / baseline of
 batched / unbatched (target: at least 1.5).
 
     python benchmarks/serve.py [--requests 1500] [--rounds 5] [--concurrency 8] [--workers 2]
-                               [--batch-max 32] [--batch-wait-ms 2]
+                               [--batch-max 32] [--batch-wait-ms 2] [--hidden 128,64]
+
+The served model is an MLP of ``--hidden`` layers (128,64 by default: its forward pass is a
+small part of a request's time, HTTP and the log the rest); a wider one, such as
+``--hidden 1024,1024,1024``, shows batching where the forward pass dominates.
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=Fa
 '''
 
 
-def register_model(root: Path) -> None:
+def register_model(root: Path, hidden: list[int]) -> None:
     """An MLP for 8x8 digits (64 features, 10 classes) registered and promoted by hand."""
     import torch
     from safetensors.torch import save_file
@@ -115,7 +119,7 @@ def register_model(root: Path) -> None:
     write_json(path / "result.json", {"test/accuracy": 0.0})
     write_json(path / "lineage.json", {"data": ds.spec()})
     torch.manual_seed(0)
-    build = {"input_shape": [64], "n_outputs": 10, "hidden": [128, 64]}
+    build = {"input_shape": [64], "n_outputs": 10, "hidden": hidden}
     net = models.build("mlp", **build)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path / WEIGHTS)
     write_json(path / BUILD, {"name": "mlp", "build": build})
@@ -208,6 +212,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="processes of the workers row")
     parser.add_argument("--batch-max", type=int, default=32, help="K of the batching row")
     parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="M of the batching row")
+    parser.add_argument(
+        "--hidden",
+        default="128,64",
+        help="hidden layer sizes of the served MLP; wider ones (1024,1024,1024) make the "
+        "forward pass the larger part of a request, where batching pays",
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -219,7 +229,7 @@ def main() -> int:
     root = tmp / "experiments"
     env = {**os.environ, "MLKIT_EXPERIMENTS": str(root), "WANDB_MODE": "disabled"}
     env.pop("MLKIT_SERVE_TOKEN", None)
-    register_model(root)
+    register_model(root, [int(n) for n in args.hidden.split(",")])
     (tmp / "bare_app.py").write_text(BARE_APP.replace("{model}", MODEL), encoding="utf-8")
 
     ds = data.load("digits_flat", seed=0, check=False)
@@ -283,7 +293,8 @@ def main() -> int:
 
     rps = {way: args.rounds * args.requests / sum(walls[way]) for way in walls}
     print(
-        f"\n{args.rounds} rounds x {args.requests} requests, {args.concurrency} keep-alive clients"
+        f"\n{args.rounds} rounds x {args.requests} requests, {args.concurrency} keep-alive "
+        f"clients, MLP hidden {args.hidden}"
     )
     print(f"{'server':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for way in walls:
