@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from mlkit._io import read_json
-from mlkit.registry import comparison
+from mlkit.registry import comparison, retrain_steps
+from mlkit.serve import predlog
 from tests.helpers import run_cli
-from tests.test_retrain import train_and_register
+from tests.test_retrain import _log_row, train_and_register
 
 
 def rule_frame(n: int, seed: int, *, flipped: bool = False, shuffled: bool = False):
@@ -159,3 +160,168 @@ def test_mae_is_judged_on_the_upper_end_of_the_difference() -> None:
         passed, reason = comparison._judge(out, 0.1)
         assert passed is passes, reason
         assert "mae of v2 (candidate)" in reason and "margin 0.1" in reason
+
+
+def _traffic_log(path: Path, n: int, *, flipped: bool) -> str:
+    """A prediction log of credit v1 answering ``n`` records, labelled by the relation as it
+    was (``income > 50``) or as it flipped; its URL."""
+    frame = rule_frame(n, seed=3, flipped=flipped)
+    labels = frame.pop("default").tolist()
+    url = f"sqlite:///{path}"
+    log = predlog.open_log("credit", url)
+    try:
+        log.write_many(
+            [_log_row(f"r{i}", {"record": r}, 1) for i, r in enumerate(frame.to_dict("records"))]
+        )
+        log.add_feedback({f"r{i}": label for i, label in enumerate(labels)}, "test")
+    finally:
+        log.close()
+    return url
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Like ``credit`` but its own: v1 (production) learned income > 50."""
+    tmp = tmp_path_factory.mktemp("traffic")
+    registered = train_and_register(
+        tmp, rule_frame(600, seed=0), "-p", "epochs", "3", "-p", "lr", "0.01"
+    )
+    shifted = tmp / "shifted.csv"
+    rule_frame(600, seed=1, flipped=True).to_csv(shifted, index=False)
+    return {**registered, "shifted": shifted, "tmp": tmp}
+
+
+# Labelled traffic is evidence beside the test split (the default when the log has labels):
+# a candidate better on its test split but worse on the traffic production answered is not
+# promoted, the reason naming the source it fails on; comparison.json holds both sources.
+@pytest.mark.slow
+def test_traffic_evidence_must_agree_with_the_test_split(fresh: dict[str, Any]) -> None:
+    url = _traffic_log(fresh["tmp"] / "as-was.sqlite", 120, flipped=False)
+    proc = _retrain(fresh, fresh["shifted"], "--log", url)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    registry = _registry(fresh["root"])
+    number = max(v["version"] for v in registry["versions"])
+    assert registry["aliases"]["production"] == 1
+    out = read_json(fresh["root"] / "registry" / "credit" / f"v{number}" / "comparison.json")
+    assert out["evidence"] == ["test", "traffic"]
+    test, traffic = out["sources"]["test"], out["sources"]["traffic"]
+    assert test["difference"]["low"] > 0, "better on its own test split"
+    assert traffic["rows"] == {"source": "labelled traffic", "n": 120, "left_out": 0}
+    assert traffic["difference"]["high"] < 0, "worse on what production answered"
+    assert out["rows"] == test["rows"] and out["candidate"] == test["candidate"]
+    reason = out["decision"]["reason"]
+    assert "of the test split" in reason and "of the labelled traffic" in reason
+    assert "fails on labelled traffic" in reason
+    assert "labelled traffic" in proc.stdout and "test split" in proc.stdout
+    assert f"{traffic['candidate']['value']:.4f}" in proc.stdout
+    event = registry["alias_history"]["production"][-1]
+    assert event["action"] == "refused" and event["comparison"]["sources"]["traffic"]["rows"] == 120
+
+
+# Traffic labelled as the relation now is: the candidate passes on both sources and is
+# promoted, the reason saying the rule holds on every source used. --evidence traffic
+# alone scores on the traffic only; with no labelled traffic it is refused (exit 2).
+@pytest.mark.slow
+def test_traffic_evidence_that_agrees_promotes(fresh: dict[str, Any]) -> None:
+    url = _traffic_log(fresh["tmp"] / "now.sqlite", 120, flipped=True)
+    proc = _retrain(fresh, fresh["shifted"], "--log", url, "--evidence", "both")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    registry = _registry(fresh["root"])
+    number = registry["aliases"]["production"]
+    assert number == max(v["version"] for v in registry["versions"]) != 1
+    out = read_json(fresh["root"] / "registry" / "credit" / f"v{number}" / "comparison.json")
+    assert out["decision"]["promoted"]
+    assert "holds on every source used (test split and labelled traffic)" in proc.stdout
+    empty = f"sqlite:///{fresh['tmp'] / 'empty.sqlite'}"
+    predlog.open_log("credit", empty).close()
+    proc = _retrain(fresh, fresh["shifted"], "--log", empty, "--evidence", "traffic")
+    assert proc.returncode == 2 and "--evidence traffic" in proc.stderr, proc.stderr
+    assert _registry(fresh["root"])["versions"] == registry["versions"]
+
+
+# A traffic label reads as a class (by name, or by production's index) or as a value; a
+# label that is neither is left out, never guessed.
+def test_traffic_labels_read_as_classes_or_values() -> None:
+    truth = comparison._truth
+    assert truth(1, "classification", ["no", "yes"]) == "yes"
+    assert truth("no", "classification", ["no", "yes"]) == "no"
+    assert truth([1], "classification", ["no", "yes"]) is None
+    assert truth("2.5", "regression", []) == 2.5 and truth("x", "regression", []) is None
+
+
+@pytest.fixture(scope="module")
+def bounded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Its own v1 (production), trained on income > 50, with the relation flipped to retrain on."""
+    tmp = tmp_path_factory.mktemp("bounded")
+    registered = train_and_register(
+        tmp, rule_frame(600, seed=0), "-p", "epochs", "3", "-p", "lr", "0.01"
+    )
+    shifted = tmp / "shifted.csv"
+    rule_frame(600, seed=1, flipped=True).to_csv(shifted, index=False)
+    return {**registered, "shifted": shifted}
+
+
+def _bound(bounded: dict[str, Any], bound: str) -> None:
+    proc = run_cli("model", "bounds", "credit", "--clear", "--set", bound, env=bounded["env"])
+    assert proc.returncode == 0, proc.stderr
+
+
+# A model with bounds: retrain --promote evaluates the candidate's run first, so the gate
+# checks its numbers instead of blocking for want of an evaluation; a bound it meets lets it
+# through (the history names the evaluation), one it breaks refuses it: exit 1, the reason
+# naming the bound. --margin 1 keeps the evidence out of the way: the gate decides.
+@pytest.mark.slow
+def test_retrain_evaluates_the_candidate_for_the_gate(bounded: dict[str, Any]) -> None:
+    root = bounded["root"]
+    _bound(bounded, "test/accuracy>=0.6")
+    proc = _retrain(bounded, bounded["shifted"], "--margin", "1", "--sensitive", "purpose")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    registry = _registry(root)
+    number = registry["aliases"]["production"]
+    assert number == max(v["version"] for v in registry["versions"]) != 1
+    event = registry["alias_history"]["production"][-1]
+    (evaluation,) = [p for p in root.glob("evaluate/runs/*")]
+    assert event["action"] == "promote" and event["evaluation"] == evaluation.name
+    info = read_json(evaluation / "run.json")
+    assert info["evaluates"] == registry["versions"][-1]["run_id"]
+    assert read_json(evaluation / "params.json")["parameters"]["sensitive"] == "purpose"
+    assert f"evaluation: {evaluation.name}" in proc.stdout
+
+    _bound(bounded, "test/accuracy>=0.999")
+    proc = _retrain(bounded, bounded["shifted"], "--margin", "1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    after = _registry(root)
+    assert after["aliases"]["production"] == number, "production stays"
+    refused = max(v["version"] for v in after["versions"])
+    event = after["alias_history"]["production"][-1]
+    assert event["action"] == "refused" and event["to"] == refused
+    for reason in (event["reason"], proc.stdout):
+        assert "test/accuracy" in reason and "at least 0.999" in reason
+    assert "not promoted:" in proc.stdout
+    assert len(list(root.glob("evaluate/runs/*"))) == 2
+
+
+# --sensitive names a column of the parent's table, and belongs to --promote: refused
+# before any run otherwise.
+def test_sensitive_is_checked_before_any_run(bounded: dict[str, Any]) -> None:
+    runs = sorted(p.name for p in bounded["root"].glob("*/runs/*"))
+    proc = _retrain(bounded, bounded["shifted"], "--sensitive", "zodiac")
+    assert proc.returncode == 2 and "zodiac" in proc.stderr and "purpose" in proc.stderr
+    proc = run_cli(
+        *("retrain", "credit", "--data", str(bounded["shifted"]), "--sensitive", "purpose"),
+        env=bounded["env"],
+    )
+    assert proc.returncode == 2 and "--promote" in proc.stderr
+    assert sorted(p.name for p in bounded["root"].glob("*/runs/*")) == runs
+
+
+# The newest labelled records grade the candidate; when they also train it
+# (--labels-from-log), the newest fifth is held out of training, so no graded row was learned.
+def test_split_traffic_holds_the_graded_records_out_of_training() -> None:
+    records = [{"request_id": str(i)} for i in range(1500)]
+    train, graded = retrain_steps.split_traffic(records, trains_too=False)
+    assert train == [] and graded == records[-retrain_steps.TRAFFIC_ROWS :]
+    train, graded = retrain_steps.split_traffic(records[:50], trains_too=True)
+    assert graded == records[40:50] and train == records[:40]
+    train, graded = retrain_steps.split_traffic(records[:2], trains_too=True)
+    assert graded == records[1:2] and train == records[:1]

@@ -15,15 +15,24 @@ The statistics:
   drawn with replacement (2000 draws, seed 0) and both models are scored on the same draw,
   so what the rows share (easy rows, hard rows) cancels out of the difference.
 
+With ``traffic=`` (labelled records of production's traffic, as
+:func:`mlkit.ops.labelled.labelled_records` returns them; the caller reads the log, the
+registry never does) both models are also scored on those records, and ``comparison.json``
+holds each source side by side under ``sources`` (``test``, ``traffic``); its top-level
+``rows``, ``candidate``, ``current`` and ``difference`` are those of the first source used.
+A label given as a class index reads as the class production names by it.
+
 The comparison is written beside the candidate, as ``comparison.json`` in its registry
 folder. :func:`promote_on_evidence` moves the alias only when the candidate is not worse by
 more than a margin, judged on the interval: the difference's lower end above ``-margin`` for
-accuracy, its upper end below ``margin`` for MAE. A refusal stays in the alias history.
+accuracy, its upper end below ``margin`` for MAE, on every source used. A refusal stays in
+the alias history.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +40,7 @@ import numpy as np
 
 from mlkit._contract import CARD_FILE, LINEAGE_FILE, PARAMS_FILE
 from mlkit._io import now_iso, read_json, write_json
-from mlkit.errors import ParameterError, PromotionBlockedError, StateError
+from mlkit.errors import ParameterError, PromotionBlockedError, StateError, UsageError
 from mlkit.rebuild import load_data
 from mlkit.registry import loading
 from mlkit.registry.aliases import promote, record_refusal
@@ -42,12 +51,15 @@ from mlkit.table_sources import is_table_source
 __all__ = [
     "COMPARISON_FILE",
     "DEFAULT_MARGIN",
+    "EVIDENCE",
     "compare",
     "format_comparison",
     "promote_on_evidence",
 ]
 
 COMPARISON_FILE = "comparison.json"
+# The sources a candidate can be judged on, and how comparison.json and the output name them.
+EVIDENCE = {"test": "test split", "traffic": "labelled traffic"}
 DEFAULT_MARGIN = 0.01
 DRAWS = 2000  # bootstrap draws; with SEED fixed, the same rows always give the same interval
 SEED = 0
@@ -62,6 +74,8 @@ def compare(
     version: str | int,
     against: str = DEFAULT_ALIAS,
     *,
+    evidence: Sequence[str] = ("test",),
+    traffic: Sequence[dict[str, Any]] | None = None,
     root: Path | None = None,
 ) -> dict[str, Any]:
     """Score version ``version`` and the version ``against`` points at on the same rows.
@@ -70,19 +84,24 @@ def compare(
         name: the registered model.
         version: the candidate (``4``, ``v4``).
         against: the alias of the version it would replace.
+        evidence: the sources to score on: ``test`` (the candidate's test split) and/or
+            ``traffic`` (the ``traffic`` records).
+        traffic: labelled records of production's traffic (``{"record", "label"}``).
         root: experiments folder; default ``experiments/`` at the project root.
 
     Returns:
         The comparison, as written to ``comparison.json`` in the candidate's folder:
-        ``{"name", "metric", "higher_is_better", "rows", "candidate", "current",
-        "difference", "method", "created"}``; each model's entry holds its ``value`` and
-        interval (``low``, ``high``), the difference's likewise.
+        ``{"name", "metric", "higher_is_better", "evidence", "sources", "rows",
+        "candidate", "current", "difference", "method", "created"}``; each source holds
+        its ``rows`` and each model's ``value`` with its interval (``low``, ``high``), the
+        difference's likewise; the top-level entries are the first source's.
 
     Raises:
         StateError: ``against`` points nowhere, at the candidate itself, or the two models
-            cannot be scored on the same rows (another task, not trained on a table, or the
-            candidate's table changed since it trained).
+            cannot be scored on the same rows (another task, not trained on a table, the
+            candidate's table changed since it trained, or no usable traffic record).
     """
+    evidence = check_evidence(evidence)
     reg = _read(name, root)
     number = _version_number(version, reg)
     current = reg["aliases"].get(against)
@@ -97,29 +116,121 @@ def compare(
             f"{name}:{against} already points at v{number}: there is nothing to compare it "
             "with. Pass the version that would replace it."
         )
-    run_dir = resolve_run(f"{name}:v{number}", root)
-    rows, truth, task, data_version = _test_rows(run_dir, f"{name} v{number}")
     models = [loading.load_model(name, n, root=root) for n in (number, current)]
-    for loaded in models:
-        _check_scorable(loaded, task)
-    per_row = [_per_row(loaded, rows, truth) for loaded in models]
+    task = models[0].task
+    sources: dict[str, dict[str, Any]] = {}
+    if "test" in evidence:
+        sources["test"], task = _test_source(models, f"{name}:v{number}", root)
+    if "traffic" in evidence:
+        for loaded in models:
+            _check_scorable(loaded, task)
+        sources["traffic"] = _traffic_source(models, traffic or (), task)
+    for source in sources.values():
+        method = source.pop("method")  # the same for every source: said once, at the top
+        source["candidate"] = {"version": number, **source["candidate"]}
+        source["current"] = {"version": current, "alias": against, **source["current"]}
+    first = sources[evidence[0]]
     out: dict[str, Any] = {
         "name": name,
         "metric": "accuracy" if task == "classification" else "mae",
         "higher_is_better": task == "classification",
+        "evidence": list(evidence),
+        "sources": sources,
+        **{k: first[k] for k in ("rows", "candidate", "current", "difference")},
+        "method": method,
+        "created": now_iso(),
+    }
+    write_json(model_dir(name, root) / f"v{number}" / COMPARISON_FILE, out)
+    return out
+
+
+def _test_source(
+    models: list[loading.LoadedModel], ref: str, root: Path | None
+) -> tuple[dict[str, Any], str]:
+    """Both models scored on the candidate's test split; and the task its rows are for."""
+    run_dir = resolve_run(ref, root)
+    rows, truth, task, data_version = _test_rows(run_dir, ref.replace(":", " "))
+    for loaded in models:
+        _check_scorable(loaded, task)
+    per_row = [_per_row(loaded, rows, truth) for loaded in models]
+    source = {
         "rows": {
-            "source": "test split",
+            "source": EVIDENCE["test"],
             "run_id": run_dir.name,
             "data_version": data_version,
             "n": len(truth),
         },
         **_statistics(per_row[0], per_row[1], task),
-        "created": now_iso(),
     }
-    out["candidate"] = {"version": number, **out["candidate"]}
-    out["current"] = {"version": current, "alias": against, **out["current"]}
-    write_json(model_dir(name, root) / f"v{number}" / COMPARISON_FILE, out)
-    return out
+    return source, task
+
+
+def check_evidence(evidence: Sequence[str]) -> list[str]:
+    """The sources, in the order given, each once; ParameterError for an unknown one."""
+    chosen = list(dict.fromkeys(evidence))
+    unknown = [e for e in chosen if e not in EVIDENCE]
+    if unknown or not chosen:
+        raise ParameterError(
+            f"Evidence must be test, traffic or both, got "
+            f"{', '.join(map(str, evidence)) or '(none)'}. Pass --evidence both."
+        )
+    return chosen
+
+
+def _traffic_source(
+    models: list[loading.LoadedModel], traffic: Sequence[dict[str, Any]], task: str
+) -> dict[str, Any]:
+    """Both models scored on the labelled records that both can read."""
+    candidate, current = models
+    usable, left_out = [], 0
+    for item in traffic:
+        truth = _truth(item.get("label"), task, current.classes)
+        if truth is None or not all(_reads(m, item.get("record")) for m in models):
+            left_out += 1
+            continue
+        usable.append((item["record"], truth))
+    if not usable:
+        raise StateError(
+            f"None of the {len(traffic)} labelled records of the prediction log can be scored "
+            f"by both v{candidate.version} and v{current.version} (a record neither reads, or "
+            "a label that is not a class or a number). Pass --evidence test, or store labels "
+            "of answered requests (mlkit feedback)."
+        )
+    records = [r for r, _ in usable]
+    dtype = object if task == "classification" else np.float64
+    truth = np.asarray([t for _, t in usable], dtype=dtype)
+    per_row = [_per_row(loaded, records, truth) for loaded in models]
+    return {
+        "rows": {"source": EVIDENCE["traffic"], "n": len(usable), "left_out": left_out},
+        **_statistics(per_row[0], per_row[1], task),
+    }
+
+
+def _truth(label: Any, task: str, classes: list[str]) -> Any:
+    """A label as a class name (an index reads as production's class) or a value; None if
+    it is neither."""
+    if task != "classification":
+        if isinstance(label, bool):
+            return None
+        try:
+            value = float(label)
+        except (TypeError, ValueError):
+            return None
+        return value if math.isfinite(value) else None
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(classes):
+        return classes[label]
+    return None if label is None or isinstance(label, (dict, list)) else str(label)
+
+
+def _reads(loaded: loading.LoadedModel, record: Any) -> bool:
+    """Whether the model's preprocessing takes the record (columns, types, no NaN)."""
+    if not isinstance(record, dict) or loaded.preprocessor is None:
+        return False
+    try:
+        loaded.preprocessor.validate_records([record])
+    except (UsageError, ValueError, TypeError):
+        return False
+    return True
 
 
 def promote_on_evidence(
@@ -129,13 +240,16 @@ def promote_on_evidence(
     *,
     margin: float = DEFAULT_MARGIN,
     by: str | None = None,
+    evidence: Sequence[str] = ("test",),
+    traffic: Sequence[dict[str, Any]] | None = None,
     root: Path | None = None,
     tracking: str | None = None,
 ) -> dict[str, Any]:
     """Promote ``version`` to ``alias`` if the gate passes and it is not worse than the current.
 
     Not worse means, on the interval of the difference (candidate - current): its lower end
-    above ``-margin`` for accuracy, its upper end below ``margin`` for MAE. The decision and
+    above ``-margin`` for accuracy, its upper end below ``margin`` for MAE, on every source
+    of ``evidence`` (see :func:`compare`; ``traffic`` holds the labelled records). The decision and
     its reason are added to ``comparison.json``; a refusal (by the evidence or by the
     model's bounds) is kept in the alias history, which names ``by`` and the candidate's
     ``parent`` version when its card names one.
@@ -145,9 +259,9 @@ def promote_on_evidence(
         model's bounds refused it.
     """
     margin = check_margin(margin)
-    out = compare(name, version, alias, root=root)
+    out = compare(name, version, alias, evidence=evidence, traffic=traffic, root=root)
     number = out["candidate"]["version"]
-    passed, reason = _judge(out, margin)
+    passed, reason = _judge_all(out, margin)
     details = {"comparison": _summary(out), **_parent(name, number, root)}
     decision: dict[str, Any] = {"promoted": False, "reason": reason, "margin": margin}
     try:
@@ -187,16 +301,34 @@ def check_margin(margin: Any) -> float:
 
 
 def format_comparison(out: dict[str, Any]) -> str:
-    """The comparison as lines to read: both models, the difference, the rows they saw."""
+    """The comparison as lines to read: both models, the difference, the rows they saw.
+
+    One source reads as it always did; several stand side by side, a row each.
+    """
     metric, rows = out["metric"], out["rows"]
     cand, cur, diff = out["candidate"], out["current"], out["difference"]
-    lines = [
-        f"{out['name']}: v{cand['version']} (candidate) against v{cur['version']} "
-        f"({cur['alias']}) on {rows['n']} rows, the {rows['source']} of run {rows['run_id']}",
-        f"  {'candidate':<10} v{cand['version']:<4} {metric} {_interval(cand)}",
-        f"  {'current':<10} v{cur['version']:<4} {metric} {_interval(cur)}",
-        f"  difference (candidate - current) {_interval(diff, signed=True)}",
-    ]
+    sources = out.get("sources") or {}
+    if len(sources) > 1:
+        lines = [
+            f"{out['name']}: v{cand['version']} (candidate) against v{cur['version']} "
+            f"({cur['alias']}), {metric} with 95% intervals, on each source",
+            f"  {'source':<17} {'rows':>5}  {'candidate':<31} {'current':<31} difference",
+        ]
+        for source in sources.values():
+            lines.append(
+                f"  {source['rows']['source']:<17} {source['rows']['n']:>5}  "
+                f"{_interval(source['candidate']):<31} {_interval(source['current']):<31} "
+                f"{_interval(source['difference'], signed=True)}"
+            )
+    else:
+        of_run = f" of run {rows['run_id']}" if rows.get("run_id") else ""
+        lines = [
+            f"{out['name']}: v{cand['version']} (candidate) against v{cur['version']} "
+            f"({cur['alias']}) on {rows['n']} rows, the {rows['source']}{of_run}",
+            f"  {'candidate':<10} v{cand['version']:<4} {metric} {_interval(cand)}",
+            f"  {'current':<10} v{cur['version']:<4} {metric} {_interval(cur)}",
+            f"  difference (candidate - current) {_interval(diff, signed=True)}",
+        ]
     decision = out.get("decision")
     if decision:
         verdict = "promoted" if decision["promoted"] else "not promoted"
@@ -210,12 +342,15 @@ def _interval(entry: dict[str, Any], *, signed: bool = False) -> str:
 
 
 def _judge(out: dict[str, Any], margin: float) -> tuple[bool, str]:
-    """Whether the candidate passes, and why, naming the metric, both values and the margin."""
+    """Whether the candidate passes on one source, and why: the metric, both values, the rows
+    and the margin."""
     metric, diff = out["metric"], out["difference"]
     cand, cur = out["candidate"], out["current"]
+    source = out["rows"].get("source")
     values = (
         f"{metric} of v{cand['version']} (candidate) {cand['value']:.4f} against "
         f"{cur['value']:.4f} of v{cur['version']} ({cur['alias']}) on {out['rows']['n']} rows"
+        + (f" of the {source}" if source else "")
     )
     if out["higher_is_better"]:
         passed = diff["low"] > -margin
@@ -229,15 +364,40 @@ def _judge(out: dict[str, Any], margin: float) -> tuple[bool, str]:
     return passed, f"{values}: {verdict} the margin {margin:g} ({rule})"
 
 
+def _judge_all(out: dict[str, Any], margin: float) -> tuple[bool, str]:
+    """The rule on every source used: passed only when it holds on each; the reason says so."""
+    sources = out.get("sources") or {"test": out}
+    judged = {key: _judge({**out, **source}, margin) for key, source in sources.items()}
+    passed = all(ok for ok, _ in judged.values())
+    reason = "; ".join(why for _, why in judged.values())
+    if len(judged) > 1:
+        failed = [EVIDENCE[key] for key, (ok, _) in judged.items() if not ok]
+        used = " and ".join(EVIDENCE[key] for key in judged)
+        reason += (
+            f". The rule holds on every source used ({used})"
+            if passed
+            else f". The rule must hold on every source used ({used}); it fails on "
+            f"{' and '.join(failed)}"
+        )
+    return passed, reason
+
+
 def _summary(out: dict[str, Any]) -> dict[str, Any]:
     """What the alias history keeps of a comparison: the metric and the numbers."""
-    return {
-        "metric": out["metric"],
-        "rows": out["rows"]["n"],
-        "candidate": out["candidate"]["value"],
-        "current": out["current"]["value"],
-        "difference": [out["difference"]["low"], out["difference"]["high"]],
-    }
+
+    def numbers(source: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "rows": source["rows"]["n"],
+            "candidate": source["candidate"]["value"],
+            "current": source["current"]["value"],
+            "difference": [source["difference"]["low"], source["difference"]["high"]],
+        }
+
+    sources = out.get("sources") or {}
+    summary = {"metric": out["metric"], **numbers(out)}
+    if len(sources) > 1:
+        summary["sources"] = {key: numbers(source) for key, source in sources.items()}
+    return summary
 
 
 def _parent(name: str, number: int, root: Path | None) -> dict[str, Any]:

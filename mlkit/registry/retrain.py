@@ -23,6 +23,11 @@ came back (``mlkit feedback``), joined by :func:`mlkit.ops.labelled.labelled_rec
 registry never reads the log itself). Each becomes a row of the parent's table, its label in
 the target column (a class index read as the class it names), and the rows join the parent's
 table and the new one as with ``append=True``.
+
+``sweep=N`` runs a short sweep around the parent's parameters instead of one run, and
+registers its best trial; ``promote_on_evidence=True`` then judges the new version against
+production on its test split and on labelled traffic, after an evaluation when the model's
+bounds ask for one (:mod:`mlkit.registry.retrain_steps` holds these steps).
 """
 
 from __future__ import annotations
@@ -47,18 +52,19 @@ from mlkit.errors import (
     DataError,
     NotFoundError,
     ParameterError,
-    PromotionBlockedError,
     StateError,
 )
 from mlkit.record_store import find_run, resolve_notebook
 from mlkit.registry import comparison
-from mlkit.registry.aliases import promote
+from mlkit.registry import retrain_steps as steps
+from mlkit.registry.promotion import get_bounds
 from mlkit.registry.store import (
     DEFAULT_ALIAS,
     check_alias,
     model_dir,
     parse_target,
     register,
+    register_best,
     resolve,
 )
 from mlkit.run import runner
@@ -93,7 +99,7 @@ class Parent:
 
 
 # Long on purpose: the one entry point of a retrain, its options documented in place (the
-# docstring is half of it); the steps it runs are the helpers below.
+# docstring is most of it); the steps it runs are the helpers below and in retrain_steps.
 def retrain(
     target: str,
     data: str,
@@ -104,8 +110,13 @@ def retrain(
     alias: str = CANDIDATE,
     labelled: Sequence[dict[str, Any]] | None = None,
     allow_changed_notebook: bool = False,
+    sweep: int | None = None,
+    space: str | None = None,
     promote_on_evidence: bool = False,
     margin: float = comparison.DEFAULT_MARGIN,
+    evidence: Sequence[str] = ("test",),
+    traffic: Sequence[dict[str, Any]] | None = None,
+    sensitive: str | None = None,
     root: Path | None = None,
     tracking: str | None = None,
     progress: bool = True,
@@ -117,7 +128,8 @@ def retrain(
         data: the new table: a ``.csv``/``.parquet`` path, a Parquet folder or a database URL.
         params: parameter overrides, values as typed on a command line (converted to the
             notebook's declared types); ``dataset`` comes from ``data``.
-        experiment: the new run's experiment; default the parent run's.
+        experiment: the new run's experiment (with ``sweep``, the study's name); default the
+            parent run's (a fresh study).
         append: train on the parent's table and ``data`` together.
         alias: the alias pointed at the new version; never ``production``.
         labelled: records with their true labels (``{"record", "label"}``, as
@@ -125,47 +137,137 @@ def retrain(
             training table; implies ``append``.
         allow_changed_notebook: run the notebook even if it changed since the parent ran;
             the new run's record keeps the warning.
+        sweep: run a sweep of this many trials around the parent's parameters instead of
+            one run, and register its best trial (:func:`retrain_steps.plan_sweep`).
+        space: the sweep's search-space file; default the space of the parent's study
+            (required when the parent run was no sweep trial).
         promote_on_evidence: once registered, compare the new version with production on the
-            same held-out rows and promote it when it is not worse by more than ``margin``
-            (:func:`mlkit.registry.comparison.promote_on_evidence`); the alias history names
-            ``retrain`` and the parent version.
+            same rows and promote it when it is not worse by more than ``margin`` on every
+            source of ``evidence`` (:func:`mlkit.registry.comparison.promote_on_evidence`);
+            the alias history names ``retrain`` and the parent version. When the model has
+            bounds, the new version's run is evaluated first, so the gate can check them.
         margin: how much worse than production the new version may be, in the metric's
             units, judged on the interval of the difference.
+        evidence: what the comparison scores on: ``test`` (the new run's test split) and/or
+            ``traffic`` (the ``traffic`` records).
+        traffic: labelled records of production's traffic, the ``traffic`` evidence.
+        sensitive: the column the evaluation reports fairness metrics by.
         root: experiments folder; default ``experiments/`` at the project root.
         tracking: W&B mode for the run and the registration.
         progress: show a progress bar while cells run.
 
     Returns:
-        ``{"parent", "run", "version", "alias", "warnings", "data", "labelled", "promotion"}``
-        (``labelled``: how many rows came from ``labelled``).
-        ``version`` is the registry entry (with ``path``), None when the run did not
-        complete; ``promotion`` is the decision on evidence (``promoted``, ``reason``,
-        ``comparison``), None when not asked for or nothing was registered.
+        ``{"parent", "run", "version", "alias", "warnings", "data", "labelled", "sweep",
+        "evaluation", "promotion"}`` (``labelled``: how many rows came from ``labelled``).
+        ``run`` is the record of the run registered (with ``sweep``, the best trial's; None
+        when no trial completed); ``version`` is the registry entry (with ``path``), None
+        when nothing completed; ``sweep`` the sweep's summary; ``evaluation`` the
+        evaluation the gate read; ``promotion`` the decision on evidence (``promoted``,
+        ``reason``, ``comparison``), None when not asked for or nothing was registered.
 
     Raises:
         UsageError: before any run, for a missing model, alias, run record or notebook, a
-            changed notebook, or a table whose columns do not match the parent's schema.
+            changed notebook, a table whose columns do not match the parent's schema, or a
+            sweep without a search space.
         PromotionBlockedError: the new version is registered, but the model's bounds kept
             the alias from moving (it has no evaluation yet).
+        CheckFailedError: the evaluation of the new version's run failed.
     """
     alias = _check_target_alias(alias)
     if promote_on_evidence:
         margin = comparison.check_margin(margin)
+        evidence = comparison.check_evidence(evidence)
     name, ref = parse_target(target)
     parent = find_parent(name, ref, root, allow_changed_notebook=allow_changed_notebook)
+    steps.check_sensitive(parent, sensitive)
     given = {**parent.parameters, **(params or {})}
     source = _absolute(data, Path.cwd())
     _check_source(source, parent, given)
     if append or labelled:
         source = _append(parent, source, given, root, labelled or ())
     given["dataset"] = source
+    out: dict[str, Any] = {
+        "parent": parent.entry(),
+        "run": None,
+        "version": None,
+        "alias": alias,
+        "warnings": parent.warnings,
+        "data": str(source),
+        "labelled": len(labelled or ()),
+        "sweep": None,
+        "evaluation": None,
+        "promotion": None,
+    }
+    if sweep is not None:
+        cfg = steps.plan_sweep(
+            parent, given, sweep, space, experiment=experiment, root=root, tracking=tracking
+        )
+        out["sweep"], out["run"] = steps.run_sweep(cfg, parent.entry(), progress=progress)
+    else:
+        out["run"] = _run(
+            parent, given, experiment, root=root, tracking=tracking, progress=progress
+        )
+    if (out["run"] or {}).get("status") != "completed":
+        return out
+    reason = f"retrained from {name} v{parent.version} on {redact(data)}"
+    if labelled:
+        reason += f" and {len(labelled)} labelled records of the prediction log"
+    if out["sweep"]:
+        reason += f", the best of {sweep} trials of study {out['sweep']['study']}"
+    if out["sweep"]:
+        study, storage = out["sweep"]["study"], out["sweep"]["storage"]
+        out["version"] = register_best(study, name, storage=storage, root=root, tracking=tracking)
+    else:
+        out["version"] = register(out["run"]["path"], name, root=root, tracking=tracking)
+    number = out["version"]["version"]
+    if promote_on_evidence and get_bounds(name, root):
+        out["evaluation"] = steps.evaluate_candidate(
+            out["run"], sensitive=sensitive, root=root, tracking=tracking, progress=progress
+        )
+    moved = steps.point_alias(
+        out["run"],
+        name,
+        number,
+        alias,
+        reason,
+        keep_going=promote_on_evidence,
+        root=root,
+        tracking=tracking,
+    )
+    if moved is not None:
+        out["warnings"] = [*out["warnings"], moved]
+    if promote_on_evidence:
+        out["promotion"] = comparison.promote_on_evidence(
+            name,
+            number,
+            DEFAULT_ALIAS,
+            margin=margin,
+            by="retrain",
+            evidence=evidence,
+            traffic=traffic,
+            root=root,
+            tracking=tracking,
+        )
+    return out
+
+
+def _run(
+    parent: Parent,
+    given: dict[str, Any],
+    experiment: str | None,
+    *,
+    root: Path | None,
+    tracking: str | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """The parent's notebook once more, with ``given``; the new run names its parent."""
 
     def name_parent(info: dict[str, Any]) -> None:
         # Before the kernel starts: its own lineage updates read the file and keep the entry.
         path = Path(info["path"]) / LINEAGE_FILE
         write_json(path, {**(read_json(path, {}) or {}), "parent": parent.entry()})
 
-    run = runner.run(
+    return runner.run(
         parent.notebook,
         given,
         experiment=experiment or parent.experiment,
@@ -178,50 +280,6 @@ def retrain(
         on_start=name_parent,
         cwd=parent.cwd,
     )
-    out: dict[str, Any] = {
-        "parent": parent.entry(),
-        "run": run,
-        "version": None,
-        "alias": alias,
-        "warnings": parent.warnings,
-        "data": str(source),
-        "labelled": len(labelled or ()),
-        "promotion": None,
-    }
-    if run.get("status") == "completed":
-        reason = f"retrained from {name} v{parent.version} on {redact(data)}"
-        if labelled:
-            reason += f" and {len(labelled)} labelled records of the prediction log"
-        out["version"] = _register(run, name, alias, reason, root=root, tracking=tracking)
-        if promote_on_evidence:
-            out["promotion"] = comparison.promote_on_evidence(
-                name,
-                out["version"]["version"],
-                DEFAULT_ALIAS,
-                margin=margin,
-                by="retrain",
-                root=root,
-                tracking=tracking,
-            )
-    return out
-
-
-def _register(
-    run: dict[str, Any], name: str, alias: str, reason: str, *, root: Path | None, tracking: Any
-) -> dict[str, Any]:
-    """Register the completed run as ``name``'s next version and point ``alias`` at it."""
-    entry = register(run["path"], name, root=root, tracking=tracking)
-    number = entry["version"]
-    try:
-        promote(name, number, alias, reason=reason, root=root, tracking=tracking)
-    except PromotionBlockedError as exc:
-        raise PromotionBlockedError(
-            f"Run {run['id']} is registered as {name} v{number}; {alias!r} did not move. {exc} "
-            f"Or evaluate it first (mlkit evaluate {run['id']}), then: mlkit model promote "
-            f"{name} v{number} --alias {alias}",
-            exc.violations,
-        ) from None
-    return entry
 
 
 def _check_target_alias(alias: str) -> str:

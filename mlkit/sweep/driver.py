@@ -299,7 +299,9 @@ def _trial_values(cfg: SweepConfig, suggested: dict[str, Any]) -> tuple[dict[str
     """The notebook's values for a suggested point, and the seed it runs with."""
     seed = trial_seed(cfg.seed, suggested)
     values = {**cfg.fixed, **suggested}
-    if "seed" in runner.signature(cfg.notebook).names and "seed" not in suggested:
+    # A seed fixed with -p is fixed for every trial, as -p says (and as best_params reads it).
+    fixed = "seed" in suggested or "seed" in cfg.fixed
+    if "seed" in runner.signature(cfg.notebook).names and not fixed:
         values["seed"] = seed
     return values, values.get("seed", seed)
 
