@@ -2,7 +2,8 @@
 
 One scenario from a clean experiments folder, every step a real ``mlkit`` command and the
 model served by a real ``mlkit serve`` process: the loop a cron job or CI runs as
-``mlkit monitor NAME || mlkit retrain NAME --data NEW --promote``.
+``mlkit monitor NAME || mlkit retrain NAME --data NEW --promote``. Then the same loop as
+``templates/retrain.ipynb`` shows it on the bundled digits (``-p demo digits``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+import papermill
 import pytest
 
 from mlkit._io import read_json
-from tests.helpers import run_cli, start_server, stop, wait_until
+from tests.helpers import ROOT, run_cli, start_server, stop, wait_until
 
 pytestmark = pytest.mark.slow  # trains, serves and retrains a real model
 
@@ -125,3 +127,44 @@ def test_drift_retrain_replay_promote(tmp_path: Path) -> None:
     # The retrained run reproduces exactly (CPU).
     proc = _cli(env, "reproduce", out["run"]["id"], "-q", "--tracking", "disabled")
     assert "metrics reproduced exactly" in proc.stdout, proc.stdout
+
+
+# The template's demo on the bundled digits: v1 learns the old pixels, the new rows are the same
+# kind of digits with inverted intensities, and the loop retrains and promotes on them.
+def test_template_demo_on_digits(exp_root: Path, tmp_path: Path) -> None:
+    executed = tmp_path / "retrain.ipynb"
+    papermill.execute_notebook(
+        ROOT / "templates" / "retrain.ipynb",
+        executed,
+        parameters={"demo": "digits"},
+        cwd=ROOT / "templates",
+        progress_bar=False,
+        kernel_name="python3",
+    )
+    cells = json.loads(executed.read_text(encoding="utf-8"))["cells"]
+    outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error" or o.get("name") == "stderr"]
+    printed = "".join("".join(o["text"]) for o in outputs if o.get("name") == "stdout")
+    assert "demo: digits-demo v1 serves 300 digits drawn in inverted intensities" in printed
+    assert "predictions drifted: True" in printed, printed
+    assert "digits-demo v2 (candidate) retrained from v1" in printed, printed
+    assert "promoted: accuracy of v2 (candidate)" in printed, printed
+
+    (run_dir,) = exp_root.glob("retrain/runs/*")
+    result = read_json(run_dir / "result.json")
+    assert result["retrain/drift_detected"] == 1 and result["retrain/version"] == 2
+    assert result["retrain/promoted"] == 1, result
+    assert result["retrain/difference_low"] > 0, result
+    assert (run_dir / "comparison.png").is_file()
+
+    # Old and new tables are 64 pixel columns and the label; the new pixels are inverted.
+    scratch = run_dir / "scratch"
+    old, new = pd.read_csv(scratch / "old.csv"), pd.read_csv(scratch / "new.csv")
+    assert list(old.columns) == list(new.columns) and len(old.columns) == 65
+    assert old.columns[-1] == "label" and set(new["label"]) == set(range(10))
+    assert old["pixel_0_0"].eq(0).all() and new["pixel_0_0"].eq(16).all()
+
+    # The demo's registry is in the run's scratch folder, never in the user's.
+    registry = read_json(scratch / "experiments" / "registry" / "digits-demo" / "registry.json")
+    assert registry["aliases"]["production"] == 2
+    assert not (exp_root / "registry").exists()
