@@ -7,6 +7,7 @@ that readers stop at the break and that a server will not append to a broken cha
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from mlkit.errors import CheckFailedError
 from mlkit.registry import store
 from mlkit.serve import chain, predlog
-from tests.helpers import ROOT, fake_run, run_cli
+from tests.helpers import ROOT, fake_run, run_cli, wait_until
 
 
 def _fill(url: str, n: int = 5, labels: int = 2) -> None:
@@ -236,6 +237,37 @@ def test_two_processes_append_one_chain(tmp_path: Path) -> None:
     proc = _verify(url)
     assert proc.returncode == 0, proc.stderr
     assert "900 of 900 rows verify" in proc.stdout
+
+
+# A server's log is checkpointed by its own thread, never inside a commit the requests wait on;
+# the rows still chain, and reach the database file without waiting for a full WAL.
+def test_served_log_checkpoints_off_the_commit_path(tmp_path: Path) -> None:
+    path = tmp_path / "p.sqlite"
+    log = predlog.PredictionLog(f"sqlite:///{path}")
+    try:
+        batch = predlog.LogBatch(log)
+        row = {"request_id": "r", "role": "primary", "model": "m", "status": 200, "n": 1}
+
+        async def answer(n: int) -> None:
+            await asyncio.gather(*(batch.write({**row, "request_id": f"r{i}"}) for i in range(n)))
+
+        asyncio.run(answer(20))
+        assert log._writer.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+
+        def rows_in_the_file() -> int:  # immutable: the database file alone, not its WAL
+            db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+            try:
+                return db.execute("SELECT count(*) FROM predictions").fetchone()[0]
+            except sqlite3.OperationalError:  # not even the table is in the file yet
+                return 0
+            finally:
+                db.close()
+
+        wait_until(lambda: rows_in_the_file() == 20, timeout=30, message="20 rows in the file")
+    finally:
+        log.close()
+    proc = _verify(f"sqlite:///{path}")
+    assert "20 of 20 rows verify" in proc.stdout, proc.stdout + proc.stderr
 
 
 # Tampering on paper: any one change, removal or swap of rows in a chain is found.

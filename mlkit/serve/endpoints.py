@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.background import BackgroundTask
 
 from mlkit._io import now_iso
@@ -46,6 +47,12 @@ NOT_FINITE = [
         "model's input space (scaled as in training), or raw features in the data's units",
     }
 ]
+_JSON = "application/json"
+# JSONResponse's rendering (UTF-8, compact, no NaN) without its per-response set-up: a body is
+# encoded once, and that text is also the log row's output when it is ASCII (as the log writes).
+_ENCODE = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=False
+).encode
 
 
 def build_app(server: Server, *, follow_s: float, batcher: Batcher | None = None) -> FastAPI:
@@ -129,32 +136,47 @@ class Endpoints:
         self.batch = LogBatch(server.log)
         self.batcher = batcher
         self.next_request_id = request_ids()
+        # (variant, name, version, sha256) -> that part of every response body it answers.
+        self.heads: dict[tuple[str | None, str, int, str], str] = {}
 
     def respond(
         self,
         rid: str,
         status: int,
-        payload: dict[str, Any],
+        payload: dict[str, Any] | str,
         arm: Arm | None = None,
         **headers: str,
-    ) -> JSONResponse:
-        """A response that says which request it answers and which version answered."""
+    ) -> Response:
+        """A response that says which request it answers and which version answered.
+
+        ``payload`` is a dict or its compact JSON text; a payload holding NaN or inf raises
+        ValueError, as JSONResponse would.
+        """
         variant, answered = arm or (None, self.server.loaded)
-        body = {
-            "request_id": rid,
-            "model": answered.name,
-            "version": answered.version,
-            "sha256": answered.sha256,
-            **({"variant": variant} if variant is not None else {}),
-            **payload,
-        }
+        text = payload if isinstance(payload, str) else _ENCODE(payload)
+        # The body's first keys, as JSONResponse would write them; then the payload's own.
+        key = (variant, answered.name, answered.version, answered.sha256)
+        head = self.heads.get(key)
+        if head is None:
+            head = _ENCODE(
+                {
+                    "model": answered.name,
+                    "version": answered.version,
+                    "sha256": answered.sha256,
+                    **({"variant": variant} if variant is not None else {}),
+                }
+            )[1:-1]
+            self.heads[key] = head
+        body = f'{{"request_id":"{rid}",{head},{text[1:]}'.encode()
         if variant is not None:
             headers = {**headers, "X-Variant": variant}
-        return JSONResponse(body, status_code=status, headers={"X-Request-ID": rid, **headers})
+        return Response(
+            body, status_code=status, headers={"X-Request-ID": rid, **headers}, media_type=_JSON
+        )
 
     async def refuse(
         self, rid: str, status: int, detail: str, arm: Arm, row: dict[str, Any]
-    ) -> JSONResponse:
+    ) -> Response:
         """A refusal before scoring (401, 413), logged first like every answer."""
         server = self.server
         try:
@@ -174,7 +196,7 @@ class Endpoints:
         headers = UNAUTHORIZED if status == 401 else {}
         return self.respond(rid, status, {"detail": detail}, arm, **headers)
 
-    async def predict(self, request: Request) -> JSONResponse:
+    async def predict(self, request: Request) -> Response:
         """POST /predict: check the token and size, score, log, answer, then shadow."""
         server = self.server
         t0, started, rid = time.perf_counter(), now_iso(), self.next_request_id()
@@ -190,11 +212,14 @@ class Endpoints:
         status, payload, n, output, error, X = await self.score(body, arm[1])
         # Rendered before it is logged, so the row says what the client gets.
         try:
-            response = self.respond(rid, status, payload, arm)
+            text = _ENCODE(payload)
         except ValueError:  # NaN or inf in the output
             status, payload, n, output, X = 422, {"detail": NOT_FINITE}, 0, None, None
             error = summary(NOT_FINITE)
-            response = self.respond(rid, status, payload, arm)
+            text = _ENCODE(payload)
+        response = self.respond(rid, status, text, arm)
+        if output is payload and text.isascii():
+            output = text  # the log's JSON of it, written once (the log escapes non-ASCII)
         try:
             row_of_response = server.row(
                 request_id=rid,

@@ -1,11 +1,21 @@
-"""Many requests' log rows in one commit: what keeps the prediction log off the hot path."""
+"""Many requests' log rows in one commit, and WAL checkpoints off the commits' path.
+
+Together they keep the prediction log off the hot path.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LogBatch"]
+__all__ = ["CHECKPOINT_EVERY_S", "Checkpointer", "LogBatch"]
+
+# The most often a server's SQLite log is checkpointed while rows keep coming.
+CHECKPOINT_EVERY_S = 1.0
 
 
 class LogBatch:
@@ -20,6 +30,8 @@ class LogBatch:
 
     def __init__(self, log: Any) -> None:  # a PredictionLog
         self.log = log
+        if log.is_sqlite:
+            log.checkpoint_in_background()
         self.on_loop = log.is_sqlite and log.sync == "normal"
         self.rows: list[dict[str, Any]] = []
         self.waiters: list[asyncio.Future[None]] = []
@@ -71,3 +83,57 @@ class LogBatch:
                 waiter.set_result(None)
             else:
                 waiter.set_exception(exc)
+
+
+class Checkpointer:
+    """WAL checkpoints of one SQLite file on a thread of their own, at most every ``every_s``.
+
+    SQLite's automatic checkpoint runs inside the commit that fills the WAL past 1000 pages:
+    it copies them into the database file and fsyncs both, milliseconds to tens of them during
+    which that commit, and under ``--log-sync normal`` the server's event loop, wait. Here the
+    same PASSIVE checkpoint (it never blocks a writer) runs on its own connection, with the
+    log's ``synchronous`` setting, so it syncs exactly as the automatic one would; the writer
+    then turns its own off (``wal_autocheckpoint = 0``). :meth:`poke` after each commit.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        pragmas: Callable[[Any, Any], None],
+        every_s: float = CHECKPOINT_EVERY_S,
+    ) -> None:
+        self.path = path
+        self.pragmas = pragmas
+        self.every_s = every_s
+        self.wanted = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="mlkit-log-checkpoint", daemon=True)
+        self.thread.start()
+
+    def poke(self) -> None:
+        """Say rows were committed: a checkpoint follows, within ``every_s``."""
+        self.wanted.set()
+
+    def stop(self) -> None:
+        """End the thread after its current checkpoint; closing the log checkpoints the rest."""
+        self.stopping.set()
+        self.wanted.set()
+        self.thread.join(timeout=30)
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        try:
+            self.pragmas(db, None)
+            while True:
+                self.wanted.wait()
+                if self.stopping.is_set():
+                    return
+                self.wanted.clear()
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the next one tries again; rows are in the WAL
+                    print(f"mlkit serve: log checkpoint failed: {exc}", file=sys.stderr)
+                if self.stopping.wait(self.every_s):
+                    return
+        finally:
+            db.close()

@@ -46,7 +46,7 @@ from mlkit.errors import CheckFailedError, ParameterError, ServiceUnavailableErr
 from mlkit.registry.store import model_dir
 from mlkit.serve.chain import CHAIN_COLUMNS, ChainReport, link
 from mlkit.serve.chain import verify as verify_chain
-from mlkit.serve.log_batch import LogBatch
+from mlkit.serve.log_batch import Checkpointer, LogBatch
 
 __all__ = [
     "COLUMNS",
@@ -98,7 +98,6 @@ TAIL_CHECK = 1000
 # How long an append waits for another process's write lock before it fails (a 503).
 BUSY_TIMEOUT_S = 30.0
 
-
 _LOCK_KEY = 0x6D6C6B6974_7072  # "mlkit" "pr": the advisory lock for creating the table
 # One advisory lock per table for appending: the chain needs one writer at a time.
 _APPEND_KEYS = {TABLE: _LOCK_KEY + 1, FEEDBACK_TABLE: _LOCK_KEY + 2}
@@ -112,16 +111,11 @@ END $$
 """
 
 
-# Kept importable under its earlier name; raised as ParameterError.
-LogError = ParameterError
-
-
-# Kept importable under its earlier name; raised as ParameterError.
-FeedbackError = ParameterError
+# Kept importable under their earlier names; raised as ParameterError.
+LogError = FeedbackError = ParameterError
 
 
 def default_url(name: str, root: Path | None = None) -> str:
-
     return f"sqlite:///{model_dir(name, root) / 'predictions.sqlite'}"
 
 
@@ -153,6 +147,7 @@ class PredictionLog:
         self._sqlite_path = url[len("sqlite:///") :] if self.is_sqlite else None
         self.engine = _engine(url, sync, self._sqlite_path)
         self._writer: Any = None  # the raw sqlite3 connection rows are inserted through
+        self.checkpointer: Checkpointer | None = None  # a server's: see checkpoint_in_background
         meta = sa.MetaData()
         self.table = _table(meta, TABLE, COLUMNS)
         self.feedback_table = _table(meta, FEEDBACK_TABLE, FEEDBACK_COLUMNS)
@@ -227,11 +222,15 @@ class PredictionLog:
                 # handler sleeps 1 ms at the first conflict (up to 100 ms later), many
                 # commits' worth, so server processes sharing the file would mostly sleep.
                 self._writer.execute("PRAGMA busy_timeout = 0")
+                if self.checkpointer is not None:
+                    self._writer.execute("PRAGMA wal_autocheckpoint = 0")
             deadline = time.monotonic() + BUSY_TIMEOUT_S
             pause = 20e-6
             while True:
                 try:
                     _sqlite_append(self._writer, table, rows)
+                    if self.checkpointer is not None:
+                        self.checkpointer.poke()
                     return
                 except sqlite3.OperationalError as exc:
                     # Another process holds the write lock for one commit: try again soon.
@@ -239,6 +238,14 @@ class PredictionLog:
                         raise
                 time.sleep(pause)
                 pause = min(2 * pause, 1e-3)
+
+    def checkpoint_in_background(self) -> None:
+        """Checkpoint a SQLite log on a thread of its own, not inside commits (a server's)."""
+        with self._lock or contextlib.nullcontext():
+            if self.checkpointer is None and self._sqlite_path is not None:
+                self.checkpointer = Checkpointer(self._sqlite_path, _sqlite_pragmas(self.sync))
+                if self._writer is not None:
+                    self._writer.execute("PRAGMA wal_autocheckpoint = 0")
 
     def rows(self, since: str | None = None, **where: Any) -> list[dict[str, Any]]:
         """Rows matching column == value (and time >= ``since``), oldest first.
@@ -375,6 +382,9 @@ class PredictionLog:
         return redact_text(text, self.url)
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+            self.checkpointer = None
         if self._writer is not None:
             with self._lock or contextlib.nullcontext():
                 self._writer.close()
@@ -497,7 +507,6 @@ _TAIL_SQL = {
     table: f"SELECT id, row_hash FROM {table} ORDER BY id DESC LIMIT 1" for table in _KINDS
 }
 _CASTS: dict[str, Callable[[Any], Any]] = {"Integer": int, "Float": float}
-
 
 _JSON_COLUMNS = ("input", "output")
 # (name, how a value is cast to the type the database hands back; None for text), in order.
