@@ -37,14 +37,19 @@ def type_over(page: Any, prefix: str, old: str, new: str) -> None:
     page.keyboard.type(new)
 
 
-def hand_made_record(lab: Lab, notebook: Path) -> Path:
-    """The only record of a run of ``notebook``, once it is completed (or failed)."""
+def runs_of(lab: Lab) -> set[Path]:
+    """The run folders in the lab's experiments now (other tests of this lab make some)."""
+    return set(lab.experiments.glob("*/runs/*"))
+
+
+def hand_made_record(lab: Lab, notebook: Path, before: set[Path]) -> Path:
+    """The only new record of a run of ``notebook``, once it is completed (or failed)."""
 
     def ended() -> Path | None:
         runs = [
             p.parent
             for p in lab.experiments.glob("*/runs/*/run.json")
-            if read_json(p).get("notebook_abs") == str(notebook)
+            if p.parent not in before and read_json(p).get("notebook_abs") == str(notebook)
         ]
         assert len(runs) <= 1, runs
         if runs and read_json(runs[0] / RUN_FILE).get("status") in ("completed", "failed"):
@@ -61,6 +66,7 @@ def test_classify_typed_saved_and_run_all(page: Any, scratch_lab: Lab) -> None:
     from playwright.sync_api import expect
 
     notebook = scratch_lab.root / "templates" / "classify.ipynb"
+    before = runs_of(scratch_lab)  # a sweep test of this lab ran this notebook too
     try:
         open_notebook(page, scratch_lab, "templates/classify.ipynb")
         type_over(page, "epochs: int = ", "30", "2")
@@ -75,7 +81,7 @@ def test_classify_typed_saved_and_run_all(page: Any, scratch_lab: Lab) -> None:
     except BaseException:
         failure_shot(page, "classify-run-all", scratch_lab)
         raise
-    run_dir = hand_made_record(scratch_lab, notebook)
+    run_dir = hand_made_record(scratch_lab, notebook, before)
     info, params = read_json(run_dir / RUN_FILE), read_json(run_dir / PARAMS_FILE)
     lineage_ = read_json(run_dir / LINEAGE_FILE)
     assert info["status"] == "completed", info
@@ -107,7 +113,8 @@ def test_unsaved_edit_in_jupyterlab(page: Any, scratch_lab: Lab) -> None:
     notebook = scratch_lab.root / "templates" / "classify_unsaved.ipynb"
     source = (ROOT / "templates" / "classify.ipynb").read_text()
     notebook.write_text(source.replace("epochs: int = 30  #", "epochs: int = 2  #"))
-    before = notebook.read_bytes()
+    saved = notebook.read_bytes()
+    runs = runs_of(scratch_lab)
     edit = 'print("edited in the browser")'
     try:
         open_notebook(page, scratch_lab, f"templates/{notebook.name}")
@@ -124,8 +131,8 @@ def test_unsaved_edit_in_jupyterlab(page: Any, scratch_lab: Lab) -> None:
     except BaseException:
         failure_shot(page, "classify-unsaved-edit", scratch_lab)
         raise
-    run_dir = hand_made_record(scratch_lab, notebook)
-    assert notebook.read_bytes() == before  # nothing saved it
+    run_dir = hand_made_record(scratch_lab, notebook, runs)
+    assert notebook.read_bytes() == saved  # nothing saved it
     assert read_json(run_dir / RUN_FILE)["status"] == "completed"
     lineage_ = read_json(run_dir / LINEAGE_FILE)
     assert lineage_["notebook_saved"] is False, lineage_
