@@ -49,7 +49,7 @@ format: $(STAMP)
 	$(VENV)/bin/nbstripout --keep-id templates/*.ipynb
 
 test: lint
-	$(VENV)/bin/pytest tests
+	$(VENV)/bin/pytest tests --durations=25
 	$(VENV)/bin/pytest --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg \
 		-p no:cacheprovider
 

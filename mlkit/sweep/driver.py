@@ -266,12 +266,15 @@ def run_trial(
 
     try:
         suggested = _space.suggest(trial, dims)
+        values, seed = _trial_values(cfg, suggested)
+        storage = study._storage
+        storage.set_trial_user_attr(trial._trial_id, "seed", seed)
     except Exception as exc:
         fail(None)
         return f"FAIL: could not sample: {exc}"
-    values, seed = _trial_values(cfg, suggested)
-    storage = study._storage
-    storage.set_trial_user_attr(trial._trial_id, "seed", seed)
+    except KeyboardInterrupt as exc:  # Ctrl-C before the run began: it must not stay RUNNING
+        fail(f"KeyboardInterrupt: {runner.interrupt_reason(exc)}")
+        raise
 
     def started(record: dict[str, Any]) -> None:  # named while it runs, and if interrupted
         storage.set_trial_user_attr(trial._trial_id, "run_id", record["id"])
@@ -280,18 +283,17 @@ def run_trial(
         if on_start is not None:
             on_start(trial.number, run_dir[0])
 
-    with _Heartbeat(study, trial._trial_id):
-        try:
-            with canceller:
-                info = _run_notebook(cfg, trial, values, started)
-        except Exception as exc:  # the driver itself failed: the trial must not stay RUNNING
-            return fail(f"driver error: {exc}")
-        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: the sweep ends, and says why
-            why = runner.interrupt_reason(exc)
-            state = fail(f"KeyboardInterrupt: {why}")
-            if canceller.reason() is None:
-                raise
-            return state  # a cancel, not Ctrl-C: the caller goes on
+    try:
+        with _Heartbeat(study, trial._trial_id), canceller:
+            info = _run_notebook(cfg, trial, values, started)
+    except Exception as exc:  # the driver itself failed: the trial must not stay RUNNING
+        return fail(f"driver error: {exc}")
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: the sweep ends, and says why
+        why = runner.interrupt_reason(exc)
+        state = fail(f"KeyboardInterrupt: {why}")
+        if canceller.reason() is None:
+            raise
+        return state  # a cancel, not Ctrl-C: the caller goes on
     return _judge(cfg, study, trial, info, fail)
 
 
