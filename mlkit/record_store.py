@@ -256,7 +256,11 @@ def _is_empty(path: Path) -> bool:
 
 def history(ref: str | Path, root: Path | None = None) -> list[dict[str, Any]]:
     """The per-epoch rows a run logged (metrics.jsonl), for curves and comparisons."""
-    path = find_run(ref, root) / METRICS_FILE
+    return read_history(find_run(ref, root) / METRICS_FILE)
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl file; none when it is missing."""
     if not path.exists():
         return []
     rows = []

@@ -7,7 +7,6 @@ A reference is a run id, a unique id prefix, a run directory, or a sweep trial a
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from mlkit import storage as storages
 from mlkit._contract import DATA_FILE, LINEAGE_FILE, METRICS_FILE, OUTPUT_NOTEBOOK
 from mlkit._io import read_json
 from mlkit.errors import NotFoundError, ParameterError, RunNotFoundError, UnsafeArtifactError
-from mlkit.record_store import RunRecord, experiments_root, find_run, load_run
+from mlkit.record_store import RunRecord, experiments_root, find_run, load_run, read_history
 
 CLOSEST = 5  # ids named when a reference matches none
 
@@ -84,23 +83,10 @@ def load(ref: str, storage: str | None = None, root: Path | None = None) -> Side
         path=path,
         info=info,
         lineage=lineage,
-        history=_history(path / METRICS_FILE),
+        history=read_history(path / METRICS_FILE),
         data=data,
         figures={p.stem: p for p in sorted(path.glob("*.png"))},
     )
-
-
-def _history(path: Path) -> list[dict[str, Any]]:
-    """The per-epoch rows; a line torn by a kill ends them (everything before is intact)."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
 
 
 def _not_found(ref: str, root: Path) -> str:
