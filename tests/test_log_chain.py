@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from mlkit.errors import CheckFailedError
 from mlkit.registry import store
-from mlkit.serve import chain, predlog
+from mlkit.serve import chain, log_tables, predlog
 from tests.helpers import ROOT, fake_run, run_cli, wait_until
 
 
@@ -319,7 +319,7 @@ def pg_log(pg_url: str) -> Iterator[str]:
 def _pg(url: str, *statements: str) -> None:
     import sqlalchemy as sa
 
-    engine = sa.create_engine(predlog._driver_url(url))
+    engine = sa.create_engine(log_tables.driver_url(url))
     try:
         with engine.begin() as conn:
             for sql in statements:

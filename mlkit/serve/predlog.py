@@ -44,9 +44,16 @@ from typing import Any
 from mlkit._io import redact, redact_text
 from mlkit.errors import CheckFailedError, ParameterError, ServiceUnavailableError
 from mlkit.registry.store import model_dir
-from mlkit.serve.chain import CHAIN_COLUMNS, ChainReport, link
+from mlkit.serve import log_tables
+from mlkit.serve.chain import ChainReport, link
 from mlkit.serve.chain import verify as verify_chain
 from mlkit.serve.log_batch import Checkpointer, LogBatch
+from mlkit.serve.log_tables import (
+    COLUMNS,
+    FEEDBACK_COLUMNS,
+    FEEDBACK_TABLE,
+    TABLE,
+)
 
 __all__ = [
     "COLUMNS",
@@ -58,33 +65,6 @@ __all__ = [
     "open_log",
 ]
 
-TABLE = "predictions"
-# name, SQLAlchemy type, what it holds (the same in SQLite and PostgreSQL)
-COLUMNS = (
-    ("request_id", "String", "server-made id, also in the X-Request-ID response header"),
-    ("time", "String", "UTC ISO time the request arrived"),
-    ("role", "String", "primary (returned to the client) or shadow (logged only)"),
-    ("model", "String", "registered model name"),
-    ("version", "Integer", "registered version number"),
-    ("sha256", "String", "content hash of the weights that answered"),
-    ("status", "Integer", "HTTP status of the response"),
-    ("latency_ms", "Float", "from the request's arrival to this row"),
-    ("n", "Integer", "examples in the request (0 when it was refused)"),
-    ("input", "Text", "the request body as JSON, or null when it was not read (401, 413)"),
-    ("output", "Text", "the predictions as JSON, null for refused requests"),
-    ("error", "Text", "why the request was refused"),
-    ("variant", "String", "the A/B variant (alias or vN of --ab) that answered; null otherwise"),
-)
-FEEDBACK_TABLE = "feedback"
-# name, SQLAlchemy type, what it holds: labels that arrive after the response
-FEEDBACK_COLUMNS = (
-    ("request_id", "String", "the request id of a logged prediction"),
-    ("label", "Text", "the true label as JSON (a list, one per example, for a batch request)"),
-    ("time", "String", "UTC ISO time the label was stored"),
-    ("source", "String", "where it came from: the labels file, or cli for a single label"),
-)
-# Columns added after the first release: a log made before them gets them by ALTER TABLE.
-ADDED_COLUMNS = ("variant", "prev_hash", "row_hash")
 _NAMES = tuple(name for name, _, _ in COLUMNS)
 _FEEDBACK_NAMES = tuple(name for name, _, _ in FEEDBACK_COLUMNS)
 # What each table's rows hold, as the chain hashes them: (name, SQLAlchemy type) in order.
@@ -98,17 +78,7 @@ TAIL_CHECK = 1000
 # How long an append waits for another process's write lock before it fails (a 503).
 BUSY_TIMEOUT_S = 30.0
 
-_LOCK_KEY = 0x6D6C6B6974_7072  # "mlkit" "pr": the advisory lock for creating the table
-# One advisory lock per table for appending: the chain needs one writer at a time.
-_APPEND_KEYS = {TABLE: _LOCK_KEY + 1, FEEDBACK_TABLE: _LOCK_KEY + 2}
-# PostgreSQL's append-only guard: triggers call it before UPDATE, DELETE and TRUNCATE.
-_PG_REFUSE = """
-CREATE OR REPLACE FUNCTION mlkit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION USING MESSAGE =
-        'the prediction log is append-only (' || TG_OP || ' on ' || TG_TABLE_NAME || ')';
-END $$
-"""
+_APPEND_KEYS = {TABLE: log_tables.LOCK_KEY + 1, FEEDBACK_TABLE: log_tables.LOCK_KEY + 2}
 
 
 # Kept importable under their earlier names; raised as ParameterError.
@@ -143,14 +113,14 @@ class PredictionLog:
                 f"--log must be a sqlite:///PATH or postgresql://... URL, got {self.shown_url!r}. "
                 "Leave it out for the default SQLite file beside the model."
             )
-        url = _driver_url(url)
+        url = log_tables.driver_url(url)
         self._sqlite_path = url[len("sqlite:///") :] if self.is_sqlite else None
-        self.engine = _engine(url, sync, self._sqlite_path)
+        self.engine = log_tables.engine(url, sync, self._sqlite_path)
         self._writer: Any = None  # the raw sqlite3 connection rows are inserted through
         self.checkpointer: Checkpointer | None = None  # a server's: see checkpoint_in_background
         meta = sa.MetaData()
-        self.table = _table(meta, TABLE, COLUMNS)
-        self.feedback_table = _table(meta, FEEDBACK_TABLE, FEEDBACK_COLUMNS)
+        self.table = log_tables.table(meta, TABLE, COLUMNS)
+        self.feedback_table = log_tables.table(meta, FEEDBACK_TABLE, FEEDBACK_COLUMNS)
         self._tables = {TABLE: self.table, FEEDBACK_TABLE: self.feedback_table}
         # One writer per process: SQLite serialises writers anyway, and a Python lock is
         # cheaper than its busy-wait.
@@ -169,18 +139,34 @@ class PredictionLog:
 
     def _create(self, meta: Any) -> None:
         """Create the tables if missing. Servers opening a new SQLite file together race to
-        create them (PostgreSQL takes a lock): the loser finds them made and goes on."""
+        create them (PostgreSQL takes a lock): the loser finds them made and goes on.
+
+        SQLite answers "database is locked" without waiting when a transaction that read
+        the schema must then write while another process writes (WAL's snapshot rule, which
+        no busy timeout covers), and when two processes switch a new file to WAL at once:
+        both are retried until ``BUSY_TIMEOUT_S``.
+        """
         import sqlalchemy as sa
 
-        for attempt in range(3):
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        races = 0
+        pause = 1e-3
+        while True:
             try:
                 with self.engine.begin() as conn:
-                    _create_schema(conn, meta, postgres=not self.is_sqlite)
+                    log_tables.create_schema(conn, meta, postgres=not self.is_sqlite)
                 return
             except sa.exc.OperationalError as exc:
-                racing = "already exists" in str(exc) or "duplicate column" in str(exc)
-                if not (self.is_sqlite and racing) or attempt == 2:
+                text = str(exc)
+                racing = "already exists" in text or "duplicate column" in text
+                locked = "locked" in text or "busy" in text
+                races += racing
+                if not self.is_sqlite or not (racing or locked) or races > 2:
                     raise
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
 
     def write(self, row: dict[str, Any]) -> None:
         """Insert one row and commit it before returning."""
@@ -217,7 +203,7 @@ class PredictionLog:
                 self._writer = sqlite3.connect(
                     self._sqlite_path, timeout=30, check_same_thread=False
                 )
-                _sqlite_pragmas(self.sync)(self._writer, None)
+                log_tables.sqlite_pragmas(self.sync)(self._writer, None)
                 # Appends wait for the write lock below, in short steps: SQLite's own busy
                 # handler sleeps 1 ms at the first conflict (up to 100 ms later), many
                 # commits' worth, so server processes sharing the file would mostly sleep.
@@ -243,7 +229,9 @@ class PredictionLog:
         """Checkpoint a SQLite log on a thread of its own, not inside commits (a server's)."""
         with self._lock or contextlib.nullcontext():
             if self.checkpointer is None and self._sqlite_path is not None:
-                self.checkpointer = Checkpointer(self._sqlite_path, _sqlite_pragmas(self.sync))
+                self.checkpointer = Checkpointer(
+                    self._sqlite_path, log_tables.sqlite_pragmas(self.sync)
+                )
                 if self._writer is not None:
                     self._writer.execute("PRAGMA wal_autocheckpoint = 0")
 
@@ -395,90 +383,6 @@ class PredictionLog:
         return f"PredictionLog({self.shown_url!r})"
 
 
-def _driver_url(url: str) -> str:
-    """The URL SQLAlchemy is given: PostgreSQL through psycopg 3, whichever spelling was used."""
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://") :]
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return url
-
-
-def _engine(url: str, sync: str, sqlite_path: str | None) -> Any:
-    """The SQLAlchemy engine of the log; a SQLite file gets its folder, WAL and ``sync``."""
-    import sqlalchemy as sa
-
-    if sqlite_path is None:
-        return sa.create_engine(url)
-    Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
-    # Writers in other processes wait instead of failing with "database is locked".
-    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-    sa.event.listen(engine, "connect", _sqlite_pragmas(sync))
-    return engine
-
-
-def _table(meta: Any, name: str, columns: Sequence[tuple[str, str, str]]) -> Any:
-    """A table of ``columns`` (name, SQLAlchemy type, help) behind an autoincrement id."""
-    import sqlalchemy as sa
-
-    return sa.Table(
-        name,
-        meta,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        *[sa.Column(col, getattr(sa, kind)) for col, kind, _ in (*columns, *CHAIN_COLUMNS)],
-    )
-
-
-def _create_schema(conn: Any, meta: Any, *, postgres: bool) -> None:
-    """Create both tables if missing, add later columns, and make them append-only."""
-    import sqlalchemy as sa
-
-    if postgres:
-        # Servers starting together would race to create the table (a duplicate key in
-        # pg_type): one at a time, for this transaction only.
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK_KEY})")
-    meta.create_all(conn, checkfirst=True)
-    for table, columns in ((TABLE, COLUMNS), (FEEDBACK_TABLE, FEEDBACK_COLUMNS)):
-        have = {c["name"] for c in sa.inspect(conn).get_columns(table)}
-        for col, kind, _ in (*columns, *CHAIN_COLUMNS):
-            if col in ADDED_COLUMNS and col not in have:
-                sql_type = getattr(sa, kind)().compile(dialect=conn.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {col} {sql_type}")
-    if postgres:
-        conn.exec_driver_sql(_PG_REFUSE)
-    for table in (TABLE, FEEDBACK_TABLE):
-        _refuse_changes(conn, table, postgres=postgres)
-        conn.exec_driver_sql(
-            f"CREATE INDEX IF NOT EXISTS {table}_request_id ON {table} (request_id)"
-        )
-
-
-def _refuse_changes(conn: Any, table: str, *, postgres: bool) -> None:
-    """Triggers that abort UPDATE and DELETE of ``table`` (and TRUNCATE on PostgreSQL).
-
-    SQLite's REPLACE deletes the row it conflicts with without firing delete triggers, so
-    an insert whose id is taken is refused before it gets that far. (PostgreSQL's
-    ``ON CONFLICT DO UPDATE`` is an UPDATE, refused by the row trigger.)
-    """
-    if not postgres:
-        refuse = "BEGIN SELECT RAISE(ABORT, 'the prediction log is append-only'); END"
-        for verb in ("UPDATE", "DELETE"):
-            conn.exec_driver_sql(
-                f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE {verb} ON "
-                f"{table} {refuse}"
-            )
-        conn.exec_driver_sql(
-            f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table} "
-            f"WHEN EXISTS (SELECT 1 FROM {table} WHERE id = NEW.id) {refuse}"
-        )
-        return
-    for level, verbs in (("ROW", "UPDATE OR DELETE"), ("STATEMENT", "TRUNCATE")):
-        conn.exec_driver_sql(
-            f"CREATE OR REPLACE TRIGGER {table}_append_only_{level.lower()} BEFORE {verbs} ON "
-            f"{table} FOR EACH {level} EXECUTE FUNCTION mlkit_refuse_change()"
-        )
-
-
 def _sqlite_append(db: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
     """Link ``rows`` to ``table``'s newest row and commit them, in one write transaction.
 
@@ -562,18 +466,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
-
-
-def _sqlite_pragmas(sync: str) -> Callable[[Any, Any], None]:
-    """A connect hook: WAL, and ``synchronous`` as asked (FULL fsyncs the WAL at every commit)."""
-
-    def apply(dbapi_conn: Any, _record: Any) -> None:
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={sync.upper()}")
-        cursor.close()
-
-    return apply
 
 
 def open_log(
