@@ -49,7 +49,8 @@ def notebook_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _git(args: list[str], cwd: Path) -> str | None:
+def git_output(args: list[str], cwd: str | Path) -> str | None:
+    """What ``git ARGS`` printed in ``cwd``; None outside a checkout, without git, or on error."""
     try:
         out = subprocess.run(
             ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20, check=True
@@ -62,10 +63,10 @@ def _git(args: list[str], cwd: Path) -> str | None:
 @functools.cache
 def _git_place(cwd: Path) -> tuple[str | None, str | None]:
     """(repository root, origin's URL), asked once per folder: neither changes mid-sweep."""
-    root = _git(["rev-parse", "--show-toplevel"], cwd)
+    root = git_output(["rev-parse", "--show-toplevel"], cwd)
     if root is None:
         return None, None
-    remote = _git(["config", "--get", "remote.origin.url"], cwd)
+    remote = git_output(["config", "--get", "remote.origin.url"], cwd)
     return root.strip(), _without_password(remote.strip()) if remote else None
 
 
@@ -83,10 +84,10 @@ def _without_password(url: str) -> str:
 def git_state(cwd: str | Path) -> dict[str, Any]:
     """Commit, dirty flag and diff of tracked files (untracked files are not code state)."""
     cwd = Path(cwd)
-    commit = _git(["rev-parse", "HEAD"], cwd)
+    commit = git_output(["rev-parse", "HEAD"], cwd)
     if commit is None:
         return {"commit": None, "dirty": None, "diff": "", "note": "not a git checkout"}
-    diff = _git(["diff", "HEAD", "--no-color", "--", ".", ":(exclude)experiments"], cwd) or ""
+    diff = git_output(["diff", "HEAD", "--no-color", "--", ".", ":(exclude)experiments"], cwd) or ""
     root, remote = _git_place(cwd)
     state = {
         "commit": commit.strip(),

@@ -8,12 +8,12 @@ outside a checkout, or a commit no longer in the repository, is said so in a not
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from mlkit.compare.runs import Side
 from mlkit.compare.sections import MISSING, row
+from mlkit.lineage import git_output
 
 MAX_DIFF_CHARS = 100_000  # a shown diff; the lineage holds up to twice this
 
@@ -59,25 +59,15 @@ def commit_diff(ga: dict[str, Any], gb: dict[str, Any], notebook: str | None) ->
     if not root or not Path(root).is_dir():
         return "", f"the repository {root} is not here: no diff between the commits"
     for commit in (ga["commit"], gb["commit"]):
-        if _git(["cat-file", "-e", f"{commit}^{{commit}}"], root) is None:
+        if git_output(["cat-file", "-e", f"{commit}^{{commit}}"], root) is None:
             return "", f"commit {commit[:12]} is not in {root}: no diff between the commits"
     paths: list[str] = []
     if notebook:
         with contextlib.suppress(ValueError):  # a notebook outside the repository
             paths = ["--", Path(notebook).resolve().relative_to(Path(root).resolve()).as_posix()]
-    out = _git(["diff", "--no-color", f"{ga['commit']}..{gb['commit']}", *paths], root)
+    out = git_output(["diff", "--no-color", f"{ga['commit']}..{gb['commit']}", *paths], root)
     if out is None:
         return "", f"git diff failed in {root}"
     if len(out) > MAX_DIFF_CHARS:
         return out[:MAX_DIFF_CHARS], f"the diff is cut at {MAX_DIFF_CHARS} characters"
     return out, ""
-
-
-def _git(args: list[str], cwd: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout
