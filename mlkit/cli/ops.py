@@ -112,11 +112,15 @@ def _add_monitor(commands: common.Subcommands) -> None:
     )
 
 
-def _add_skew(commands: common.Subcommands) -> None:
+def _add_log_comparison(
+    commands: common.Subcommands, name: str, func: Any, *, model: str, window: str, other: str
+) -> argparse.ArgumentParser:
+    """What ``skew`` and ``replay`` share: the served model, the log, the window of its
+    answers, a regression tolerance and the largest differences to list."""
     p = common.add_command(
         commands,
-        "skew",
-        cmd_skew,
+        name,
+        func,
         parents=[
             common.prediction_log(
                 "prediction log: sqlite:///PATH, a SQLite file or postgresql://... (default: "
@@ -125,14 +129,29 @@ def _add_skew(commands: common.Subcommands) -> None:
             common.JSON,
         ],
     )
+    p.add_argument("model", metavar="NAME[:ALIAS]", help=model)
+    p.add_argument("--window", type=int, default=1000, help=window)
     p.add_argument(
-        "model",
-        metavar="NAME[:ALIAS]",
-        help="the served model and alias (default production): only answers of the version "
-        "it points to now are compared",
+        "--tolerance",
+        type=float,
+        metavar="T",
+        help=f"regression: an example disagrees when |{other}| > T",
     )
     p.add_argument(
-        "--window", type=int, default=1000, help="latest examples both models answered to compare"
+        "--top", type=int, default=10, help="largest disagreements to list with their inputs"
+    )
+    return p
+
+
+def _add_skew(commands: common.Subcommands) -> None:
+    p = _add_log_comparison(
+        commands,
+        "skew",
+        cmd_skew,
+        model="the served model and alias (default production): only answers of the version "
+        "it points to now are compared",
+        window="latest examples both models answered to compare",
+        other="shadow - primary",
     )
     p.add_argument(
         "--max-disagreement",
@@ -141,35 +160,17 @@ def _add_skew(commands: common.Subcommands) -> None:
         help="a check: exit 1 when the lower end of the disagreement rate's 95%% interval is "
         "above RATE",
     )
-    p.add_argument(
-        "--tolerance",
-        type=float,
-        metavar="T",
-        help="regression: an example disagrees when |shadow - primary| > T",
-    )
-    p.add_argument(
-        "--top", type=int, default=10, help="largest disagreements to list with their inputs"
-    )
 
 
 def _add_replay(commands: common.Subcommands) -> None:
-    p = common.add_command(
+    p = _add_log_comparison(
         commands,
         "replay",
         cmd_replay,
-        parents=[
-            common.prediction_log(
-                "prediction log: sqlite:///PATH, a SQLite file or postgresql://... (default: "
-                "the SQLite file beside the model)"
-            ),
-            common.JSON,
-        ],
-    )
-    p.add_argument(
-        "model",
-        metavar="NAME[:ALIAS]",
-        help="the served model and alias (default production): the logged requests of the "
+        model="the served model and alias (default production): the logged requests of the "
         "version it points to now are replayed",
+        window="latest answered examples to replay",
+        other="candidate - production",
     )
     p.add_argument(
         "--candidate",
@@ -177,16 +178,15 @@ def _add_replay(commands: common.Subcommands) -> None:
         metavar="ALIAS|vN",
         help="the version to score offline on production's logged inputs",
     )
-    p.add_argument("--window", type=int, default=1000, help="latest answered examples to replay")
-    p.add_argument(
-        "--tolerance",
-        type=float,
-        metavar="T",
-        help="regression: an example disagrees when |candidate - production| > T",
-    )
-    p.add_argument(
-        "--top", type=int, default=10, help="largest disagreements to list with their inputs"
-    )
+
+
+def _print_report(report: dict[str, Any], formatter: Any, as_json: bool) -> None:
+    """A skew or replay report: its figures as JSON (without the listed differences), or
+    the formatted text."""
+    if as_json:
+        common.print_json({k: v for k, v in report.items() if k != "differences"})
+    else:
+        print(formatter(report), flush=True)
 
 
 def cmd_abtest_report(args: argparse.Namespace) -> int:
@@ -280,10 +280,7 @@ def cmd_skew(args: argparse.Namespace) -> int:
         top=args.top,
         log=args.log,
     )
-    if args.json:
-        common.print_json({k: v for k, v in report.items() if k != "differences"})
-    else:
-        print(skew.format_report(report), flush=True)
+    _print_report(report, skew.format_report, args.json)
     return EXIT_FAILED if report["crossed"] else EXIT_OK
 
 
@@ -302,10 +299,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         top=args.top,
         log=args.log,
     )
-    if args.json:
-        common.print_json({k: v for k, v in report.items() if k != "differences"})
-    else:
-        print(replay.format_report(report), flush=True)
+    _print_report(report, replay.format_report, args.json)
     return EXIT_OK
 
 
