@@ -22,7 +22,6 @@ from its prediction log; ``monitor`` executes ``templates/monitor.ipynb`` as a r
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 from mlkit._contract import OUTPUT_NOTEBOOK, TEMPLATES_DIR
 from mlkit._io import write_text
 from mlkit.errors import MlkitError, ParameterError
+from mlkit.ops.log_examples import newest_examples
 from mlkit.ops.stats import holm, labels_test, psi
 from mlkit.registry import store
 from mlkit.run import runner
@@ -239,42 +239,24 @@ def window_from_log(
         rows = plog.rows(model=name, status=200, role="primary")
     finally:
         plog.close()
-    inputs: list[Any] = []
-    preds: list[Any] = []
-    versions: list[int] = []
-    for row in reversed(rows):  # newest first, until the window is full
-        body = json.loads(row["input"]) if row["input"] else {}
-        out = json.loads(row["output"]) if row["output"] else {}
+
+    def inputs_of(body: dict[str, Any]) -> list[Any]:
         if body.get("input") is not None or body.get("inputs") is not None:
-            xs = [body["input"]] if body.get("input") is not None else body["inputs"]
-        elif raw_to_inputs is not None and (body.get("raw_input") or body.get("raw_inputs")):
+            return [body["input"]] if body.get("input") is not None else body["inputs"]
+        if raw_to_inputs is not None and (body.get("raw_input") or body.get("raw_inputs")):
             raw = [body["raw_input"]] if body.get("raw_input") is not None else body["raw_inputs"]
             try:
-                xs = raw_to_inputs(np.asarray(raw, dtype=np.float32)).tolist()
+                return raw_to_inputs(np.asarray(raw, dtype=np.float32)).tolist()
             except MlkitError:
-                xs = []  # no recorded scaling: never guess it
-        else:
-            xs = []
-        ps = [out["prediction"]] if out.get("prediction") is not None else out.get("predictions")
-        ps = ps or []
-        if len(xs) != len(ps):
-            continue  # not a row this monitor understands; never guess its pairing
-        for x, p in zip(reversed(xs), reversed(ps), strict=True):
-            inputs.append(x)
-            preds.append(p.get("index", p.get("value")) if isinstance(p, dict) else p)
-            versions.append(int(row["version"]))
-            if len(inputs) == last:
-                break
-        if len(inputs) == last:
-            break
+                return []  # no recorded scaling: never guess it
+        return []
+
+    inputs, preds, versions = newest_examples(rows, last, inputs_of)
     if len(inputs) < 2:
         raise ParameterError(
             f"The prediction log {plog.shown_url} holds {len(inputs)} answered example(s) of "
             f"model {name!r}; the monitor needs at least 2. Send traffic first."
         )
-    inputs.reverse()
-    preds.reverse()
-    versions.reverse()
     X = np.asarray(inputs, dtype=float).reshape(len(inputs), -1)
     return Window(X, preds, versions)
 

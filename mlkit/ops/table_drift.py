@@ -12,13 +12,13 @@ read the same in the monitor's table and plots.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from mlkit.errors import ParameterError
+from mlkit.ops.log_examples import newest_examples
 from mlkit.ops.stats import holm, labels_test, psi
 
 __all__ = ["MISSING", "RecordsWindow", "records_from_log", "table_drift"]
@@ -44,27 +44,12 @@ def records_from_log(log: Any, name: str, *, last: int = 1000) -> RecordsWindow:
     Only verified rows are read (the log's hash chain); a row whose body holds no records
     (arrays sent as ``input``) is not part of a table's window.
     """
-    records: list[dict[str, Any]] = []
-    predictions: list[Any] = []
-    versions: list[int] = []
-    for row in reversed(log.rows(model=name, status=200, role="primary")):
-        body = json.loads(row["input"]) if row["input"] else {}
-        out = json.loads(row["output"]) if row["output"] else {}
-        rs = [body["record"]] if body.get("record") is not None else body.get("records") or []
-        ps = [out["prediction"]] if out.get("prediction") is not None else out.get("predictions")
-        if not rs or len(rs) != len(ps or []):
-            continue
-        for record, pred in zip(reversed(rs), reversed(ps), strict=True):
-            records.append(record)
-            predictions.append(pred.get("index", pred.get("value")))
-            versions.append(int(row["version"]))
-            if len(records) == last:
-                break
-        if len(records) == last:
-            break
-    records.reverse()
-    predictions.reverse()
-    versions.reverse()
+
+    def records_of(body: dict[str, Any]) -> list[Any]:
+        return [body["record"]] if body.get("record") is not None else body.get("records") or []
+
+    rows = log.rows(model=name, status=200, role="primary")
+    records, predictions, versions = newest_examples(rows, last, records_of)
     return RecordsWindow(records, predictions, versions)
 
 
