@@ -439,8 +439,9 @@ def test_sigkilled_worker_then_resume(exp_root: Path, tmp_path: Path) -> None:
         "-q",
     ]
     env = dict(os.environ, COLUMNS="200")
+    slow = ("-p", "sleep", "0.25", "-p", "epochs", "12")  # 3 s a trial: the kill lands in one
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlkit", *args, "-p", "sleep", "0.5", "-p", "epochs", "20"],
+        [sys.executable, "-m", "mlkit", *args, *slow],
         cwd=Path(NOTEBOOK).parents[2],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -463,7 +464,7 @@ def test_sigkilled_worker_then_resume(exp_root: Path, tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed = running[0]
-    resumed = run_cli(*args, "-p", "sleep", "0.5", "-p", "epochs", "20")
+    resumed = run_cli(*args, *slow)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     trials = study_of(exp_root, "kill").trials
     assert not [t for t in trials if t.state == TrialState.RUNNING]
