@@ -235,3 +235,42 @@ def test_help_builds_no_group_and_the_table_matches_the_groups() -> None:
         runnable = {n for n, p in commands.choices.items() if p.get_default("func") is not None}
         assert runnable == {n for n, (g, _) in _common.COMMANDS.items() if g == group}, name
         assert commands.choices[name].description == help
+
+
+_FINALIZER_INTERRUPT = """
+import signal, sys, time
+from mlkit.cli import redeliver_lost_interrupts
+from mlkit.run.runner import terminate_as_interrupt
+if sys.argv[1] == "on":
+    redeliver_lost_interrupts()
+signum = getattr(signal, sys.argv[2])
+
+class Garbage:
+    def __del__(self):
+        signal.raise_signal(signum)  # its handler runs here, inside the finalizer
+
+try:
+    with terminate_as_interrupt():
+        Garbage()
+        time.sleep(2)
+except KeyboardInterrupt as exc:
+    print(f"interrupted: {exc}")
+    sys.exit(130)
+"""
+
+
+# A signal whose handler runs inside a finalizer (Python drops what is raised there) comes
+# again outside it: the command ends as interrupted instead of going on. Without the hook
+# the same script runs to its end, which shows the test reaches the case it means to.
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupt_inside_a_finalizer_is_not_lost(signame: str) -> None:
+    def run(hook: str) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-c", _FINALIZER_INTERRUPT, hook, signame]
+        return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    caught = run("on")
+    assert caught.returncode == 130, caught.stderr
+    if signame == "SIGTERM":
+        assert "interrupted: terminated by SIGTERM" in caught.stdout
+    lost = run("off")
+    assert lost.returncode == 0 and "Exception ignored" in lost.stderr, lost.stderr

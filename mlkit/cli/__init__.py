@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from mlkit import __version__
 from mlkit.cli import _common as common
@@ -58,6 +61,35 @@ def _command(argv: Sequence[str]) -> str | None:
     return argv[0] if argv and argv[0] in common.COMMANDS else None
 
 
+def redeliver_lost_interrupts() -> None:
+    """Ctrl-C, SIGTERM or SIGHUP that lands inside a finalizer is not lost: it comes again.
+
+    Python runs a signal's handler in whatever the main thread is executing, and an
+    exception raised in a ``__del__`` method or a weakref callback (the garbage of database
+    engines, sockets, kernels' channels) is printed as "Exception ignored" and dropped: the
+    command would go on as if never interrupted. Such an interrupt is raised again from a
+    moment later, outside the finalizer.
+    """
+    if getattr(sys.unraisablehook, "_mlkit", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if not isinstance(exc, KeyboardInterrupt):
+            previous(unraisable)
+            return
+        import _thread
+
+        signum = getattr(exc, "signum", signal.SIGINT)  # runner.Terminated keeps its signal
+        again = threading.Timer(0.01, _thread.interrupt_main, args=(signum,))
+        again.daemon = True
+        again.start()
+
+    hook._mlkit = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``mlkit`` command.
 
@@ -68,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit code. An :class:`~mlkit.errors.MlkitError` is printed as one line and
         exits with its family's code; argparse exits 2 itself on a usage error.
     """
+    redeliver_lost_interrupts()
     args_list = list(sys.argv[1:] if argv is None else argv)
     command = _command(args_list)
     if command == "sweep":
