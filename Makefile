@@ -48,10 +48,15 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/nbstripout --keep-id templates/*.ipynb
 
+# The suite spends most of its time waiting on kernels, servers and the browser: it runs on
+# TEST_WORKERS processes (pytest-xdist), each taking whole test files so a file's tests keep
+# their order and its module fixtures are built once. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(VENV)/bin/pytest tests --durations=25
+	$(VENV)/bin/pytest tests -n $(TEST_WORKERS) --dist loadfile --durations=25
 	$(VENV)/bin/pytest --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg \
-		-p no:cacheprovider
+		-p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 # The fast tier, for the edit-test loop: everything but the tests marked slow (real kernels
 # running long, real training, sweeps, the browser, PostgreSQL). `make test` runs them all.
