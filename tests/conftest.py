@@ -6,6 +6,7 @@ Plain helpers (paths, the CLI, ``wait_until``, servers, fake runs) are in ``help
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,16 @@ import wandb  # noqa: F401
 from mlkit._io import redact
 from tests.browser import chromium, lab, page, scratch_lab  # noqa: F401  (fixtures)
 from tests.helpers import ROOT, needs_service
+
+# Tests signal the commands they start as a terminal would. A suite started in the
+# background (`make test &`) or under nohup inherits SIGINT or SIGHUP ignored, and so would
+# every command it starts (Python leaves an ignored signal ignored): give them back their
+# defaults, as a terminal has them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+for _signum in (signal.SIGHUP, signal.SIGTERM):
+    if signal.getsignal(_signum) is signal.SIG_IGN:
+        signal.signal(_signum, signal.SIG_DFL)
 
 
 @pytest.fixture
