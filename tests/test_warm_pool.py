@@ -4,6 +4,7 @@ spares stay bounded; each decision in the pool's event log."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +88,35 @@ def test_successor_starts_before_its_predecessor_retires(
         took = index[("acquired", succ.kernel, "run 1")]
         assert retired < took
     assert successors[0].reason == f"successor of {first}"
+
+
+# Runs shorter than a warm-up: the kernel in service is kept past its count while its
+# successor warms (said once in the log), so no run waits; it retires once that one is warm.
+@pytest.mark.slow
+def test_kernel_is_kept_while_its_successor_warms(
+    exp_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "slow_warmup.py").write_text("import time\n\ntime.sleep(0.5)\n")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    )
+    monkeypatch.setenv("MLKIT_WARM_IMPORTS", f"{LIGHT_IMPORTS},slow_warmup")
+    monkeypatch.setenv("MLKIT_WARM_MAX_RUNS", "5")  # 5 runs of echo: a quarter of a warm-up
+    warm.pool().close()
+    mark = len(warm.pool().events)
+    for _ in range(40):
+        assert warm_run("echo")["status"] == "completed"
+    events = events_since(mark)
+    acquires = [e for e in events if e.kind in ("acquired", "reused")]
+    assert len(acquires) == 40
+    assert [e for e in acquires[1:] if e.waited] == [], events
+    kept = [e for e in events if e.kind == "kept"]
+    assert kept and kept[0].reason == "5 runs, its successor warming", events
+    assert len({e.kernel for e in kept}) == len(kept)  # once per kernel
+    first_retired = next(e for e in events if e.kind == "retired")
+    assert first_retired.kernel == kept[0].kernel
+    assert int(first_retired.reason.split()[1]) > 5, first_retired
+    warm.pool().close()
 
 
 # A failed run retires its kernel; with no standby warming, the replacement starts at once

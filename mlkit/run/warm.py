@@ -7,7 +7,8 @@ and reuses them, resetting each to a clean state before every run (see
 ``mlkit.run.kernel_state`` for what is restored and what is not). The clearing starts
 as soon as a run ends, while the driver records it and asks for the next trial.
 
-A kernel is retired after ``MLKIT_WARM_MAX_RUNS`` runs (default 50), after any
+A kernel is retired after ``MLKIT_WARM_MAX_RUNS`` runs (default 50; more while its
+successor is still warming, when runs are shorter than a warm-up), after any
 failed run, after a timeout or a death, and whenever the run left something a
 reset cannot undo (a running thread, an unfinished ``wandb.run``). The run count
 is foreseeable, so its successor starts warming while the old kernel's last runs
@@ -68,6 +69,8 @@ UNMEASURED_WARM_S = 15.0  # a warm-up's length until one is measured: torch and 
 # a warm-up beside running trials (or another warm-up) is slower than the one measured alone.
 LEAD_FACTOR = 1.5
 LEAD_EXTRA_S = 1.0
+# A kernel whose successor is still warming serves on, up to this many times its count.
+KEPT_FACTOR = 10
 MAX_AHEAD = 2  # standby kernels (successors, a spare) one thread may have warming or warm
 FAILURE_WINDOW = 10  # a thread's last runs, of which...
 FREQUENT_FAILURES = 2  # ...this many failed: it keeps a spare warm
@@ -295,7 +298,13 @@ class KernelPool:
         lane.failed.append(bool(reasons) or not alive)
         foreseen = not reasons and alive
         if kernel.runs >= _max_runs():
-            reasons = [*reasons, f"reached {kernel.runs} runs"]
+            if foreseen and self._successor_still_warming(kernel, lane):
+                # Runs shorter than a warm-up: the old kernel serves on rather than make
+                # the next run wait (up to KEPT_FACTOR times the count). Said once.
+                if kernel.runs == _max_runs():
+                    self._record("kept", kernel, f"{kernel.runs} runs, its successor warming")
+            else:
+                reasons = [*reasons, f"reached {kernel.runs} runs"]
         serving: WarmKernel | None = kernel
         if reasons or not alive:
             self._retire(kernel, "; ".join(reasons) or "not alive", lane)
@@ -307,6 +316,18 @@ class KernelPool:
             kernel.scrub()
             lane.idle.append(kernel)
         self._plan(lane, serving)
+
+    @staticmethod
+    def _successor_still_warming(kernel: WarmKernel, lane: _Lane) -> bool:
+        """Whether a planned retirement of ``kernel`` would make the next run wait: every
+        standby is still warming (and the kernel has not yet served KEPT_FACTOR times its
+        count: a successor that never warms must not keep it forever)."""
+        standbys = [k for k in lane.idle if k is not kernel]
+        return (
+            kernel.runs < KEPT_FACTOR * _max_runs()
+            and bool(standbys)
+            and not any(k.warmed() for k in standbys)
+        )
 
     # -- standbys ---------------------------------------------------------------------
     def lead_seconds(self) -> float:
