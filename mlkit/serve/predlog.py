@@ -37,7 +37,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +78,24 @@ TAIL_CHECK = 1000
 # How long an append waits for another process's write lock before it fails (a 503).
 BUSY_TIMEOUT_S = 30.0
 
+# One advisory lock per table for appending: the chain needs one writer at a time.
 _APPEND_KEYS = {TABLE: log_tables.LOCK_KEY + 1, FEEDBACK_TABLE: log_tables.LOCK_KEY + 2}
 
 
 # Kept importable under their earlier names; raised as ParameterError.
 LogError = FeedbackError = ParameterError
+
+
+def _retries(*, first_pause: float, most: float) -> Iterator[bool]:
+    """Attempts at something SQLite may refuse as locked, ``True`` for the last one: after
+    each but the first a pause, doubling from ``first_pause`` up to ``most``, until
+    ``BUSY_TIMEOUT_S`` has passed."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    pause = first_pause
+    while True:
+        yield time.monotonic() > deadline
+        time.sleep(pause)
+        pause = min(2 * pause, most)
 
 
 def default_url(name: str, root: Path | None = None) -> str:
@@ -148,10 +161,8 @@ class PredictionLog:
         """
         import sqlalchemy as sa
 
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
         races = 0
-        pause = 1e-3
-        while True:
+        for last in _retries(first_pause=1e-3, most=0.05):
             try:
                 with self.engine.begin() as conn:
                     log_tables.create_schema(conn, meta, postgres=not self.is_sqlite)
@@ -161,12 +172,8 @@ class PredictionLog:
                 racing = "already exists" in text or "duplicate column" in text
                 locked = "locked" in text or "busy" in text
                 races += racing
-                if not self.is_sqlite or not (racing or locked) or races > 2:
+                if not self.is_sqlite or not (racing or locked) or races > 2 or last:
                     raise
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(2 * pause, 0.05)
 
     def write(self, row: dict[str, Any]) -> None:
         """Insert one row and commit it before returning."""
@@ -210,9 +217,7 @@ class PredictionLog:
                 self._writer.execute("PRAGMA busy_timeout = 0")
                 if self.checkpointer is not None:
                     self._writer.execute("PRAGMA wal_autocheckpoint = 0")
-            deadline = time.monotonic() + BUSY_TIMEOUT_S
-            pause = 20e-6
-            while True:
+            for last in _retries(first_pause=20e-6, most=1e-3):
                 try:
                     _sqlite_append(self._writer, table, rows)
                     if self.checkpointer is not None:
@@ -220,10 +225,8 @@ class PredictionLog:
                     return
                 except sqlite3.OperationalError as exc:
                     # Another process holds the write lock for one commit: try again soon.
-                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                    if "locked" not in str(exc) or last:
                         raise
-                time.sleep(pause)
-                pause = min(2 * pause, 1e-3)
 
     def checkpoint_in_background(self) -> None:
         """Checkpoint a SQLite log on a thread of its own, not inside commits (a server's)."""
