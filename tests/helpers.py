@@ -98,11 +98,27 @@ def wait_until(
         time.sleep(interval)
 
 
+# Each pytest-xdist worker takes its servers' ports from a band of its own, below the
+# ephemeral ports (32768 and up) that kernels and clients are given: a port one worker found
+# free cannot be taken by the other before its server binds it.
+_PORT_BAND = 4000
+_next_port = [0]
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now, in this worker's band."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    base = 10_000 + _PORT_BAND * (int(worker) if worker.isdigit() else 0)
+    for _ in range(_PORT_BAND):
+        port = base + _next_port[0] % _PORT_BAND
+        _next_port[0] += 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {base}-{base + _PORT_BAND - 1}")
 
 
 def start_server(
