@@ -6,6 +6,7 @@ browser may save them; screenshots classify-run-all.png and classify-unsaved-edi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -118,10 +119,19 @@ def test_unsaved_edit_in_jupyterlab(page: Any, scratch_lab: Lab) -> None:
     edit = 'print("edited in the browser")'
     try:
         open_notebook(page, scratch_lab, f"templates/{notebook.name}")
-        # The end of the finish cell's code; a new line typed there.
-        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .cm-line").filter(
+        # The end of the finish cell's code; a new line typed there. A click that lands
+        # while the notebook still renders leaves it in command mode, where typed letters
+        # are shortcuts ("r" makes the cell raw): click until its editor has the focus.
+        finish = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .cm-line").filter(
             has_text=re.compile(r"^run\.finish\(")
-        ).click(position={"x": 2, "y": 5})
+        )
+        editing = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-mod-editMode")
+        for _ in range(10):
+            finish.click(position={"x": 2, "y": 5})
+            with contextlib.suppress(AssertionError):
+                expect(editing).to_have_count(1, timeout=2000)
+                break
+        expect(editing).to_have_count(1)
         page.keyboard.press("Control+End")
         page.keyboard.press("Enter")
         page.keyboard.type(edit)
