@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from mlkit.errors import DataError, ParameterError
 from mlkit.table_keys import (
     SAMPLE,
+    TableCodes,
     column_keys,
     dictionary_codes,
     distinct_lower_bound,
@@ -124,6 +125,13 @@ class _Table:
     # Filled by _sweep: the findings of the column checks, and the row hashes by with_target.
     swept: dict[str, list[Finding]] = field(default_factory=dict)
     hashes: dict[bool, np.ndarray] = field(default_factory=dict)
+    codes: TableCodes | None = None  # dictionary codes shared with the preprocessing
+
+    def keys(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A column's uint64 key and null mask per row (see :func:`column_keys`)."""
+        col = self.table.column(name)
+        shared = self.codes and pa.types.is_string(col.type)
+        return column_keys(col, self.codes.get(name) if shared else None)
 
     def class_counts(self) -> np.ndarray:
         """Train rows per class code (classification)."""
@@ -140,6 +148,7 @@ def check_table(
     test_rows: Any,
     min_rows_per_class: int = 5,
     skip: Collection[str] = (),
+    codes: TableCodes | None = None,
 ) -> list[Finding]:
     """Check a canonical table before training on it; return what was found.
 
@@ -153,6 +162,7 @@ def check_table(
         test_rows: Positions of the test rows, likewise; None for no test rows.
         min_rows_per_class: A class with fewer train rows than this warns.
         skip: Names of warning or info checks to leave out, from ``TABLE_CHECKS``.
+        codes: The table's dictionary codes, shared with the preprocessing; None: made here.
 
     Returns:
         The findings, fatal first, then warnings, then info. After a fatal finding the checks
@@ -168,6 +178,7 @@ def check_table(
     if findings:
         return findings
     t = _Table(table, target, chosen, task, train, test, min_rows_per_class)
+    t.codes = codes.of(table) if codes else None
     findings = _check_target(t)
     if findings:
         return findings
@@ -197,7 +208,7 @@ def _sweep(t: _Table, checks: list[str]) -> None:
     h = seed_hashes(t.table.num_rows)
     scratch = np.empty_like(h)
     for name in t.features:
-        key, null = column_keys(t.table.column(name))
+        key, null = t.keys(name)
         for check in column_checks:
             finding = _COLUMN_CHECKS[check](t, name, key, null)
             if finding is not None:
@@ -207,7 +218,7 @@ def _sweep(t: _Table, checks: list[str]) -> None:
     if hashing:
         t.hashes[False] = h
         with_target = h.copy()
-        mix_into(with_target, column_keys(t.table.column(t.target))[0], scratch)
+        mix_into(with_target, t.keys(t.target)[0], scratch)
         t.hashes[True] = with_target
 
 
@@ -339,7 +350,7 @@ def _check_target(t: _Table) -> list[Finding]:
             return []
         msg = f"Target column {name!r} is {y[0]:g} on every train row: nothing to predict."
         return [Finding("constant_target", "fatal", name, msg, float(y[0]))]
-    codes, dictionary = dictionary_codes(col)
+    codes, dictionary = t.codes.get(name) if t.codes else dictionary_codes(col)
     labels = dictionary.to_pylist()
     # Classes 0.0 and 1.0 read as "0" and "1"; labels are strings so they can be JSON keys.
     t.classes = [str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in labels]

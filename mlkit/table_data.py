@@ -31,6 +31,7 @@ from mlkit import table_checks, tables
 from mlkit.dataset import Dataset, DataWarning, Split, check_split_settings, split_indices
 from mlkit.errors import DataError, MlkitError, ParameterError
 from mlkit.preprocess import Preprocessor, PreprocessWarning, infer_task
+from mlkit.table_keys import TableCodes
 from mlkit.table_sources import TABLE_OPTIONS
 
 __all__ = [
@@ -93,40 +94,52 @@ def load_table(
     }
     data = tables.read_table(source, table=table or None, query=query or None)
     described = tables.describe_source(source, table=table or None, query=query or None)
-    digest = tables.table_hash(data)  # the table as read: what reproduce checks again
     if not target:
         raise ParameterError(
             f"A table needs a target column to predict; it has {data.column_names}. "
             f"Pass -p target {data.column_names[-1]} (or target=... to mlkit.data.load)."
         )
-    _fatal_first(data, target, columns["features"], task)
-    data = _with_target(data, target)
-    task = infer_task(data, target, task)
-    order = _time_order(data, time_column) if time_column else None
-    y_raw = _target_values(data, target, task)
-    if order is None:
-        tr, va, te = split_indices(y_raw, task, seed, val_fraction, test_fraction)
-    else:
-        tr, va, te = _split_by_time(order, val_fraction, test_fraction)
-    # The checks read the table while the preprocessing is fitted beside them (their
-    # kernels release the GIL); a fatal finding still wins over anything the fit raised.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        checking = pool.submit(
-            table_checks.check_table,
-            data,
-            target=target,
-            features=columns["features"],
-            task=task,
-            train_rows=tr,
-            test_rows=np.concatenate([va, te]),
-        )
-        try:
-            pre, inputs = _fit_and_transform(data, target, columns, task, (tr, va, te), check)
-        except MlkitError as exc:
-            table_checks.raise_fatal(checking.result())
-            raise exc from None
-        findings = checking.result()
-    table_checks.raise_fatal(findings)
+    # The table as read is hashed (what reproduce checks again) on a thread of its own while
+    # the rest goes on: hashlib and Arrow release the GIL.
+    hashing = ThreadPoolExecutor(max_workers=1)
+    hashed = hashing.submit(tables.table_hash, data)
+    try:
+        codes = TableCodes(data)  # each string column encoded once, for checks and fit
+        _fatal_first(data, target, columns["features"], task, codes)
+        data = _with_target(data, target)
+        codes = codes if codes.of(data) else TableCodes(data)
+        task = infer_task(data, target, task)
+        order = _time_order(data, time_column) if time_column else None
+        if order is None:
+            y_raw = _target_values(data, target, task, codes)
+            tr, va, te = split_indices(y_raw, task, seed, val_fraction, test_fraction)
+        else:
+            tr, va, te = _split_by_time(order, val_fraction, test_fraction)
+        # The checks read the table while the preprocessing is fitted beside them (their
+        # kernels release the GIL); a fatal finding still wins over anything the fit raised.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            checking = pool.submit(
+                table_checks.check_table,
+                data,
+                target=target,
+                features=columns["features"],
+                task=task,
+                train_rows=tr,
+                test_rows=np.concatenate([va, te]),
+                codes=codes,
+            )
+            try:
+                pre, inputs = _fit_and_transform(
+                    data, target, columns, task, (tr, va, te), check, codes
+                )
+            except MlkitError as exc:
+                table_checks.raise_fatal(checking.result())
+                raise exc from None
+            findings = checking.result()
+        table_checks.raise_fatal(findings)
+        digest = hashed.result()
+    finally:
+        hashing.shutdown(wait=True)
     if check:
         dropped = {n for n, c in pre.schema()["columns"].items() if c["role"] == "dropped"}
         for finding in findings:
@@ -188,6 +201,7 @@ def _fit_and_transform(
     task: str,
     splits: tuple[np.ndarray, np.ndarray, np.ndarray],
     check: bool,
+    codes: TableCodes,
 ) -> tuple[Preprocessor, Any]:
     """The preprocessing fitted on the train rows, and every row's inputs in split order."""
     with warnings.catch_warnings():
@@ -202,9 +216,10 @@ def _fit_and_transform(
             sensitive=columns["sensitive"],
             task=task,
             train_rows=splits[0],
+            codes=codes,
         )
     # The rows in split order, so that each split is a slice of one array, never a copy.
-    return pre, pre.transform(data, rows=np.concatenate(splits))
+    return pre, pre.transform(data, rows=np.concatenate(splits), codes=codes)
 
 
 def source_hash(source: Any, *, table: str | None = None, query: str | None = None) -> str:
@@ -249,7 +264,13 @@ def preflight(source: Any, **options: Any) -> None:
     _fatal_first(data, target, features, given.get("task"))
 
 
-def _fatal_first(data: Any, target: str, features: list[str] | None, task: str | None) -> None:
+def _fatal_first(
+    data: Any,
+    target: str,
+    features: list[str] | None,
+    task: str | None,
+    codes: TableCodes | None = None,
+) -> None:
     """Stop on what makes the table unusable (no target column, no rows...) before splitting."""
     fatal_only = [c for c in table_checks.TABLE_CHECKS if c not in table_checks.FATAL_CHECKS]
     guess = task or "classification"
@@ -265,6 +286,7 @@ def _fatal_first(data: Any, target: str, features: list[str] | None, task: str |
         train_rows=None,
         test_rows=None,
         skip=fatal_only,
+        codes=codes,
     )
     table_checks.raise_fatal(findings)
 
@@ -275,14 +297,11 @@ def _with_target(data: pa.Table, target: str) -> pa.Table:
     return data.filter(column.is_valid()) if column.null_count else data
 
 
-def _target_values(data: Any, target: str, task: str) -> np.ndarray:
+def _target_values(data: Any, target: str, task: str, codes: TableCodes) -> np.ndarray:
     """The target as numbers for stratifying: class codes, or the values themselves."""
-    import pyarrow.compute as pc
-
-    column = data.column(target)
     if task == "classification":
-        return pc.dictionary_encode(column).combine_chunks().indices.to_numpy()
-    return column.to_numpy()
+        return codes.get(target)[0]
+    return data.column(target).to_numpy()
 
 
 def _time_order(data: Any, time_column: str) -> np.ndarray:

@@ -8,6 +8,8 @@ repeated value, two different ones) so the checks touch every row only when they
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -16,6 +18,7 @@ import pyarrow.compute as pc
 __all__ = [
     "NULL_KEY",
     "SAMPLE",
+    "TableCodes",
     "column_keys",
     "dictionary_codes",
     "distinct_lower_bound",
@@ -33,11 +36,47 @@ _EXACT_DISTINCT_BELOW = 4096  # count distinct values exactly below this many ro
 _SEED = np.uint64(0x9E37_79B9_7F4A_7C15)
 
 
-def column_keys(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """``(key, is_null)`` per row of a column; equal values have equal uint64 keys."""
+class TableCodes:
+    """Each column of one table as dictionary codes, encoded once and shared between threads.
+
+    The checks, the preprocessing's fit and its transform all read a string column as codes;
+    encoding a million strings costs tens of milliseconds, so a column is encoded the first
+    time any of them asks (the others wait for it, or encode another column) and kept.
+    """
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self._codes: dict[str, tuple[np.ndarray, pa.Array]] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> tuple[np.ndarray, pa.Array]:
+        """``(codes, dictionary)`` of column ``name``, as :func:`dictionary_codes` gives them.
+
+        The codes are shared: read them, never write to them.
+        """
+        with self._lock:
+            lock = self._locks.setdefault(name, threading.Lock())
+        with lock:
+            if name not in self._codes:
+                self._codes[name] = dictionary_codes(self.table.column(name))
+            return self._codes[name]
+
+    def of(self, table: pa.Table) -> TableCodes | None:
+        """These codes when ``table`` is the table they are of, else None."""
+        return self if table is self.table else None
+
+
+def column_keys(
+    col: pa.ChunkedArray, codes: tuple[np.ndarray, pa.Array] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(key, is_null)`` per row of a column; equal values have equal uint64 keys.
+
+    ``codes`` are the column's dictionary codes when already made (:class:`TableCodes`).
+    """
     null = pc.is_null(col).to_numpy(zero_copy_only=False)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        key = dictionary_codes(col)[0].astype(np.uint64)
+        key = (codes or dictionary_codes(col))[0].astype(np.uint64)
     else:
         key = numbers(col)
         key += 0.0  # makes -0.0 into 0.0: the same bits

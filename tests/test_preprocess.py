@@ -352,3 +352,47 @@ def test_any_rows_give_one_array_by_every_path(data) -> None:
     else:  # a null where train had none is refused from records, imputed in a table
         with pytest.raises(RecordError, match="'x'"):
             p.transform(records)
+
+
+def _mixed(rows: int, seed: int) -> pa.Table:
+    """A seeded table with repeats, ties, nulls, an id and id-named numbers."""
+    rng = np.random.default_rng(seed)
+    words = np.array(["a", "b", "c", "d", "e", "f", "", "é"])
+    return pa.table(
+        {
+            "ref": pa.array([f"r{i}" for i in rng.permutation(rows)]),
+            "order_id": pa.array(rng.permutation(rows).astype(float)),
+            "word": pa.array(words[rng.integers(0, len(words), rows)], mask=rng.random(rows) < 0.1),
+            "grade": pa.array(rng.integers(0, 4, rows).astype(float)),
+            "x": pa.array(rng.normal(size=rows), mask=rng.random(rows) < 0.2),
+            "y": pa.array(rng.choice(["p", "q"], rows)),
+        }
+    )
+
+
+def test_shared_dictionary_codes_fit_and_transform_the_same() -> None:
+    # mlkit.data.load hands fit and transform the codes the checks made; the result must be
+    # the one fit and transform reach on their own, to the bit: vocabulary order, ties,
+    # the rare values in <other>, ids dropped, missing shares, unseen values, every input.
+    from mlkit.table_keys import TableCodes
+
+    table, other = _mixed(400, 0), _mixed(50, 1)
+    other = other.set_column(2, "word", pa.array(["z", None] + ["a"] * 48))  # z: unseen
+    train = np.random.default_rng(2).choice(400, 300, replace=False)
+    kwargs = {"target": "y", "train_rows": train, "categorical": ["grade"], "max_categories": 3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PreprocessWarning)
+        alone = Preprocessor.fit(table, **kwargs)
+        shared = Preprocessor.fit(table, codes=TableCodes(table), **kwargs)
+    assert shared.to_dict() == alone.to_dict()
+    assert alone.schema()["columns"]["ref"]["role"] == "dropped"
+    assert alone.schema()["columns"]["order_id"]["role"] == "dropped"
+    assert alone.schema()["columns"]["word"]["categories"][3:]  # some went to <other>
+    for rows_of, rows in ((table, train[::-1]), (other, None)):
+        plain = alone.transform(rows_of, rows=rows)
+        coded = alone.transform(rows_of, rows=rows, codes=TableCodes(rows_of))
+        assert np.array_equal(coded.X, plain.X)
+        assert (coded.missing, coded.unknown) == (plain.missing, plain.unknown)
+    assert plain.unknown["word"] == 1 and plain.missing["word"] == 1
+    # Codes of another table are not used for this one.
+    assert TableCodes(other).of(table) is None

@@ -26,10 +26,10 @@ outside: see :meth:`Preprocessor.validate_records`.
 """
 
 from mlkit.preprocess._columns import OTHER, UNKNOWN
+from mlkit.preprocess._fit import PreprocessWarning
 from mlkit.preprocess._preprocessor import (
     FORMAT_VERSION,
     Preprocessor,
-    PreprocessWarning,
     Transformed,
     infer_task,
 )

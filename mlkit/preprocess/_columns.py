@@ -72,8 +72,9 @@ class Numeric:
     max: float | None
 
     @classmethod
-    def fit(cls, name: str, column: pa.ChunkedArray) -> Numeric:
-        values = numbers(column)
+    def fit(cls, name: str, column: pa.ChunkedArray | np.ndarray) -> Numeric:
+        """From a column's train rows, or their float64 values (NaN where missing)."""
+        values = column if isinstance(column, np.ndarray) else numbers(column)
         seen = values[np.isfinite(values)]
         if not seen.size:
             return cls(name, 0.0, 0.0, 1.0, True, None, None)
@@ -122,27 +123,52 @@ class Categorical:
     @classmethod
     def fit(cls, name: str, column: pa.ChunkedArray, max_categories: int) -> Categorical:
         counts = pc.value_counts(_category_strings(column).drop_null())
-        ranked = pa.table({"v": counts.field("values"), "n": counts.field("counts")}).sort_by(
-            [("n", "descending"), ("v", "ascending")]
-        )
-        values = ranked.column("v").to_pylist()
-        return cls(name, values[:max_categories], sorted(values[max_categories:]))
+        return cls.ranked(name, counts.field("values"), counts.field("counts"), max_categories)
+
+    @classmethod
+    def fit_counts(
+        cls, name: str, counts: np.ndarray, dictionary: pa.Array, max_categories: int
+    ) -> Categorical:
+        """From the train rows' count of each value of a string column's ``dictionary``."""
+        seen = np.flatnonzero(counts)
+        return cls.ranked(name, dictionary.take(seen), counts[seen], max_categories)
+
+    @classmethod
+    def ranked(cls, name: str, values: pa.Array, counts: Any, max_categories: int) -> Categorical:
+        """The most frequent values first (ties by value); past ``max_categories``: other."""
+        table = pa.table({"v": values, "n": counts})
+        ranked = table.sort_by([("n", "descending"), ("v", "ascending")]).column("v")
+        ranked = ranked.to_pylist()
+        return cls(name, ranked[:max_categories], sorted(ranked[max_categories:]))
 
     def names(self) -> list[str]:
         slots = self.vocabulary + ([OTHER] if self.other else []) + [UNKNOWN]
         return [f"{self.name}={value}" for value in slots]
 
-    def encode(self, column: pa.ChunkedArray, rows: np.ndarray | None) -> Encoded:
-        strings = _category_strings(column)
+    def encode(
+        self,
+        column: pa.ChunkedArray,
+        rows: np.ndarray | None,
+        shared: tuple[np.ndarray, pa.Array] | None = None,
+    ) -> Encoded:
+        """One-hot slots of ``rows``; ``shared`` is the column's dictionary codes, if made."""
         v, known = len(self.vocabulary), len(self._known)
         # A code per row: its place among the train values; then one past them for a value
         # never seen in train, two past them for a missing value.
-        codes = pc.fill_null(pc.index_in(strings, value_set=self._known), known)
-        codes = codes.to_numpy().astype(np.int32)
-        if strings.null_count:
-            codes[bools(strings.is_null())] = known + 1
-        if rows is not None:
-            codes = codes[rows]
+        if shared is not None:
+            # Each distinct value looked up once; a missing value's code -1 picks the last.
+            table_codes, dictionary = shared
+            lookup = pc.fill_null(pc.index_in(dictionary, value_set=self._known), known)
+            lookup = np.append(lookup.to_numpy().astype(np.int32), np.int32(known + 1))
+            codes = lookup[table_codes if rows is None else table_codes[rows]]
+        else:
+            strings = _category_strings(column)
+            codes = pc.fill_null(pc.index_in(strings, value_set=self._known), known)
+            codes = codes.to_numpy().astype(np.int32)
+            if strings.null_count:
+                codes[bools(strings.is_null())] = known + 1
+            if rows is not None:
+                codes = codes[rows]
         counts = np.bincount(codes, minlength=known + 2)
         # The rarer train values share the <other> slot; unseen and missing share <unknown>.
         slots = np.arange(known + 2, dtype=np.int32)

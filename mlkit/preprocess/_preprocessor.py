@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,27 +17,21 @@ from mlkit.preprocess._columns import (
     Categorical,
     Column,
     Date,
-    Encoder,
     Numeric,
     bools,
     canonical,
     dtype_of,
     numbers,
 )
+from mlkit.preprocess._fit import fit_column, role, warn_ids
 from mlkit.preprocess._records import records_table
+from mlkit.table_keys import TableCodes
 
 FORMAT_VERSION = 1
-_ID_NAME = re.compile(r"(^|[_\-\s.])(id|uuid|guid|key)$|[a-z0-9](Id|ID|Uuid|UUID|Key)$")
 _FEW_CLASSES = 20  # a numeric target with at most this many integral values is a label
-_HEAD_ROWS = 4096  # rows looked at first for a repeated value
-_ID_REASON = "id-like: every value is unique"
 _THREADS = min(4, os.cpu_count() or 1)
 _POOL_BYTES = 64 << 20  # outputs this big come from Arrow's memory pool (see _zeroed)
 _BAND_BYTES = 1 << 20  # rows of the output written together: about a CPU's L2 cache
-
-
-class PreprocessWarning(UserWarning):
-    """A column was set aside while fitting (an id, for example); the message says why."""
 
 
 @dataclass
@@ -58,26 +50,6 @@ class Transformed:
     unknown: dict[str, int]
     missing: dict[str, int]
     sensitive: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def _is_id(column: pa.ChunkedArray, name: str, dtype: str) -> bool:
-    """All-unique strings, or all-unique integral numbers under an id-like name."""
-    present = len(column) - column.null_count
-    if dtype == "timestamp[us]" or present < 2:
-        return False
-    if dtype == "float64" and not _ID_NAME.search(name):
-        return False
-    # A repeat among the first rows settles it before every row is counted.
-    head = column.slice(0, _HEAD_ROWS)
-    if pc.count_distinct(head).as_py() < len(head) - head.null_count:
-        return False
-    if pc.count_distinct(column).as_py() < present:
-        return False
-    if dtype == "string":
-        return True
-    values = numbers(column)
-    values = values[np.isfinite(values)]
-    return bool(_ID_NAME.search(name)) and bool(np.all(values == np.round(values)))
 
 
 def _check_fit(table: Any, target: str, task: Any, max_categories: Any, **names: Any) -> None:
@@ -226,70 +198,6 @@ def _order(rows: Any, n: int) -> np.ndarray | None:
     return order.astype(np.intp, copy=False)
 
 
-def _role(
-    name: str, target: str, features: Any, drop: Any, sensitive: Any, use: bool
-) -> tuple[str, str | None]:
-    """What a column is for (feature, sensitive, target, dropped), and why when dropped."""
-    if name == target:
-        return "target", None
-    if name in drop:
-        return "dropped", "named in drop"
-    if name in sensitive:
-        return ("feature" if use else "sensitive"), None
-    if features is None or name in features:
-        return "feature", None
-    return "dropped", "not named in features"
-
-
-def _fit_column(
-    table: pa.Table,
-    name: str,
-    role: str,
-    reason: str | None,
-    *,
-    train: pa.Array | None,
-    options: dict[str, Any],
-) -> Column:
-    """The fitted entry of one input column, from its train rows; an id-like one is dropped."""
-    column = table.column(name)
-    if role == "dropped":
-        return Column(name, str(column.type), role, reason=reason)
-    if train is not None:
-        column = column.take(train)
-    sensitive = name in options["sensitive"]
-    categorical = name in options["categorical"]
-    # A column the user named is kept even if it looks like an id: they asked for it.
-    explicit = categorical or sensitive or name in (options["features"] or ())
-    dtype = dtype_of(column, name)
-    column = canonical(column, dtype, name)
-    if role == "feature" and not explicit and _is_id(column, name, dtype):
-        return Column(name, dtype, "dropped", reason=_ID_REASON)
-    if dtype == "timestamp[us]":
-        encoder: Encoder = Date.fit(name, column)
-    elif dtype == "string" or categorical:
-        encoder = Categorical.fit(name, column, options["max_categories"])
-    else:
-        encoder = Numeric.fit(name, column)
-    absent = column.null_count
-    if dtype == "float64":
-        absent = int((~np.isfinite(numbers(column))).sum())
-    share = absent / len(column) if len(column) else 0.0
-    return Column(name, dtype, role, sensitive, missing_share=share, encoder=encoder)
-
-
-def _warn_ids(columns: list[Column]) -> None:
-    """Say which columns were dropped as ids, in table order (they were fitted in threads)."""
-    for column in columns:
-        if column.reason == _ID_REASON:
-            warnings.warn(
-                f"Column {column.name!r} looks like an id (every value is unique), so it "
-                "is not used as a feature. Name it in features=[...] or "
-                "categorical=[...] to keep it.",
-                PreprocessWarning,
-                stacklevel=4,
-            )
-
-
 class Preprocessor:
     """Turns rows of a canonical table into float32 model inputs, the same way everywhere.
 
@@ -328,6 +236,7 @@ class Preprocessor:
         task: str | None = None,
         train_rows: Any = None,
         max_categories: int = 50,
+        codes: TableCodes | None = None,
     ) -> Preprocessor:
         """Learn the preprocessing from the training rows of a canonical table.
 
@@ -344,6 +253,7 @@ class Preprocessor:
             task: "classification" or "regression"; None infers it from the target.
             train_rows: integer indices of the rows to fit on; None means all rows.
             max_categories: one-hot slots per column before the rest become ``<other>``.
+            codes: the table's dictionary codes, shared with the checks (the same fit).
 
         Returns:
             The fitted preprocessor.
@@ -368,18 +278,19 @@ class Preprocessor:
             "categorical": set(categorical),
             "sensitive": set(sensitive),
             "max_categories": max_categories,
+            "codes": codes.of(table) if codes else None,
         }
         columns = in_threads(
-            lambda name: _fit_column(
+            lambda name: fit_column(
                 table,
                 name,
-                *_role(name, target, features, drop, sensitive, use_sensitive),
+                *role(name, target, features, drop, sensitive, use_sensitive),
                 train=train,
                 options=options,
             ),
             table.column_names,
         )
-        _warn_ids(columns)
+        warn_ids(columns)
         target_column = table.column(target)
         if train is not None:
             target_column = target_column.take(train)
@@ -394,7 +305,9 @@ class Preprocessor:
 
     # --- rows in, tensors out ---------------------------------------------------------
 
-    def transform(self, data: Any, *, rows: Any = None) -> Transformed:
+    def transform(
+        self, data: Any, *, rows: Any = None, codes: TableCodes | None = None
+    ) -> Transformed:
         """Turn rows into model inputs.
 
         Args:
@@ -405,6 +318,7 @@ class Preprocessor:
             rows: positions of the rows to turn, in the order wanted (for example the
                 train rows, then the validation rows, then the test rows); None for every
                 row in order. The counts of missing and unseen values are of these rows.
+            codes: the table's dictionary codes when already made (the same inputs).
 
         Returns:
             The float32 inputs, with per-column counts of missing and unseen values.
@@ -418,9 +332,15 @@ class Preprocessor:
         order = _order(rows, len(table))
         # Each column is put in row order where that is cheapest: raw numbers and dates
         # before they are encoded, categories as codes.
-        encoded = in_threads(
-            lambda c: c.encoder.encode(self._column(table, c), order), self._features
-        )
+        shared = codes.of(table) if codes else None
+
+        def encode(c: Column) -> Any:
+            column = self._column(table, c)
+            if shared is not None and c.encoder.kind == "categorical" and c.dtype == "string":
+                return c.encoder.encode(column, order, shared.get(c.name))
+            return c.encoder.encode(column, order)
+
+        encoded = in_threads(encode, self._features)
         n = len(table) if order is None else len(order)
         out = _uninitialised((n, len(self.feature_names)))
         widths = [len(c.encoder.names()) for c in self._features]
