@@ -196,7 +196,7 @@ def _train_test(
             return rows[drawn[n_test:]], rows[drawn[:n_test]]
         # Whole-number classes only: scikit-learn checks other kinds of labels its own way.
         if y.dtype.kind in "iub":
-            classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+            classes, inverse, counts = _classes(y)
             if counts.min() >= 2 and min(n - n_test, n_test) >= len(classes):
                 train, test = _stratified(inverse, counts, n - n_test, n_test, rng)
                 return rows[train], rows[test]
@@ -207,11 +207,27 @@ def _train_test(
     return train, test
 
 
+def _classes(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(y, return_inverse=True, return_counts=True)``; by counting for codes.
+
+    Class codes (small non-negative integers, as a table's target gives) are counted in one
+    pass instead of sorted: a million labels in milliseconds, the same three arrays.
+    """
+    if y.size and y.dtype.kind in "iu" and y.min() >= 0 and y.max() < 1 << 16:
+        counts = np.bincount(y)
+        present = counts > 0
+        position = np.cumsum(present) - 1  # a code's place among the classes present
+        return np.flatnonzero(present).astype(y.dtype), position[y], counts[present]
+    return np.unique(y, return_inverse=True, return_counts=True)
+
+
 def _stratified(
     inverse: np.ndarray, counts: np.ndarray, n_train: int, n_test: int, rng: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     """StratifiedShuffleSplit's first split: per class, a shuffle cut into train and test."""
-    by_class = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    # A stable sort of 16-bit keys is a radix sort: the same order, in linear time.
+    keys = inverse.astype(np.uint16) if counts.size <= 1 << 16 else inverse
+    by_class = np.split(np.argsort(keys, kind="stable"), np.cumsum(counts)[:-1])
     train_counts = _approximate_mode(counts, n_train, rng)
     test_counts = _approximate_mode(counts - train_counts, n_test, rng)
     train, test = [], []

@@ -101,14 +101,16 @@ def load_table(
         )
     # The table as read is hashed (what reproduce checks again) on a thread of its own while
     # the rest goes on: hashlib and Arrow release the GIL.
-    hashing = ThreadPoolExecutor(max_workers=1)
+    hashing = ThreadPoolExecutor(max_workers=2)
     hashed = hashing.submit(tables.table_hash, data)
     try:
         codes = TableCodes(data)  # each string column encoded once, for checks and fit
-        _fatal_first(data, target, columns["features"], task, codes)
+        # Encoded meanwhile, beside the hash, while this thread checks the target and splits.
+        hashing.submit(codes.prefetch)
+        inferred = _fatal_first(data, target, columns["features"], task, codes)
         data = _with_target(data, target)
         codes = codes if codes.of(data) else TableCodes(data)
-        task = infer_task(data, target, task)
+        task = inferred or infer_task(data, target, task)
         order = _time_order(data, time_column) if time_column else None
         if order is None:
             y_raw = _target_values(data, target, task, codes)
@@ -137,6 +139,10 @@ def load_table(
                 raise exc from None
             findings = checking.result()
         table_checks.raise_fatal(findings)
+        # Arrow's take releases the GIL: these rows are copied while the labels are made.
+        reference = hashing.submit(_reference, data, tr, seed)
+        test_rows = hashing.submit(data.take, te)
+        y = pre.encode_target(data, codes=codes)[np.concatenate([tr, va, te])]
         digest = hashed.result()
     finally:
         hashing.shutdown(wait=True)
@@ -148,8 +154,6 @@ def load_table(
                 finding.check == "id_like" and finding.column in dropped
             ):
                 warnings.warn(finding.message, DataWarning, stacklevel=3)
-    order = np.concatenate([tr, va, te])
-    y = pre.encode_target(data)[order]
     ends = np.cumsum([len(tr), len(va)])
     target_mean, target_std = 0.0, 1.0
     if task == "regression" and scale:
@@ -189,8 +193,8 @@ def load_table(
         table_hash=digest,
         findings=[f.to_dict() for f in findings],
         preprocessor=pre,
-        reference=_reference(data, tr, seed),
-        test_rows=data.take(te),
+        reference=reference.result(),
+        test_rows=test_rows.result(),
     )
 
 
@@ -270,14 +274,20 @@ def _fatal_first(
     features: list[str] | None,
     task: str | None,
     codes: TableCodes | None = None,
-) -> None:
-    """Stop on what makes the table unusable (no target column, no rows...) before splitting."""
+) -> str | None:
+    """Stop on what makes the table unusable (no target column, no rows...) before splitting.
+
+    Returns the task the target makes when ``task`` is None and it could be inferred.
+    """
+    inferred = None
     fatal_only = [c for c in table_checks.TABLE_CHECKS if c not in table_checks.FATAL_CHECKS]
     guess = task or "classification"
     if target in data.column_names and task is None:
         # A target that makes no task: the checks below say what is wrong with it.
         with contextlib.suppress(ParameterError, DataError):
-            guess = infer_task(pa.table({target: data.column(target).drop_null()}), target)
+            guess = inferred = infer_task(
+                pa.table({target: data.column(target).drop_null()}), target
+            )
     findings = table_checks.check_table(
         data,
         target=target,
@@ -289,6 +299,7 @@ def _fatal_first(
         codes=codes,
     )
     table_checks.raise_fatal(findings)
+    return inferred
 
 
 def _with_target(data: pa.Table, target: str) -> pa.Table:

@@ -62,6 +62,12 @@ class TableCodes:
                 self._codes[name] = dictionary_codes(self.table.column(name))
             return self._codes[name]
 
+    def prefetch(self) -> None:
+        """Encode every string column now (on a spare thread, before anyone asks)."""
+        for name, column in zip(self.table.column_names, self.table.columns, strict=True):
+            if pa.types.is_string(column.type):
+                self.get(name)
+
     def of(self, table: pa.Table) -> TableCodes | None:
         """These codes when ``table`` is the table they are of, else None."""
         return self if table is self.table else None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sklearn.model_selection import train_test_split
 
 from mlkit import data_sources
@@ -80,3 +82,14 @@ def test_a_class_of_one_row_is_still_refused() -> None:
     y = np.array([0] * 30 + [1] * 30 + [2])
     with pytest.raises(DataError, match="too few"):
         split_indices(y, "classification", 0, 0.15, 0.15)
+
+
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=200), st.sampled_from(["int64", "uint8"]))
+def test_class_codes_are_counted_as_np_unique_would_sort_them(labels, dtype) -> None:
+    # The counting shortcut for class codes must give np.unique's three arrays exactly.
+    from mlkit.dataset import _classes
+
+    y = np.array(labels).astype(dtype)
+    expected = np.unique(y, return_inverse=True, return_counts=True)
+    for got, want in zip(_classes(y), expected, strict=True):
+        assert got.dtype == want.dtype and np.array_equal(got, want)

@@ -18,7 +18,6 @@ from mlkit.preprocess._columns import (
     Column,
     Date,
     Numeric,
-    bools,
     canonical,
     dtype_of,
     numbers,
@@ -30,6 +29,7 @@ from mlkit.table_keys import TableCodes
 FORMAT_VERSION = 1
 _FEW_CLASSES = 20  # a numeric target with at most this many integral values is a label
 _THREADS = min(4, os.cpu_count() or 1)
+_CODED = (pa.string(), pa.float64())  # target types whose shared codes give its classes
 _POOL_BYTES = 64 << 20  # outputs this big come from Arrow's memory pool (see _zeroed)
 _BAND_BYTES = 1 << 20  # rows of the output written together: about a CPU's L2 cache
 
@@ -291,10 +291,18 @@ class Preprocessor:
             table.column_names,
         )
         warn_ids(columns)
+        shared = options["codes"]
         target_column = table.column(target)
-        if train is not None:
-            target_column = target_column.take(train)
-        task, classes = _target_task(target_column, target, task)
+        if shared is not None and task == "classification" and target_column.type in _CODED:
+            # The train rows' classes from the shared codes: no copy of the target's rows.
+            codes, dictionary = shared.get(target)
+            seen = codes if train is None else codes[train.to_numpy()]
+            counts = np.bincount(seen[seen >= 0], minlength=len(dictionary))
+            classes = sorted(dictionary.take(np.flatnonzero(counts)).to_pylist())
+        else:
+            if train is not None:
+                target_column = target_column.take(train)
+            task, classes = _target_task(target_column, target, task)
         return cls(
             target=target,
             task=task,
@@ -366,11 +374,12 @@ class Preprocessor:
             sensitive = {name: values[order] for name, values in sensitive.items()}
         return Transformed(out, unknown, missing, sensitive)
 
-    def encode_target(self, data: Any) -> np.ndarray:
+    def encode_target(self, data: Any, *, codes: TableCodes | None = None) -> np.ndarray:
         """The target column as model labels.
 
         Args:
             data: a table or DataFrame holding the target column.
+            codes: the table's dictionary codes when already made (the same labels).
 
         Returns:
             int64 indices into :attr:`classes` for classification, float32 values for
@@ -391,15 +400,25 @@ class Preprocessor:
                     f"(first: row {bad[0]}). Drop those rows before training."
                 )
             return values.astype(np.float32)
-        codes = pc.index_in(column, value_set=pa.array(self.classes, type=TYPES[entry.dtype]))
-        if codes.null_count:
-            first = int(np.flatnonzero(bools(codes.is_null()))[0])
+        classes = pa.array(self.classes, type=TYPES[entry.dtype])
+        shared = codes.of(table) if codes else None
+        if shared is not None and table.column(self.target).type == TYPES[entry.dtype]:
+            # Each distinct value looked up once; a missing value's code -1 picks the last.
+            table_codes, dictionary = shared.get(self.target)
+            lookup = pc.fill_null(pc.index_in(dictionary, value_set=classes), -1).to_numpy()
+            labels = np.append(lookup.astype(np.int64), np.int64(-1))[table_codes]
+        else:
+            found = pc.index_in(column, value_set=classes)
+            labels = pc.fill_null(found, -1).to_numpy().astype(np.int64)
+        unknown = np.flatnonzero(labels < 0)
+        if unknown.size:
+            first = int(unknown[0])
             raise DataError(
                 f"Target {self.target!r} holds {column[first].as_py()!r} in row {first}, "
                 f"which is not one of the classes seen in training {self.classes[:20]}. "
                 "Drop those rows, or refit with them among the training rows."
             )
-        return codes.to_numpy().astype(np.int64)
+        return labels
 
     def validate_records(self, records: Any) -> None:
         """Check records as a server receives them, before any prediction.
