@@ -10,6 +10,7 @@ Training and evaluating in-process keeps the module to a few seconds.
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from functools import cache
 from pathlib import Path
@@ -242,6 +243,18 @@ def _wandb_records(path: Path) -> list[Any]:
     return records
 
 
+def _finished_records(path: Path, wait_s: float = 30.0) -> list[Any]:
+    """The run's records once W&B's service has written its exit record (it writes the file
+    from a process of its own, and may still be at it when the run's finish returns)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = _wandb_records(path)
+        kinds = {r.WhichOneof("record_type") for r in records}
+        if "exit" in kinds or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
 def test_forced_promotion_reaches_wandb_artifact(
     exp_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -255,7 +268,7 @@ def test_forced_promotion_reaches_wandb_artifact(
         warnings.simplefilter("error")  # a W&B failure would only warn: make it fail here
         assert aliases.promote("fair", version, force=True, reason=reason)["forced"]
     (run,) = (exp_root / "registry" / "fair" / "wandb").glob("offline-run-*")
-    records = _wandb_records(next(run.glob("*.wandb")))
+    records = _finished_records(next(run.glob("*.wandb")))
     kinds = [r.WhichOneof("record_type") for r in records]
     artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
     assert len(artifacts) == 1, kinds
