@@ -102,6 +102,24 @@ def _target_task(
     return task, sorted(pc.unique(column.drop_null()).to_pylist())
 
 
+def _train_task(
+    table: pa.Table,
+    target: str,
+    task: str | None,
+    train: pa.Array | None,
+    shared: TableCodes | None,
+) -> tuple[str, list[Any] | None]:
+    """:func:`_target_task` of the train rows; classes from the shared codes when given."""
+    column = table.column(target)
+    if shared is not None and task == "classification" and column.type in _CODED:
+        # No copy of the target's train rows: count their codes.
+        codes, dictionary = shared.get(target)
+        seen = codes if train is None else codes[train.to_numpy()]
+        counts = np.bincount(seen[seen >= 0], minlength=len(dictionary))
+        return task, sorted(dictionary.take(np.flatnonzero(counts)).to_pylist())
+    return _target_task(column if train is None else column.take(train), target, task)
+
+
 def infer_task(table: pa.Table, target: str, task: str | None = None) -> str:
     """The task a target column makes: ``task`` checked against it, or inferred when None.
 
@@ -291,18 +309,7 @@ class Preprocessor:
             table.column_names,
         )
         warn_ids(columns)
-        shared = options["codes"]
-        target_column = table.column(target)
-        if shared is not None and task == "classification" and target_column.type in _CODED:
-            # The train rows' classes from the shared codes: no copy of the target's rows.
-            codes, dictionary = shared.get(target)
-            seen = codes if train is None else codes[train.to_numpy()]
-            counts = np.bincount(seen[seen >= 0], minlength=len(dictionary))
-            classes = sorted(dictionary.take(np.flatnonzero(counts)).to_pylist())
-        else:
-            if train is not None:
-                target_column = target_column.take(train)
-            task, classes = _target_task(target_column, target, task)
+        task, classes = _train_task(table, target, task, train, options["codes"])
         return cls(
             target=target,
             task=task,
