@@ -15,9 +15,10 @@ resumed one, another job of ``--jobs N``):
   runs as documented in ``driver``. A point is drawn whole on the trial's first
   suggestion, checked, and redrawn before any of it is stored; when ``REDRAWS`` redraws
   by the sampler and as many at random are all taken, the space is about spent and the
-  point runs again (a small finite space wants ``--sampler grid``). Two workers that draw
-  the same point in the same instant can still both run it: the check reads the study,
-  and a point is stored a moment after it is drawn.
+  point runs again (a small finite space wants ``--sampler grid``). A point is drawn,
+  checked and stored under the study's ask lock, so two workers drawing at the same
+  instant never both run it (the journal, SQLite and PostgreSQL have that lock; on other
+  databases they still can).
 """
 
 from __future__ import annotations

@@ -265,7 +265,10 @@ def run_trial(
         return _fail(study, trial, reason, canceller.reason(), run_dir[0] if run_dir else None)
 
     try:
-        suggested = _space.suggest(trial, dims)
+        # Drawn, checked against the study and stored under the ask lock: two workers never
+        # both draw a point before either has stored it.
+        with ask_lock(cfg.storage, cfg.study):
+            suggested = _space.suggest(trial, dims)
         values, seed = _trial_values(cfg, suggested)
         storage = study._storage
         storage.set_trial_user_attr(trial._trial_id, "seed", seed)
