@@ -28,6 +28,7 @@ __all__ = [
     "numbers",
     "repeats",
     "seed_hashes",
+    "through",
 ]
 
 NULL_KEY = np.uint64(0x7FF8_DEAD_BEEF_0001)  # a NaN payload no canonical float carries
@@ -71,6 +72,17 @@ class TableCodes:
     def of(self, table: pa.Table) -> TableCodes | None:
         """These codes when ``table`` is the table they are of, else None."""
         return self if table is self.table else None
+
+
+def through(codes: np.ndarray, found: pa.Array, *, unseen: int, missing: int) -> np.ndarray:
+    """Each row's entry of ``found`` (an int32 per dictionary value, null where not found).
+
+    Each distinct value is looked up once, in the dictionary; a row then takes its value's
+    entry: ``unseen`` where the lookup found nothing, ``missing`` where the row has no value
+    (code -1, which picks the entry appended last).
+    """
+    lookup = pc.fill_null(found, unseen).to_numpy().astype(np.int32)
+    return np.append(lookup, np.int32(missing))[codes]
 
 
 def column_keys(

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlkit.errors import DataError
+from mlkit.table_keys import through
 
 UNKNOWN = "<unknown>"
 OTHER = "<other>"
@@ -72,9 +73,8 @@ class Numeric:
     max: float | None
 
     @classmethod
-    def fit(cls, name: str, column: pa.ChunkedArray | np.ndarray) -> Numeric:
-        """From a column's train rows, or their float64 values (NaN where missing)."""
-        values = column if isinstance(column, np.ndarray) else numbers(column)
+    def fit(cls, name: str, values: np.ndarray) -> Numeric:
+        """From the train rows' float64 values (NaN where missing)."""
         seen = values[np.isfinite(values)]
         if not seen.size:
             return cls(name, 0.0, 0.0, 1.0, True, None, None)
@@ -158,9 +158,9 @@ class Categorical:
         if shared is not None:
             # Each distinct value looked up once; a missing value's code -1 picks the last.
             table_codes, dictionary = shared
-            lookup = pc.fill_null(pc.index_in(dictionary, value_set=self._known), known)
-            lookup = np.append(lookup.to_numpy().astype(np.int32), np.int32(known + 1))
-            codes = lookup[table_codes if rows is None else table_codes[rows]]
+            slot = pc.index_in(dictionary, value_set=self._known)
+            rows_codes = table_codes if rows is None else table_codes[rows]
+            codes = through(rows_codes, slot, unseen=known, missing=known + 1)
         else:
             strings = _category_strings(column)
             codes = pc.fill_null(pc.index_in(strings, value_set=self._known), known)

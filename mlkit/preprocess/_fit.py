@@ -30,24 +30,16 @@ class PreprocessWarning(UserWarning):
     """A column was set aside while fitting (an id, for example); the message says why."""
 
 
-def _is_id(column: pa.ChunkedArray, name: str, dtype: str) -> bool:
-    """All-unique strings, or all-unique integral numbers under an id-like name."""
+def _is_id_text(column: pa.ChunkedArray) -> bool:
+    """Every present value of a string column different (at least two of them)."""
     present = len(column) - column.null_count
-    if dtype == "timestamp[us]" or present < 2:
-        return False
-    if dtype == "float64" and not _ID_NAME.search(name):
+    if present < 2:
         return False
     # A repeat among the first rows settles it before every row is counted.
     head = column.slice(0, _HEAD_ROWS)
     if pc.count_distinct(head).as_py() < len(head) - head.null_count:
         return False
-    if pc.count_distinct(column).as_py() < present:
-        return False
-    if dtype == "string":
-        return True
-    values = numbers(column)
-    values = values[np.isfinite(values)]
-    return bool(_ID_NAME.search(name)) and bool(np.all(values == np.round(values)))
+    return pc.count_distinct(column).as_py() == present
 
 
 def role(
@@ -107,17 +99,16 @@ def fit_column(
         share = float((~np.isfinite(values)).mean()) if values.size else 0.0
         encoder = Numeric.fit(name, values)
         return Column(name, dtype, role, sensitive, missing_share=share, encoder=encoder)
+    # Left: dates, strings without shared codes, and numbers named in categorical.
     if train is not None:
         column = column.take(train)
     column = canonical(column, dtype, name)
-    if role == "feature" and not explicit and _is_id(column, name, dtype):
+    if dtype == "string" and role == "feature" and not explicit and _is_id_text(column):
         return Column(name, dtype, "dropped", reason=_ID_REASON)
     if dtype == "timestamp[us]":
         encoder: Encoder = Date.fit(name, column)
-    elif dtype == "string" or categorical:
-        encoder = Categorical.fit(name, column, options["max_categories"])
     else:
-        encoder = Numeric.fit(name, column)
+        encoder = Categorical.fit(name, column, options["max_categories"])
     absent = column.null_count
     if dtype == "float64":
         absent = int((~np.isfinite(numbers(column))).sum())

@@ -24,13 +24,13 @@ from mlkit.preprocess._columns import (
 )
 from mlkit.preprocess._fit import fit_column, role, warn_ids
 from mlkit.preprocess._records import records_table
-from mlkit.table_keys import TableCodes
+from mlkit.table_keys import TableCodes, through
 
 FORMAT_VERSION = 1
 _FEW_CLASSES = 20  # a numeric target with at most this many integral values is a label
 _THREADS = min(4, os.cpu_count() or 1)
 _CODED = (pa.string(), pa.float64())  # target types whose shared codes give its classes
-_POOL_BYTES = 64 << 20  # outputs this big come from Arrow's memory pool (see _zeroed)
+_POOL_BYTES = 64 << 20  # outputs this big come from Arrow's memory pool (see _uninitialised)
 _BAND_BYTES = 1 << 20  # rows of the output written together: about a CPU's L2 cache
 
 
@@ -410,10 +410,9 @@ class Preprocessor:
         classes = pa.array(self.classes, type=TYPES[entry.dtype])
         shared = codes.of(table) if codes else None
         if shared is not None and table.column(self.target).type == TYPES[entry.dtype]:
-            # Each distinct value looked up once; a missing value's code -1 picks the last.
             table_codes, dictionary = shared.get(self.target)
-            lookup = pc.fill_null(pc.index_in(dictionary, value_set=classes), -1).to_numpy()
-            labels = np.append(lookup.astype(np.int64), np.int64(-1))[table_codes]
+            found = pc.index_in(dictionary, value_set=classes)
+            labels = through(table_codes, found, unseen=-1, missing=-1).astype(np.int64)
         else:
             found = pc.index_in(column, value_set=classes)
             labels = pc.fill_null(found, -1).to_numpy().astype(np.int64)
