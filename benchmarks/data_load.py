@@ -49,7 +49,7 @@ def wrap(owner, name, static=False):
             stages[name] = stages.get(name, 0) + time.perf_counter() - t
     setattr(owner, name, classmethod(timed) if static else timed)
 wrap(mlkit.tables, "read_table")
-wrap(mlkit.tables, "table_hash")
+wrap(mlkit.tables, "canonical_hash")
 wrap(mlkit.table_checks, "check_table")
 wrap(mlkit.preprocess.Preprocessor, "fit", static=True)
 wrap(mlkit.preprocess.Preprocessor, "transform")

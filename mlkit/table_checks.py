@@ -355,7 +355,8 @@ def _check_target(t: _Table) -> list[Finding]:
     # Classes 0.0 and 1.0 read as "0" and "1"; labels are strings so they can be JSON keys.
     t.classes = [str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in labels]
     t.target_codes = codes  # class code per row, -1 where missing
-    in_train = np.unique(codes[t.train])
+    # Train rows all have a class here: counting codes finds the classes without a sort.
+    in_train = np.flatnonzero(np.bincount(codes[t.train], minlength=len(labels)))
     if in_train.size >= 2:
         return []
     overall = f" ({len(labels)} in the whole table)" if len(labels) > 1 else ""
@@ -438,6 +439,10 @@ def _all_unique(col: pa.ChunkedArray, key: np.ndarray, null: np.ndarray) -> bool
         if not np.all(values == np.round(values)):
             return False
     k = key[~null]
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        # Dictionary codes number the distinct values 0, 1, ...: all differ when the last
+        # code is one short of the rows.
+        return bool(k.size) and int(k.max()) + 1 == k.size
     # The cheap bound rules out the many columns that repeat values; the exact test confirms.
     return distinct_lower_bound(k) >= 0.8 * k.size and pd.Index(k).is_unique
 

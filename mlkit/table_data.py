@@ -102,7 +102,7 @@ def load_table(
     # The table as read is hashed (what reproduce checks again) on a thread of its own while
     # the rest goes on: hashlib and Arrow release the GIL.
     hashing = ThreadPoolExecutor(max_workers=2)
-    hashed = hashing.submit(tables.table_hash, data)
+    hashed = hashing.submit(tables.canonical_hash, data)
     try:
         codes = TableCodes(data)  # each string column encoded once, for checks and fit
         # Encoded meanwhile, beside the hash, while this thread checks the target and splits.
@@ -228,7 +228,9 @@ def _fit_and_transform(
 
 def source_hash(source: Any, *, table: str | None = None, query: str | None = None) -> str:
     """The content hash of a table as it reads now (``Dataset.table_hash`` when it loaded)."""
-    return tables.table_hash(tables.read_table(source, table=table or None, query=query or None))
+    return tables.canonical_hash(
+        tables.read_table(source, table=table or None, query=query or None)
+    )
 
 
 def _reference(data: Any, train_rows: np.ndarray, seed: int) -> Any:

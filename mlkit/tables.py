@@ -40,7 +40,14 @@ from mlkit.table_sources import (
     source_kind,
 )
 
-__all__ = ["canonical", "describe_source", "is_table_source", "read_table", "table_hash"]
+__all__ = [
+    "canonical",
+    "canonical_hash",
+    "describe_source",
+    "is_table_source",
+    "read_table",
+    "table_hash",
+]
 
 _TIMESTAMP = pa.timestamp("us")
 
@@ -455,7 +462,15 @@ def table_hash(table: pa.Table) -> str:
     Returns:
         64 hex characters.
     """
-    table = canonical(table)
+    return canonical_hash(canonical(table))
+
+
+def canonical_hash(table: pa.Table) -> str:
+    """:func:`table_hash` of a table that is canonical already, as :func:`read_table` gives.
+
+    Making a table canonical again reads every value once more (for NaN, for empty text);
+    a loaded table skips that.
+    """
     header = {
         "columns": [
             [name, str(column.type)]

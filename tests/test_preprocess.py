@@ -177,6 +177,26 @@ def test_dates_expand_to_calendar_parts() -> None:
     assert _column(p, p.transform(_table()), "signup__missing")[2] == 1
 
 
+# The calendar parts are pyarrow's, to the value, for dates within pyarrow's years (it
+# keeps a year in 16 bits: +-28,000 years around 1970; negative days included).
+_YEARS_28K_US = 28_000 * 365 * 86_400 * 10**6
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-_YEARS_28K_US, _YEARS_28K_US), min_size=1, max_size=200))
+def test_calendar_parts_match_pyarrow(micros: list[int]) -> None:
+    import pyarrow.compute as pc
+
+    from mlkit.preprocess._columns import calendar
+
+    values = np.array(micros, dtype=np.int64)
+    stamps = pa.array(values, type=pa.timestamp("us"))
+    kernels = [pc.year, pc.month, pc.day, pc.day_of_week, pc.hour]
+    parts = calendar(values, ["year", "month", "day", "weekday", "hour"])
+    for kernel, got in zip(kernels, parts, strict=True):
+        assert np.array_equal(got, kernel(stamps).to_numpy()), kernel.__name__
+
+
 def test_sensitive_columns_stay_beside_the_features() -> None:
     # A sensitive column is not fed to the model unless asked, but travels with the rows.
     p = _fit()

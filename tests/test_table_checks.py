@@ -207,6 +207,30 @@ def test_id_like_columns() -> None:
     assert ("id_like", "income") not in _found(findings) | _found(findings, "info")
 
 
+# Text is an id only when no value repeats: one repeat in the last row rules it out;
+# missing values are not repeats.
+def test_text_ids_are_judged_on_every_row() -> None:
+    cols = _clean()
+    ids = [f"R-{i:05d}" for i in range(N)]
+    cols["ref"] = pa.array([*ids[:-1], ids[-2]])
+    cols["ref2"] = pa.array([None if i % 17 == 0 else v for i, v in enumerate(ids)])
+    findings = _run(cols)
+    assert ("id_like", "ref") not in _found(findings)
+    assert ("id_like", "ref2") in _found(findings)
+
+
+# The distinct count that rules columns in and out of the id and leakage checks never
+# overstates, and counts dense keys (dictionary codes) exactly.
+def test_distinct_lower_bound_on_dense_and_spread_keys() -> None:
+    from mlkit.table_keys import distinct_lower_bound
+
+    rng = np.random.default_rng(8)
+    dense = rng.integers(0, 30_000, 20_000).astype(np.uint64)
+    assert distinct_lower_bound(dense) == np.unique(dense).size
+    spread = rng.integers(0, 2**63, 20_000, dtype=np.uint64)
+    assert 0.88 * 20_000 <= distinct_lower_bound(spread) <= np.unique(spread).size
+
+
 # Names like identifiers are recognised in the usual spellings, and only those.
 @pytest.mark.parametrize(
     ("name", "named"),

@@ -22,13 +22,34 @@ OTHER = "<other>"
 TYPES = {"float64": pa.float64(), "string": pa.string(), "timestamp[us]": pa.timestamp("us")}
 _DAY_US = 86_400_000_000
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-_DATE_PARTS = {
-    "year": pc.year,
-    "month": pc.month,
-    "day": pc.day,
-    "weekday": pc.day_of_week,
-    "hour": pc.hour,
-}
+_HOUR_US = 3_600_000_000
+
+
+def calendar(micros: np.ndarray, parts: list[str]) -> list[np.ndarray]:
+    """Calendar ``parts`` of UTC timestamps in microseconds, as pyarrow's kernels give them.
+
+    The same values as ``year``, ``month``, ``day``, ``day_of_week`` (Monday 0), ``hour``:
+    integer arithmetic on the day number (H. Hinnant's civil-from-days), all parts in one
+    pass: several times cheaper than one Arrow kernel per part.
+    """
+    days64 = micros // _DAY_US
+    days = days64.astype(np.int32)  # timestamp[us] spans +-292,000 years: int32 days
+    z = days + 719_468  # days since 0000-03-01
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    month = mp + np.where(mp < 10, 3, -9).astype(np.int32)
+    found = {
+        "year": yoe + era * 400 + (month <= 2),
+        "month": month,
+        "day": doy - (153 * mp + 2) // 5 + 1,
+        "weekday": (days + 3) % 7,  # 1970-01-01 was a Thursday
+    }
+    if "hour" in parts:
+        found["hour"] = (micros - days64 * _DAY_US) // _HOUR_US
+    return [found[part] for part in parts]
 
 
 @dataclass
@@ -78,17 +99,19 @@ class Numeric:
         seen = values[np.isfinite(values)]
         if not seen.size:
             return cls(name, 0.0, 0.0, 1.0, True, None, None)
-        std = float(seen.std())
+        std, mean = float(seen.std()), float(seen.mean())
+        low, high = float(seen.min()), float(seen.max())
         # A spread at the level of rounding noise is a constant column, not a scale.
-        constant = std <= np.finfo(np.float64).eps * float(np.abs(seen).max())
+        constant = std <= np.finfo(np.float64).eps * max(abs(low), abs(high))
         return cls(
             name,
-            median=float(np.median(seen)),
-            mean=float(seen.mean()),
+            # Last: the median may reorder ``seen`` (a copy of its own) instead of copying it.
+            median=float(np.median(seen, overwrite_input=True)),
+            mean=mean,
             std=1.0 if constant or std == 0 else std,
             indicator=bool(seen.size < values.size),
-            min=float(seen.min()),
-            max=float(seen.max()),
+            min=low,
+            max=high,
         )
 
     def names(self) -> list[str]:
@@ -200,13 +223,13 @@ class Date:
         micros = seen.cast(pa.int64()).to_numpy()
         timed = bool(np.any(micros % _DAY_US))
         parts = ["year", "month", "day", "weekday"] + (["hour"] if timed else [])
-        calendar = [_DATE_PARTS[part](seen).to_numpy().astype(np.float64) for part in parts]
-        stds = [float(values.std()) for values in calendar]
+        values_of = [values.astype(np.float64) for values in calendar(micros, parts)]
+        stds = [float(values.std()) for values in values_of]
         return cls(
             name,
             parts,
             median_us=int(np.median(micros)),
-            means=[float(values.mean()) for values in calendar],
+            means=[float(values.mean()) for values in values_of],
             stds=[std if std > 0 else 1.0 for std in stds],
             indicator=bool(len(seen) < len(column)),
             min=pc.min(seen).as_py().isoformat(),
@@ -218,17 +241,18 @@ class Date:
         return [f"{self.name}.{part}" for part in self.parts] + extra
 
     def encode(self, column: pa.ChunkedArray, rows: np.ndarray | None) -> Encoded:
-        if rows is not None:
-            column = column.take(rows)
-        missing = column.null_count
         filled = pc.fill_null(column, pa.scalar(self.median_us, type=pa.timestamp("us")))
+        micros = filled.cast(pa.int64()).to_numpy()
+        absent = bools(column.is_null())
+        if rows is not None:
+            micros, absent = micros[rows], absent[rows]
         dense = []
-        for j, part in enumerate(self.parts):
-            values = _DATE_PARTS[part](filled).to_numpy().astype(np.float64)
+        for j, values in enumerate(calendar(micros, self.parts)):
+            values = values.astype(np.float64)
             dense.append(((values - self.means[j]) / self.stds[j]).astype(np.float32))
         if self.indicator:
-            dense.append(bools(column.is_null()))
-        return Encoded(dense, None, missing, 0)
+            dense.append(absent)
+        return Encoded(dense, None, int(absent.sum()), 0)
 
 
 ENCODERS = {cls.kind: cls for cls in (Numeric, Categorical, Date)}
