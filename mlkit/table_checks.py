@@ -4,9 +4,8 @@
 nulls allowed) before preprocessing, given the train and test rows, and returns findings:
 ``fatal`` when training would be meaningless (:func:`raise_fatal` turns them into one error
 before anything is written), ``warning`` for what deserves a look before trusting results,
-``info`` for the run record. Each column becomes one uint64 key per row (float bits, timestamp
-ticks, a dictionary code for strings: :mod:`mlkit.table_keys`) and rows are compared by
-hashing those keys, so a 1,000,000 x 20 table is checked in about a second.
+``info`` for the run record. Rows are compared by hashing one uint64 key per column and row
+(:mod:`mlkit.table_keys`): a 1,000,000 x 20 table is checked in about a second.
 """
 
 from __future__ import annotations
@@ -129,9 +128,7 @@ class _Table:
 
     def keys(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """A column's uint64 key and null mask per row (see :func:`column_keys`)."""
-        col = self.table.column(name)
-        shared = self.codes and pa.types.is_string(col.type)
-        return column_keys(col, self.codes.get(name) if shared else None)
+        return self.codes.keys(name) if self.codes else column_keys(self.table.column(name))
 
     def class_counts(self) -> np.ndarray:
         """Train rows per class code (classification)."""
@@ -339,8 +336,9 @@ def _check_target(t: _Table) -> list[Finding]:
             "Pass -p task classification or pick a numeric target."
         )
         return [Finding("target_type", "fatal", name, msg, str(col.type))]
-    present = pc.is_valid(col).to_numpy(zero_copy_only=False)
-    t.train, t.test = t.train[present[t.train]], t.test[present[t.test]]
+    if col.null_count:
+        present = pc.is_valid(col).to_numpy(zero_copy_only=False)
+        t.train, t.test = t.train[present[t.train]], t.test[present[t.test]]
     if t.train.size == 0:
         msg = f"No train row has a value in target column {name!r}. Check the split."
         return [Finding("empty", "fatal", name, msg, 0)]
@@ -439,12 +437,10 @@ def _all_unique(col: pa.ChunkedArray, key: np.ndarray, null: np.ndarray) -> bool
         if not np.all(values == np.round(values)):
             return False
     k = key[~null]
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        # Dictionary codes number the distinct values 0, 1, ...: all differ when the last
-        # code is one short of the rows.
-        return bool(k.size) and int(k.max()) + 1 == k.size
-    # The cheap bound rules out the many columns that repeat values; the exact test confirms.
-    return distinct_lower_bound(k) >= 0.8 * k.size and pd.Index(k).is_unique
+    # The cheap bound rules out the many columns that repeat values, and settles those it
+    # finds all different (text's codes are counted exactly); the exact test does the rest.
+    bound = distinct_lower_bound(k)
+    return bound == k.size or (bound >= 0.8 * k.size and pd.Index(k).is_unique)
 
 
 def _duplicates(t: _Table) -> list[Finding]:

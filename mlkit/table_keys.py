@@ -9,6 +9,7 @@ repeated value, two different ones) so the checks touch every row only when they
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ __all__ = [
     "dictionary_codes",
     "distinct_lower_bound",
     "first_rows",
+    "lookup",
     "mix_into",
     "mixed_classes",
     "numbers",
@@ -38,30 +40,47 @@ _SEED = np.uint64(0x9E37_79B9_7F4A_7C15)
 
 
 class TableCodes:
-    """Each column of one table as dictionary codes, encoded once and shared between threads.
+    """Columns of one table as dictionary codes or numbers, made once, shared between threads.
 
-    The checks, the preprocessing's fit and its transform all read a string column as codes;
-    encoding a million strings costs tens of milliseconds, so a column is encoded the first
-    time any of them asks (the others wait for it, or encode another column) and kept.
+    The checks, the preprocessing's fit and its transform all read a string column as codes
+    and a numeric one as a float64 array; encoding a million strings costs tens of
+    milliseconds, converting a million numbers a few, so a column is made the first time
+    any of them asks (the others wait for it, or make another column) and kept.
     """
 
     def __init__(self, table: pa.Table) -> None:
         self.table = table
-        self._codes: dict[str, tuple[np.ndarray, pa.Array]] = {}
-        self._locks: dict[str, threading.Lock] = {}
+        self._made: dict[tuple[str, str], Any] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.Lock()
+
+    def _once(self, kind: str, name: str, make: Any) -> Any:
+        with self._lock:
+            lock = self._locks.setdefault((kind, name), threading.Lock())
+        with lock:
+            if (kind, name) not in self._made:
+                self._made[kind, name] = make(self.table.column(name))
+            return self._made[kind, name]
 
     def get(self, name: str) -> tuple[np.ndarray, pa.Array]:
         """``(codes, dictionary)`` of column ``name``, as :func:`dictionary_codes` gives them.
 
         The codes are shared: read them, never write to them.
         """
-        with self._lock:
-            lock = self._locks.setdefault(name, threading.Lock())
-        with lock:
-            if name not in self._codes:
-                self._codes[name] = dictionary_codes(self.table.column(name))
-            return self._codes[name]
+        return self._once("codes", name, dictionary_codes)
+
+    def numbers(self, name: str) -> np.ndarray:
+        """The float64 column ``name`` as numpy, NaN where null (read only: it is shared)."""
+        return self._once("numbers", name, _shared_numbers)
+
+    def keys(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`column_keys` of column ``name``, from the shared codes or numbers."""
+        col = self.table.column(name)
+        if pa.types.is_string(col.type):
+            return column_keys(col, codes=self.get(name))
+        if pa.types.is_float64(col.type):
+            return column_keys(col, values=self.numbers(name))
+        return column_keys(col)
 
     def prefetch(self) -> None:
         """Encode every string column now (on a spare thread, before anyone asks)."""
@@ -81,20 +100,30 @@ def through(codes: np.ndarray, found: pa.Array, *, unseen: int, missing: int) ->
     entry: ``unseen`` where the lookup found nothing, ``missing`` where the row has no value
     (code -1, which picks the entry appended last).
     """
-    lookup = pc.fill_null(found, unseen).to_numpy().astype(np.int32)
-    return np.append(lookup, np.int32(missing))[codes]
+    return lookup(found, unseen=unseen, missing=missing)[codes]
+
+
+def lookup(found: pa.Array, *, unseen: int, missing: int) -> np.ndarray:
+    """:func:`through`'s table: ``found`` per dictionary value, then ``missing`` (for -1)."""
+    table = pc.fill_null(found, unseen).to_numpy().astype(np.int32)
+    return np.append(table, np.int32(missing))
 
 
 def column_keys(
-    col: pa.ChunkedArray, codes: tuple[np.ndarray, pa.Array] | None = None
+    col: pa.ChunkedArray,
+    codes: tuple[np.ndarray, pa.Array] | None = None,
+    values: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(key, is_null)`` per row of a column; equal values have equal uint64 keys.
 
-    ``codes`` are the column's dictionary codes when already made (:class:`TableCodes`).
+    ``codes`` are a string column's dictionary codes, ``values`` a float64 column's numbers,
+    when already made (:class:`TableCodes`).
     """
     null = pc.is_null(col).to_numpy(zero_copy_only=False)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         key = (codes or dictionary_codes(col))[0].astype(np.uint64)
+    elif values is not None:
+        key = np.add(values, 0.0).view(np.uint64)  # a fresh array; -0.0 becomes 0.0
     else:
         key = numbers(col)
         key += 0.0  # makes -0.0 into 0.0: the same bits
@@ -116,13 +145,24 @@ def numbers(col: pa.ChunkedArray) -> np.ndarray:
     return values
 
 
+def _shared_numbers(col: pa.ChunkedArray) -> np.ndarray:
+    if not pa.types.is_float64(col.type):
+        raise TypeError(f"shared numbers are of float64 columns, not {col.type}")
+    values = col.to_numpy()
+    values.flags.writeable = False
+    return values
+
+
 def dictionary_codes(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """A dense code per row (-1 where null), and the values the codes stand for, as Arrow."""
+    """A dense int32 code per row (-1 where null), and the values they stand for, as Arrow.
+
+    The codes may be Arrow's own memory, read only.
+    """
     # One array, so that every chunk shares one dictionary.
     array = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     encoded = pc.dictionary_encode(array)
     codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
-    return codes.astype(np.int64), encoded.dictionary
+    return np.asarray(codes, dtype=np.int32), encoded.dictionary
 
 
 def mix_into(h: np.ndarray, key: np.ndarray, scratch: np.ndarray) -> None:

@@ -147,6 +147,11 @@ def _reason(exc: BaseException) -> str:
 # --- files ------------------------------------------------------------------------------
 
 
+# Blocks of 16 MiB instead of 1: the same read time, a tenth of the chunks for every later
+# step to walk, and column types guessed from more rows.
+_CSV_BLOCKS = pa_csv.ReadOptions(block_size=16 << 20)
+
+
 def _read_csv(path: Path, columns: list[str] | None) -> pa.Table:
     options = pa_csv.ConvertOptions(strings_can_be_null=True, include_columns=columns)
     try:
@@ -154,7 +159,7 @@ def _read_csv(path: Path, columns: list[str] | None) -> pa.Table:
             # The header comes with the first block: a wrong name is found before a full read.
             with pa_csv.open_csv(path) as reader:
                 _check_columns(columns, reader.schema.names, str(path))
-        return pa_csv.read_csv(path, convert_options=options)
+        return pa_csv.read_csv(path, read_options=_CSV_BLOCKS, convert_options=options)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         raise DataError(
             f"Cannot read {str(path)!r} as CSV: {_reason(exc)}. Check that it is a UTF-8 "

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlkit.errors import DataError
-from mlkit.table_keys import through
+from mlkit.table_keys import lookup
 
 UNKNOWN = "<unknown>"
 OTHER = "<other>"
@@ -117,8 +117,14 @@ class Numeric:
     def names(self) -> list[str]:
         return [self.name] + ([f"{self.name}__missing"] if self.indicator else [])
 
-    def encode(self, column: pa.ChunkedArray, rows: np.ndarray | None) -> Encoded:
-        values = numbers(column, rows)
+    def encode(
+        self, column: pa.ChunkedArray, rows: np.ndarray | None, shared: np.ndarray | None = None
+    ) -> Encoded:
+        """The scaled values of ``rows``; ``shared`` is the column as numbers, if made."""
+        if shared is None:
+            values = numbers(column, rows)
+        else:
+            values = shared.copy() if rows is None else shared[rows]
         absent = ~np.isfinite(values)
         values[absent] = self.median
         values -= self.mean
@@ -177,26 +183,28 @@ class Categorical:
         """One-hot slots of ``rows``; ``shared`` is the column's dictionary codes, if made."""
         v, known = len(self.vocabulary), len(self._known)
         # A code per row: its place among the train values; then one past them for a value
-        # never seen in train, two past them for a missing value.
-        if shared is not None:
-            # Each distinct value looked up once; a missing value's code -1 picks the last.
-            table_codes, dictionary = shared
-            slot = pc.index_in(dictionary, value_set=self._known)
-            rows_codes = table_codes if rows is None else table_codes[rows]
-            codes = through(rows_codes, slot, unseen=known, missing=known + 1)
-        else:
-            strings = _category_strings(column)
-            codes = pc.fill_null(pc.index_in(strings, value_set=self._known), known)
-            codes = codes.to_numpy().astype(np.int32)
-            if strings.null_count:
-                codes[bools(strings.is_null())] = known + 1
-            if rows is not None:
-                codes = codes[rows]
-        counts = np.bincount(codes, minlength=known + 2)
-        # The rarer train values share the <other> slot; unseen and missing share <unknown>.
+        # never seen in train, two past them for a missing value. The rarer train values
+        # share the <other> slot; unseen and missing share <unknown>.
         slots = np.arange(known + 2, dtype=np.int32)
         slots[v:known] = v
-        slots[known:] = len(self.names()) - 1
+        slots[known:] = unknown = len(self.names()) - 1
+        if shared is not None:
+            # Each distinct value looked up once, straight to its slot; a row then takes its
+            # value's slot (a missing value's code -1 picks the last entry).
+            table_codes, dictionary = shared
+            found = pc.index_in(dictionary, value_set=self._known)
+            rows_codes = table_codes if rows is None else table_codes[rows]
+            out = slots[lookup(found, unseen=known, missing=known + 1)][rows_codes]
+            missing = int(np.count_nonzero(rows_codes < 0))
+            return Encoded([], out, missing, int(np.count_nonzero(out == unknown)) - missing)
+        strings = _category_strings(column)
+        codes = pc.fill_null(pc.index_in(strings, value_set=self._known), known)
+        codes = codes.to_numpy().astype(np.int32)
+        if strings.null_count:
+            codes[bools(strings.is_null())] = known + 1
+        if rows is not None:
+            codes = codes[rows]
+        counts = np.bincount(codes, minlength=known + 2)
         return Encoded([], slots[codes], int(counts[known + 1]), int(counts[known]))
 
 
@@ -247,9 +255,11 @@ class Date:
         if rows is not None:
             micros, absent = micros[rows], absent[rows]
         dense = []
-        for j, values in enumerate(calendar(micros, self.parts)):
-            values = values.astype(np.float64)
-            dense.append(((values - self.means[j]) / self.stds[j]).astype(np.float32))
+        for j, part in enumerate(calendar(micros, self.parts)):
+            values = part.astype(np.float64)
+            values -= self.means[j]
+            values /= self.stds[j]
+            dense.append(values.astype(np.float32))
         if self.indicator:
             dense.append(absent)
         return Encoded(dense, None, int(absent.sum()), 0)

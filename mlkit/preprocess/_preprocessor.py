@@ -353,6 +353,9 @@ class Preprocessor:
             column = self._column(table, c)
             if shared is not None and c.encoder.kind == "categorical" and c.dtype == "string":
                 return c.encoder.encode(column, order, shared.get(c.name))
+            numeric = c.encoder.kind == "numeric" and table.column(c.name).type == pa.float64()
+            if shared is not None and numeric:
+                return c.encoder.encode(column, order, shared.numbers(c.name))
             return c.encoder.encode(column, order)
 
         encoded = in_threads(encode, self._features)
