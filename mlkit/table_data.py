@@ -104,7 +104,8 @@ def load_table(
     hashing = ThreadPoolExecutor(max_workers=2)
     hashed = hashing.submit(tables.canonical_hash, data)
     try:
-        codes = TableCodes(data)  # each string column encoded once, for checks and fit
+        # Each string column encoded, each numeric one converted, once for checks and fit.
+        codes = TableCodes(data)
         # Encoded meanwhile, beside the hash, while this thread checks the target and splits.
         hashing.submit(codes.prefetch)
         inferred = _fatal_first(data, target, columns["features"], task, codes)

@@ -231,6 +231,33 @@ def test_distinct_lower_bound_on_dense_and_spread_keys() -> None:
     assert 0.88 * 20_000 <= distinct_lower_bound(spread) <= np.unique(spread).size
 
 
+# mlkit.data.load hands the checks the codes and numbers it shares with the preprocessing;
+# the findings must be those the checks reach on their own: duplicates, overlap, -0.0 as
+# 0.0, ids, leaks, missing values and the target's classes alike.
+def test_shared_codes_and_numbers_find_the_same() -> None:
+    from mlkit.table_keys import TableCodes
+
+    cols = _clean()
+    cols["ref"] = pa.array([f"R-{i:05d}" for i in range(N)])
+    cols["zero"] = pa.array([-0.0 if i % 2 else 0.0 for i in range(N)])
+    cols["gap"] = pa.array([None if i % 9 == 0 else float(i % 7) for i in range(N)])
+    cols["leak"] = pa.array([f"L{v}" for v in cols["default"].to_pylist()])
+    table = pa.table(cols)
+    table = pa.concat_tables([table, table.slice(0, 30)])  # 30 rows again: duplicates
+    order = np.random.default_rng(1).permutation(table.num_rows)
+    options = {
+        "target": "default",
+        "features": None,
+        "task": "classification",
+        "train_rows": order[: int(0.8 * table.num_rows)],
+        "test_rows": order[int(0.8 * table.num_rows) :],
+    }
+    alone = tc.check_table(table, **options)
+    shared = tc.check_table(table, codes=TableCodes(table), **options)
+    assert [f.to_dict() for f in shared] == [f.to_dict() for f in alone]
+    assert {"duplicates", "overlap", "leakage", "missing", "constant"} <= {f.check for f in alone}
+
+
 # Names like identifiers are recognised in the usual spellings, and only those.
 @pytest.mark.parametrize(
     ("name", "named"),

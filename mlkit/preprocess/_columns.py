@@ -121,10 +121,7 @@ class Numeric:
         self, column: pa.ChunkedArray, rows: np.ndarray | None, shared: np.ndarray | None = None
     ) -> Encoded:
         """The scaled values of ``rows``; ``shared`` is the column as numbers, if made."""
-        if shared is None:
-            values = numbers(column, rows)
-        else:
-            values = shared.copy() if rows is None else shared[rows]
+        values = numbers(column, rows, shared)
         absent = ~np.isfinite(values)
         values[absent] = self.median
         values -= self.mean
@@ -269,9 +266,14 @@ ENCODERS = {cls.kind: cls for cls in (Numeric, Categorical, Date)}
 Encoder = Numeric | Categorical | Date
 
 
-def numbers(column: pa.ChunkedArray, rows: np.ndarray | None = None) -> np.ndarray:
-    """A float64 column (or those ``rows`` of it) as a fresh numpy array, nulls as NaN."""
-    values = np.asarray(column.to_numpy(), dtype=np.float64)
+def numbers(
+    column: pa.ChunkedArray, rows: np.ndarray | None = None, made: np.ndarray | None = None
+) -> np.ndarray:
+    """A float64 column (or those ``rows`` of it) as a fresh numpy array, nulls as NaN.
+
+    ``made``: the column's numbers already made (shared, read only), instead of converting.
+    """
+    values = made if made is not None else np.asarray(column.to_numpy(), dtype=np.float64)
     return np.array(values, copy=True) if rows is None else values[rows]
 
 

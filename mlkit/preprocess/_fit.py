@@ -93,11 +93,8 @@ def fit_column(
     if dtype == "float64" and not categorical:
         # The train rows' values straight from numpy: cheaper than taking them in Arrow.
         rows = None if train is None else train.to_numpy()
-        if shared is not None and column.type == pa.float64():
-            values = shared.numbers(name)
-            values = values.copy() if rows is None else values[rows]
-        else:
-            values = numbers(canonical(column, dtype, name), rows)
+        made = shared.numbers(name) if shared is not None and column.type == pa.float64() else None
+        values = numbers(canonical(column, dtype, name), rows, made)
         if role == "feature" and not explicit and _is_id_number(values, name):
             return Column(name, dtype, "dropped", reason=_ID_REASON)
         share = float((~np.isfinite(values)).mean()) if values.size else 0.0
