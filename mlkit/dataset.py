@@ -151,13 +151,21 @@ def check_split_settings(val_fraction: Any, test_fraction: Any, seed: Any) -> No
 
 
 def split_indices(
-    y: np.ndarray, task: str, seed: int, val_fraction: float, test_fraction: float
+    y: np.ndarray,
+    task: str,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    *,
+    sorted_rows: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train, validation and test positions of ``y``'s rows, stratified for classification.
 
     The rows are those of scikit-learn's ``train_test_split``, called twice (test first,
     then validation from the rest) with ``random_state=seed``: :func:`_train_test` makes the
     same draws without its per-row Python objects, so a million rows split in milliseconds.
+    ``sorted_rows``: each split's positions ascending instead of in scikit-learn's order
+    (the same rows; the shuffles that only order them are skipped).
 
     Raises:
         DataError: The rows cannot be split so (a class too rare to reach every split...).
@@ -165,9 +173,16 @@ def split_indices(
     idx = np.arange(len(y))
     classify = task == "classification"
     try:
-        rest, test = _train_test(idx, y if classify else None, test_fraction, seed)
+        # The second split draws from the rest in its order: that shuffle always happens.
+        rest, test = _train_test(
+            idx, y if classify else None, test_fraction, seed, (True, not sorted_rows)
+        )
         train, val = _train_test(
-            rest, y[rest] if classify else None, val_fraction / (1 - test_fraction), seed
+            rest,
+            y[rest] if classify else None,
+            val_fraction / (1 - test_fraction),
+            seed,
+            (not sorted_rows, not sorted_rows),
         )
     except ValueError as err:  # e.g. a class too rare to appear in every split
         raise DataError(
@@ -175,17 +190,28 @@ def split_indices(
             f"{val_fraction} and test_fraction={test_fraction}: {err} "
             "Use more samples (n_samples) or smaller fractions."
         ) from None
-    return train, val, test
+    if not sorted_rows:
+        return train, val, test
+    which = np.empty(len(y), dtype=np.int8)
+    for k, part in enumerate((train, val, test)):
+        which[part] = k
+    return np.flatnonzero(which == 0), np.flatnonzero(which == 1), np.flatnonzero(which == 2)
 
 
 def _train_test(
-    rows: np.ndarray, y: np.ndarray | None, fraction: float, seed: int
+    rows: np.ndarray,
+    y: np.ndarray | None,
+    fraction: float,
+    seed: int,
+    shuffled: tuple[bool, bool] = (True, True),
 ) -> tuple[np.ndarray, np.ndarray]:
     """``train_test_split(rows, test_size=fraction, random_state=seed, stratify=y)``.
 
     The same draws from the same generator as scikit-learn's ShuffleSplit and
     StratifiedShuffleSplit, so the same rows. What scikit-learn would refuse (a class of one
-    row, a split left empty) goes to scikit-learn itself, for its own error.
+    row, a split left empty) goes to scikit-learn itself, for its own error. ``shuffled``:
+    whether the train and the test part of a stratified split get their final shuffle
+    (each is the last draw, so leaving one out changes no row).
     """
     n = len(rows)
     n_test = math.ceil(fraction * n)
@@ -198,7 +224,7 @@ def _train_test(
         if y.dtype.kind in "iub":
             classes, inverse, counts = _classes(y)
             if counts.min() >= 2 and min(n - n_test, n_test) >= len(classes):
-                train, test = _stratified(inverse, counts, n - n_test, n_test, rng)
+                train, test = _stratified(inverse, counts, n - n_test, n_test, rng, shuffled)
                 return rows[train], rows[test]
     # Only for the cases it refuses: scikit-learn takes a second to import.
     from sklearn.model_selection import train_test_split
@@ -222,7 +248,12 @@ def _classes(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _stratified(
-    inverse: np.ndarray, counts: np.ndarray, n_train: int, n_test: int, rng: Any
+    inverse: np.ndarray,
+    counts: np.ndarray,
+    n_train: int,
+    n_test: int,
+    rng: Any,
+    shuffled: tuple[bool, bool],
 ) -> tuple[np.ndarray, np.ndarray]:
     """StratifiedShuffleSplit's first split: per class, a shuffle cut into train and test."""
     # A stable sort of 16-bit keys is a radix sort: the same order, in linear time.
@@ -235,7 +266,9 @@ def _stratified(
         drawn = rows.take(rng.permutation(size), mode="clip")
         train.append(drawn[:n_tr])
         test.append(drawn[n_tr : n_tr + n_te])
-    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+    train, test = np.concatenate(train), np.concatenate(test)
+    train = rng.permutation(train) if shuffled[0] else train
+    return train, rng.permutation(test) if shuffled[1] else test
 
 
 def _approximate_mode(counts: np.ndarray, draws: int, rng: Any) -> np.ndarray:

@@ -59,6 +59,10 @@ def test_classification_splits_are_sklearns(kind: str, n: int) -> None:
         ours = split_indices(y, "classification", seed, val, test)
         for a, b in zip(ours, theirs, strict=True):
             assert a.dtype == b.dtype and np.array_equal(a, b), (kind, n, seed)
+        # Sorted: the same rows, though the shuffles that only order them are left out.
+        in_order = split_indices(y, "classification", seed, val, test, sorted_rows=True)
+        for a, b in zip(in_order, theirs, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, np.sort(b)), (kind, n, seed)
 
 
 @pytest.mark.parametrize("n", [10, 333, 5_000])
@@ -66,8 +70,10 @@ def test_regression_splits_are_sklearns(n: int) -> None:
     y = np.random.default_rng(n).normal(size=n)
     for seed in (0, 5, 99):
         ours = split_indices(y, "regression", seed, 0.15, 0.2)
-        for a, b in zip(ours, _sklearn(y, "regression", seed, 0.15, 0.2), strict=True):
-            assert np.array_equal(a, b)
+        in_order = split_indices(y, "regression", seed, 0.15, 0.2, sorted_rows=True)
+        theirs = _sklearn(y, "regression", seed, 0.15, 0.2)
+        for a, b, c in zip(ours, theirs, in_order, strict=True):
+            assert np.array_equal(a, b) and np.array_equal(c, np.sort(b))
 
 
 @pytest.mark.parametrize("name", sorted(data_sources.DATASETS))

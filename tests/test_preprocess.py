@@ -416,3 +416,28 @@ def test_shared_dictionary_codes_fit_and_transform_the_same() -> None:
     assert plain.unknown["word"] == 1 and plain.missing["word"] == 1
     # Codes of another table are not used for this one.
     assert TableCodes(other).of(table) is None
+
+
+def test_bands_and_threads_give_what_small_batches_give(monkeypatch) -> None:
+    # A big table is written a band of rows at a time, the bands split between threads;
+    # every row and every count must be what small batches of the same rows give.
+    from mlkit.preprocess import _preprocessor
+
+    table = _mixed(40_000, 3)
+    rng = np.random.default_rng(4)
+    days = rng.integers(0, 3000, len(table)).astype("timedelta64[D]")
+    stamps = pa.array(np.datetime64("2015-01-01", "us") + days, mask=rng.random(len(table)) < 0.1)
+    table = table.append_column("day", stamps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PreprocessWarning)
+        p = Preprocessor.fit(table, target="y", train_rows=np.arange(30_000))
+    monkeypatch.setattr(_preprocessor, "_POOL_BYTES", 0)  # threads even for this size
+    rows = rng.permutation(len(table))
+    whole = p.transform(table, rows=rows)
+    pieces = [p.transform(table.take(rows[i : i + 999])) for i in range(0, len(rows), 999)]
+    assert len(rows) > 2 * _preprocessor._BAND_ROWS
+    assert np.array_equal(whole.X, np.concatenate([piece.X for piece in pieces]))
+    for counts in ("missing", "unknown"):
+        keys = getattr(whole, counts)
+        assert keys == {k: sum(getattr(piece, counts)[k] for piece in pieces) for k in keys}
+    assert whole.missing["day"] > 0 and whole.missing["word"] > 0

@@ -18,6 +18,7 @@ import pytest
 
 from mlkit import data as mdata
 from mlkit._io import read_json
+from mlkit.dataset import split_indices
 from mlkit.errors import DataError, NotFoundError, ParameterError
 from mlkit.preprocess import Preprocessor
 from tests.helpers import run_cli
@@ -120,6 +121,12 @@ def test_table_dataset_is_split_and_preprocessed_on_train(credit: dict[str, Any]
     spec = ds.spec()
     assert spec["source"]["kind"] == "csv" and len(spec["table_hash"]) == 64
     assert "id_like" in spec["checks"]["warning"]
+    # The rows of split_indices (scikit-learn's), each split kept in table order.
+    frame = credit["frame"]
+    codes = pd.factorize(frame["default"])[0]  # in order of appearance, as the load's
+    test = split_indices(codes, "classification", 1, 0.15, 0.15)[2]
+    ids = ds.test_rows.column("customer_id").to_pylist()
+    assert ids == frame["customer_id"].iloc[np.sort(test)].tolist()
 
 
 # time_column: train on the oldest rows, test on the most recent.

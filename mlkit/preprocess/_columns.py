@@ -1,8 +1,9 @@
 """One input column of a canonical table: its canonical type, and the encoder fitted on it.
 
 Each encoder is a dataclass of plain values (what ``to_dict`` saves) with ``fit`` (from the
-training rows of one column), ``names`` (its output columns) and ``encode`` (its output values
-for the rows asked, as :class:`Encoded`, with the counts of missing and unseen values).
+training rows of one column), ``names`` (its output columns) and ``prepare`` (the column made
+ready, as :class:`Rows`, to write the output values of any rows, with the counts of missing
+and unseen values among them).
 """
 
 from __future__ import annotations
@@ -52,32 +53,26 @@ def calendar(micros: np.ndarray, parts: list[str]) -> list[np.ndarray]:
     return [found[part] for part in parts]
 
 
-@dataclass
-class Encoded:
-    """One column's output values per output row, before they are written to the inputs.
+class Rows:
+    """One column made ready to write the inputs of any rows of it, a band at a time.
 
-    ``dense`` holds an array per output column; a categorical column instead gives
-    ``codes``, the one-hot slot of each row. :meth:`write` copies a band of rows into the
-    output, so the output is filled a cache-sized band of rows at a time.
+    An encoder's ``prepare`` does what is done once per column (its values as numpy, its
+    lookups); :meth:`write` then turns a band of rows into output columns while those rows
+    are in the CPU's cache, so no column-long temporary array is ever made.
     """
 
-    dense: list[np.ndarray]
-    codes: np.ndarray | None
-    missing: int
-    unseen: int
+    def write(self, out: np.ndarray, at: int, rows: Any) -> tuple[int, int]:
+        """Write ``rows`` (positions, or a slice) into ``out``'s columns from ``at``.
 
-    def write(self, out: np.ndarray, at: int, start: int) -> None:
-        """Write rows ``start:`` of this column's values into ``out``'s columns from ``at``.
-
-        ``out`` is a band of whole rows of a C-ordered array, as many as it has rows.
+        ``out`` holds as many rows as ``rows`` names, zeroed. Returns the counts of missing
+        and of unseen values among them.
         """
-        stop = start + len(out)
-        for j, values in enumerate(self.dense):
-            out[:, at + j] = values[start:stop]
-        if self.codes is not None:
-            flat = out.reshape(-1)  # a view: the band's rows lie one after another
-            width = out.shape[1]
-            flat[np.arange(at, at + len(out) * width, width) + self.codes[start:stop]] = 1.0
+        raise NotImplementedError
+
+
+def _band(values: np.ndarray, rows: Any) -> np.ndarray:
+    """``values[rows]`` as an array of its own (a slice of a shared array is copied)."""
+    return values[rows].copy() if isinstance(rows, slice) else values[rows]
 
 
 @dataclass
@@ -117,20 +112,27 @@ class Numeric:
     def names(self) -> list[str]:
         return [self.name] + ([f"{self.name}__missing"] if self.indicator else [])
 
-    def encode(
-        self, column: pa.ChunkedArray, rows: np.ndarray | None, shared: np.ndarray | None = None
-    ) -> Encoded:
-        """The scaled values of ``rows``; ``shared`` is the column as numbers, if made."""
-        values = numbers(column, rows, shared)
+    def prepare(self, column: pa.ChunkedArray, shared: np.ndarray | None = None) -> Rows:
+        """The column ready to scale; ``shared`` is the column as numbers, if made."""
+        return _NumericRows(self, shared if shared is not None else numbers(column))
+
+
+class _NumericRows(Rows):
+    def __init__(self, encoder: Numeric, values: np.ndarray) -> None:
+        self.encoder, self.values = encoder, values
+
+    def write(self, out: np.ndarray, at: int, rows: Any) -> tuple[int, int]:
+        e = self.encoder
+        values = _band(self.values, rows)
         absent = ~np.isfinite(values)
-        values[absent] = self.median
-        values -= self.mean
-        values /= self.std
+        values[absent] = e.median
+        values -= e.mean
+        values /= e.std
         # A value far outside the train scale stays finite, so it cannot turn a loss into NaN.
-        dense = [np.clip(values, -_FLOAT32_MAX, _FLOAT32_MAX, out=values).astype(np.float32)]
-        if self.indicator:
-            dense.append(absent)
-        return Encoded(dense, None, int(absent.sum()), 0)
+        out[:, at] = np.clip(values, -_FLOAT32_MAX, _FLOAT32_MAX, out=values)
+        if e.indicator:
+            out[:, at + 1] = absent
+        return int(np.count_nonzero(absent)), 0
 
 
 @dataclass
@@ -171,38 +173,45 @@ class Categorical:
         slots = self.vocabulary + ([OTHER] if self.other else []) + [UNKNOWN]
         return [f"{self.name}={value}" for value in slots]
 
-    def encode(
-        self,
-        column: pa.ChunkedArray,
-        rows: np.ndarray | None,
-        shared: tuple[np.ndarray, pa.Array] | None = None,
-    ) -> Encoded:
-        """One-hot slots of ``rows``; ``shared`` is the column's dictionary codes, if made."""
+    def prepare(
+        self, column: pa.ChunkedArray, shared: tuple[np.ndarray, pa.Array] | None = None
+    ) -> Rows:
+        """The column ready to one-hot; ``shared`` is its dictionary codes, if made."""
         v, known = len(self.vocabulary), len(self._known)
         # A code per row: its place among the train values; then one past them for a value
         # never seen in train, two past them for a missing value. The rarer train values
         # share the <other> slot; unseen and missing share <unknown>.
         slots = np.arange(known + 2, dtype=np.int32)
         slots[v:known] = v
-        slots[known:] = unknown = len(self.names()) - 1
+        slots[known:] = len(self.names()) - 1
         if shared is not None:
-            # Each distinct value looked up once, straight to its slot; a row then takes its
-            # value's slot (a missing value's code -1 picks the last entry).
+            # Each distinct value looked up once, then a row takes its value's code (a
+            # missing value's code -1 picks the last entry).
             table_codes, dictionary = shared
             found = pc.index_in(dictionary, value_set=self._known)
-            rows_codes = table_codes if rows is None else table_codes[rows]
-            out = slots[lookup(found, unseen=known, missing=known + 1)][rows_codes]
-            missing = int(np.count_nonzero(rows_codes < 0))
-            return Encoded([], out, missing, int(np.count_nonzero(out == unknown)) - missing)
+            return _CategoryRows(table_codes, lookup(found, unseen=known, missing=known + 1), slots)
         strings = _category_strings(column)
         codes = pc.fill_null(pc.index_in(strings, value_set=self._known), known)
         codes = codes.to_numpy().astype(np.int32)
         if strings.null_count:
             codes[bools(strings.is_null())] = known + 1
-        if rows is not None:
-            codes = codes[rows]
-        counts = np.bincount(codes, minlength=known + 2)
-        return Encoded([], slots[codes], int(counts[known + 1]), int(counts[known]))
+        return _CategoryRows(codes, None, slots)
+
+
+class _CategoryRows(Rows):
+    def __init__(self, codes: np.ndarray, lookup: np.ndarray | None, slots: np.ndarray) -> None:
+        self.codes, self.lookup, self.slots = codes, lookup, slots
+
+    def write(self, out: np.ndarray, at: int, rows: Any) -> tuple[int, int]:
+        codes = self.codes[rows]
+        if self.lookup is not None:
+            codes = self.lookup[codes]
+        unseen, missing = len(self.slots) - 2, len(self.slots) - 1
+        flat = out.reshape(-1)  # a view: the band's rows lie one after another
+        width = out.shape[1]
+        flat[np.arange(at, at + len(out) * width, width) + self.slots[codes]] = 1.0
+        absent = int(np.count_nonzero(codes == missing))
+        return absent, int(np.count_nonzero(codes == unseen))
 
 
 @dataclass
@@ -245,21 +254,29 @@ class Date:
         extra = [f"{self.name}__missing"] if self.indicator else []
         return [f"{self.name}.{part}" for part in self.parts] + extra
 
-    def encode(self, column: pa.ChunkedArray, rows: np.ndarray | None) -> Encoded:
-        filled = pc.fill_null(column, pa.scalar(self.median_us, type=pa.timestamp("us")))
-        micros = filled.cast(pa.int64()).to_numpy()
-        absent = bools(column.is_null())
-        if rows is not None:
-            micros, absent = micros[rows], absent[rows]
-        dense = []
-        for j, part in enumerate(calendar(micros, self.parts)):
+    def prepare(self, column: pa.ChunkedArray) -> Rows:
+        """The column ready to split into calendar parts, missing dates as the median."""
+        absent = bools(column.is_null()) if column.null_count else None
+        if absent is not None:
+            column = pc.fill_null(column, pa.scalar(self.median_us, type=pa.timestamp("us")))
+        return _DateRows(self, column.cast(pa.int64()).to_numpy(), absent)
+
+
+class _DateRows(Rows):
+    def __init__(self, encoder: Date, micros: np.ndarray, absent: np.ndarray | None) -> None:
+        self.encoder, self.micros, self.absent = encoder, micros, absent
+
+    def write(self, out: np.ndarray, at: int, rows: Any) -> tuple[int, int]:
+        e = self.encoder
+        for j, part in enumerate(calendar(self.micros[rows], e.parts)):
             values = part.astype(np.float64)
-            values -= self.means[j]
-            values /= self.stds[j]
-            dense.append(values.astype(np.float32))
-        if self.indicator:
-            dense.append(absent)
-        return Encoded(dense, None, int(absent.sum()), 0)
+            values -= e.means[j]
+            values /= e.stds[j]
+            out[:, at + j] = values
+        absent = self.absent[rows] if self.absent is not None else None
+        if e.indicator and absent is not None:
+            out[:, at + len(e.parts)] = absent
+        return (int(np.count_nonzero(absent)) if absent is not None else 0), 0
 
 
 ENCODERS = {cls.kind: cls for cls in (Numeric, Categorical, Date)}

@@ -18,6 +18,7 @@ from mlkit.preprocess._columns import (
     Column,
     Date,
     Numeric,
+    Rows,
     canonical,
     dtype_of,
     numbers,
@@ -31,7 +32,9 @@ _FEW_CLASSES = 20  # a numeric target with at most this many integral values is 
 _THREADS = min(4, os.cpu_count() or 1)
 _CODED = (pa.string(), pa.float64())  # target types whose shared codes give its classes
 _POOL_BYTES = 64 << 20  # outputs this big come from Arrow's memory pool (see _uninitialised)
-_BAND_BYTES = 1 << 20  # rows of the output written together: about a CPU's L2 cache
+# Rows turned into inputs together: their temporaries stay in the CPU's cache, and numpy's
+# cost per call is paid once per band instead of once per row.
+_BAND_ROWS = 16384
 
 
 @dataclass
@@ -82,9 +85,12 @@ def _check_fit(table: Any, target: str, task: Any, max_categories: Any, **names:
 
 
 def _target_task(
-    column: pa.ChunkedArray, target: str, task: str | None
+    column: pa.ChunkedArray, target: str, task: str | None, classes: bool = True
 ) -> tuple[str, list[Any] | None]:
-    """The task (inferred when None) and, for classification, the sorted train classes."""
+    """The task (inferred when None) and, for classification, the sorted train classes.
+
+    ``classes=False`` leaves them out (None): finding them reads every value.
+    """
     dtype = dtype_of(column, target)
     column = canonical(column, dtype, target)
     if dtype == "timestamp[us]" or (dtype == "string" and task == "regression"):
@@ -97,7 +103,7 @@ def _target_task(
         values = values[np.isfinite(values)]
         few = np.unique(values).size <= _FEW_CLASSES and np.all(values == np.round(values))
         task = "classification" if dtype == "string" or few else "regression"
-    if task == "regression":
+    if task == "regression" or not classes:
         return task, None
     return task, sorted(pc.unique(column.drop_null()).to_pylist())
 
@@ -126,7 +132,7 @@ def infer_task(table: pa.Table, target: str, task: str | None = None) -> str:
     A string target, or a numeric one with few distinct whole values, is classification;
     any other number is regression.
     """
-    return _target_task(table.column(target), target, task)[0]
+    return _target_task(table.column(target), target, task, classes=False)[0]
 
 
 def _check_names(table: pa.Table, parameter: str, names: tuple[str, ...]) -> None:
@@ -170,24 +176,32 @@ def _uninitialised(shape: tuple[int, int]) -> np.ndarray:
     return np.frombuffer(buffer, dtype=np.float32).reshape(shape)
 
 
-def _parts(n: int, band: int, parts: int) -> list[range]:
+def _parts(n: int, parts: int) -> list[range]:
     """Band starts split into ``parts`` runs of consecutive bands, one per thread."""
-    starts = range(0, n, band)
+    starts = range(0, n, _BAND_ROWS)
     size = -(-len(starts) // max(1, parts)) if len(starts) else 1
     return [starts[i : i + size] for i in range(0, len(starts), size)]
 
 
 def _write_bands(
-    out: np.ndarray, encoded: list[Any], widths: list[int], starts: range, band: int
-) -> None:
-    """Zero, then write every column of the bands of rows starting at ``starts``."""
+    out: np.ndarray, prepared: list[Rows], widths: list[int], order: Any, starts: range
+) -> np.ndarray:
+    """Write every column of the bands of rows starting at ``starts``; zeroed first.
+
+    ``order`` holds the table position of each output row (None: the same row). Returns
+    each column's counts of missing and unseen values in these bands.
+    """
+    counts = np.zeros((len(prepared), 2), dtype=np.int64)
     for start in starts:
-        rows = out[start : start + band]
-        rows.fill(0.0)  # one-hot slots are written as ones over zeros
+        stop = min(start + _BAND_ROWS, len(out))
+        rows = slice(start, stop) if order is None else order[start:stop]
+        band = out[start:stop]
+        band.fill(0.0)  # one-hot slots are written as ones over zeros
         at = 0
-        for values, width in zip(encoded, widths, strict=True):
-            values.write(rows, at, start)
+        for k, (column, width) in enumerate(zip(prepared, widths, strict=True)):
+            counts[k] += column.write(band, at, rows)
             at += width
+    return counts
 
 
 def in_threads(fn: Any, items: list[Any]) -> list[Any]:
@@ -345,34 +359,30 @@ class Preprocessor:
         """
         table = self._as_table(data)
         order = _order(rows, len(table))
-        # Each column is put in row order where that is cheapest: raw numbers and dates
-        # before they are encoded, categories as codes.
         shared = codes.of(table) if codes else None
 
-        def encode(c: Column) -> Any:
+        def prepare(c: Column) -> Rows:
             column = self._column(table, c)
             if shared is not None and c.encoder.kind == "categorical" and c.dtype == "string":
-                return c.encoder.encode(column, order, shared.get(c.name))
+                return c.encoder.prepare(column, shared.get(c.name))
             numeric = c.encoder.kind == "numeric" and table.column(c.name).type == pa.float64()
             if shared is not None and numeric:
-                return c.encoder.encode(column, order, shared.numbers(c.name))
-            return c.encoder.encode(column, order)
+                return c.encoder.prepare(column, shared.numbers(c.name))
+            return c.encoder.prepare(column)
 
-        encoded = in_threads(encode, self._features)
+        prepared = in_threads(prepare, self._features)
         n = len(table) if order is None else len(order)
         out = _uninitialised((n, len(self.feature_names)))
         widths = [len(c.encoder.names()) for c in self._features]
-        # A band of rows at a time, all its columns, while the band is in the CPU's cache;
-        # the bands split between threads, which also share the first touch of the pages.
-        band = max(1, _BAND_BYTES // max(1, out.shape[1] * out.itemsize))
-        in_threads(
-            lambda part: _write_bands(out, encoded, widths, part, band),
-            _parts(n, band, _THREADS if out.nbytes >= _POOL_BYTES else 1),
-        )
-        missing = {c.name: e.missing for c, e in zip(self._features, encoded, strict=True)}
+        # The bands split between threads, which also share the first touch of the pages.
+        parts = _parts(n, _THREADS if out.nbytes >= _POOL_BYTES else 1)
+        counts = sum(in_threads(lambda p: _write_bands(out, prepared, widths, order, p), parts))
+        if not parts:
+            counts = np.zeros((len(prepared), 2), dtype=np.int64)
+        missing = {c.name: int(k[0]) for c, k in zip(self._features, counts, strict=True)}
         unknown = {
-            c.name: e.unseen
-            for c, e in zip(self._features, encoded, strict=True)
+            c.name: int(k[1])
+            for c, k in zip(self._features, counts, strict=True)
             if c.encoder.kind == "categorical"
         }
         sensitive = {
