@@ -233,11 +233,16 @@ def _fit_and_transform(
     return pre, pre.transform(data, rows=np.concatenate(splits), codes=codes)
 
 
-def source_hash(source: Any, *, table: str | None = None, query: str | None = None) -> str:
-    """The content hash of a table as it reads now (``Dataset.table_hash`` when it loaded)."""
-    return tables.canonical_hash(
-        tables.read_table(source, table=table or None, query=query or None)
-    )
+def source_hash(
+    source: Any, *, table: str | None = None, query: str | None = None, like: str | None = None
+) -> str:
+    """The content hash of a table as it reads now (``Dataset.table_hash`` when it loaded).
+
+    ``like``: a hash recorded earlier, to hash with its algorithm (see
+    :func:`mlkit.tables.canonical_hash`), so that a run recorded before still compares.
+    """
+    data = tables.read_table(source, table=table or None, query=query or None)
+    return tables.canonical_hash(data, like=like)
 
 
 def _reference(data: Any, train_rows: np.ndarray, seed: int) -> Any:

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import blake3
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -453,8 +454,11 @@ def _as_timestamps(column: pa.ChunkedArray) -> pa.ChunkedArray:
 # --- the hash ---------------------------------------------------------------------------
 
 
+HASH_PREFIX = "blake3:"  # a table hash names its algorithm; one without a prefix is SHA-256
+
+
 def table_hash(table: pa.Table) -> str:
-    """SHA-256 (hex) of the canonical table's column names, types and values.
+    """BLAKE3 of the canonical table's column names, types and values, as ``blake3:<hex>``.
 
     The same rows give the same hash whatever their source, chunking or buffer layout:
     each column, as one array, is hashed as its validity bits, then its values (a null's
@@ -465,17 +469,21 @@ def table_hash(table: pa.Table) -> str:
         table: Any pyarrow Table; it is made canonical first.
 
     Returns:
-        64 hex characters.
+        ``blake3:`` and 64 hex characters.
     """
     return canonical_hash(canonical(table))
 
 
-def canonical_hash(table: pa.Table) -> str:
+def canonical_hash(table: pa.Table, like: str | None = None) -> str:
     """:func:`table_hash` of a table that is canonical already, as :func:`read_table` gives.
 
     Making a table canonical again reads every value once more (for NaN, for empty text);
-    a loaded table skips that.
+    a loaded table skips that. ``like``: a hash recorded earlier, to hash with its
+    algorithm: one without a prefix is the SHA-256 (plain hex) of runs recorded before
+    tables were hashed with BLAKE3, hashed the same way.
     """
+    legacy = like is not None and not like.startswith(HASH_PREFIX)
+    new = hashlib.sha256 if legacy else blake3.blake3
     header = {
         "columns": [
             [name, str(column.type)]
@@ -483,25 +491,25 @@ def canonical_hash(table: pa.Table) -> str:
         ],
         "rows": table.num_rows,
     }
-    digest = hashlib.sha256(json.dumps(header).encode())
-    # hashlib and arrow's kernels release the GIL: columns hash side by side on every core.
+    digest = new(json.dumps(header).encode())
+    # hashlib, blake3 and arrow's kernels release the GIL: columns hash side by side.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for column_digest in pool.map(_column_digest, table.columns):
+        for column_digest in pool.map(lambda c: _column_digest(c, new), table.columns):
             digest.update(column_digest)
-    return digest.hexdigest()
+    return digest.hexdigest() if legacy else HASH_PREFIX + digest.hexdigest()
 
 
-def _column_digest(column: pa.ChunkedArray) -> bytes:
-    """SHA-256 of a column's validity bits, then its values (text: lengths, then bytes).
+def _column_digest(column: pa.ChunkedArray, new: Any) -> bytes:
+    """The digest of a column's validity bits, then its values (text: lengths, then bytes).
 
     The values stream in chunk by chunk: the digest is that of the column as one array,
     without the copy that joining its chunks would make.
     """
-    digest = hashlib.sha256()
+    digest = new()
     # A flag byte first, so that "no nulls" (no bits at all) cannot read as some bits.
     digest.update(b"\x01" if column.null_count else b"\x00")
     if column.null_count:
-        digest.update(np.packbits(column.is_valid().to_numpy(zero_copy_only=False)))
+        digest.update(_bytes(np.packbits(column.is_valid().to_numpy(zero_copy_only=False))))
     chunks = [chunk for chunk in column.chunks if len(chunk)]
     if pa.types.is_floating(column.type) or pa.types.is_timestamp(column.type):
         for chunk in chunks:
@@ -509,18 +517,23 @@ def _column_digest(column: pa.ChunkedArray) -> bytes:
             numbers = chunk.to_numpy(zero_copy_only=False)
             if pa.types.is_floating(column.type):
                 numbers = numbers + 0.0  # -0.0 == 0.0, so they must hash alike
-            digest.update(numbers.view(np.int64))
+            digest.update(_bytes(numbers))
         return digest.digest()
     # A null slot may hold any bytes: fill_null builds fresh text where there are nulls.
     texts = [
         _offsets_and_data(chunk.fill_null("") if chunk.null_count else chunk) for chunk in chunks
     ]
     for offsets, _ in texts:
-        digest.update(np.diff(offsets).astype(np.int32, copy=False))
+        digest.update(_bytes(np.diff(offsets).astype(np.int32, copy=False)))
     for offsets, data in texts:
         if data is not None:
-            digest.update(memoryview(data)[offsets[0] : offsets[-1]])
+            digest.update(memoryview(data)[offsets[0] : offsets[-1]].cast("B"))
     return digest.digest()
+
+
+def _bytes(values: np.ndarray) -> memoryview:
+    """A contiguous array's bytes (BLAKE3 takes bytes only; its memory is not copied)."""
+    return memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8))
 
 
 def _offsets_and_data(array: pa.Array) -> tuple[np.ndarray, pa.Buffer | None]:

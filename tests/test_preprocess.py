@@ -197,6 +197,41 @@ def test_calendar_parts_match_pyarrow(micros: list[int]) -> None:
         assert np.array_equal(got, kernel(stamps).to_numpy()), kernel.__name__
 
 
+_DATETIME_US = (-62_135_596_800 * 10**6, 253_402_300_799 * 10**6)  # years 1 to 9999
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(*_DATETIME_US), min_size=1, max_size=300))
+def test_date_statistics_are_numpys(micros: list[int]) -> None:
+    # The fit counts calendar values instead of keeping arrays of them: the same statistics.
+    from mlkit.preprocess._columns import Date, calendar
+
+    stamps = pa.chunked_array([pa.array(micros, type=pa.timestamp("us"))])
+    fitted = Date.fit("when", stamps)
+    for j, part in enumerate(calendar(np.array(micros, dtype=np.int64), fitted.parts)):
+        values = part.astype(np.float64)
+        assert fitted.means[j] == values.mean()
+        assert math.isclose(fitted.stds[j], values.std() or 1.0, rel_tol=1e-9, abs_tol=1e-12)
+    assert fitted.median_us == int(np.median(micros))
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.one_of(
+        st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=60),
+        st.lists(st.integers(-(2**62), 2**62), min_size=1, max_size=60),
+        st.lists(st.sampled_from([-0.0, 0.0, 1.5, 1e300]), min_size=1, max_size=60),
+    )
+)
+def test_median_is_numpys_to_the_bit(values: list) -> None:
+    from mlkit.preprocess._columns import median
+
+    array = np.array(values)
+    expected = np.median(array)
+    assert median(array) == expected and array.tolist() == values  # a copy was reordered
+    assert median(array.copy(), overwrite=True) == expected
+
+
 def test_sensitive_columns_stay_beside_the_features() -> None:
     # A sensitive column is not fed to the model unless asked, but travels with the rows.
     p = _fit()

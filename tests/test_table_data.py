@@ -119,7 +119,7 @@ def test_table_dataset_is_split_and_preprocessed_on_train(credit: dict[str, Any]
     assert abs(float(ds.train.X[:, ds.feature_names.index("income")].mean())) < 1e-5
     assert ds.version != _load(str(credit["csv"])).version, "the seed is part of the version"
     spec = ds.spec()
-    assert spec["source"]["kind"] == "csv" and len(spec["table_hash"]) == 64
+    assert spec["source"]["kind"] == "csv" and spec["table_hash"].startswith("blake3:")
     assert "id_like" in spec["checks"]["warning"]
     # The rows of split_indices (scikit-learn's), each split kept in table order.
     frame = credit["frame"]
@@ -141,6 +141,26 @@ def test_time_column_tests_on_the_most_recent_rows(credit: dict[str, Any]) -> No
     assert ds.test.X[:, year].min() >= ds.train.X[:, year].max()
     with pytest.raises(ParameterError, match="time_column 'signed'"):
         _load(credit["frame"], time_column="signed")
+
+
+# A run recorded when tables were hashed with SHA-256 (a hash without a prefix) is still
+# checked against its table with that algorithm: the same rows pass, changed rows do not.
+def test_a_hash_recorded_with_sha256_still_compares(credit: dict[str, Any], tmp_path: Path) -> None:
+    from mlkit import tables
+    from mlkit.errors import StateError
+    from mlkit.run.runner import _check_table_unchanged
+
+    legacy = tables.canonical_hash(tables.read_table(str(credit["csv"])), like="0" * 64)
+    assert len(legacy) == 64 and ":" not in legacy
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "lineage.json").write_text(json.dumps({"data": {"table_hash": legacy}}))
+    _check_table_unchanged(run_dir, {"dataset": str(credit["csv"])})
+    frame = credit["frame"].copy()
+    frame.loc[3, "income"] += 1
+    frame.to_csv(credit["csv"], index=False)
+    with pytest.raises(StateError, match="has changed since run"):
+        _check_table_unchanged(run_dir, {"dataset": str(credit["csv"])})
 
 
 # Bad input in Python: each a clear error naming the column or option and the fix.

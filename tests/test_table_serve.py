@@ -64,7 +64,7 @@ def test_registered_table_model_keeps_its_preprocessing(credit_model: dict[str, 
     assert card["data"]["records"] is True and card["data"]["class_names"] == ["no", "yes"]
     assert card["data"]["source"]["path"] == str(credit_model["csv"].resolve())
     md = (folder / "card.md").read_text()
-    assert "table sha256" in md and "| purpose | feature | categorical" in md
+    assert "table content hash: `blake3:" in md and "| purpose | feature | categorical" in md
     assert "customer_id" in md and "identifier" in md, "the id-like finding is on the card"
     loaded = loading.load_model("credit", "v1", root=credit_model["root"])
     assert loaded.preprocessor is not None and loaded.metadata()["records"] is True

@@ -24,6 +24,7 @@ TYPES = {"float64": pa.float64(), "string": pa.string(), "timestamp[us]": pa.tim
 _DAY_US = 86_400_000_000
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _HOUR_US = 3_600_000_000
+_FIT_BAND = 1 << 16  # rows of a date column split into calendar parts at a time
 
 
 def calendar(micros: np.ndarray, parts: list[str]) -> list[np.ndarray]:
@@ -51,6 +52,21 @@ def calendar(micros: np.ndarray, parts: list[str]) -> list[np.ndarray]:
     if "hour" in parts:
         found["hour"] = (micros - days64 * _DAY_US) // _HOUR_US
     return [found[part] for part in parts]
+
+
+def median(values: np.ndarray, overwrite: bool = False) -> float:
+    """``np.median`` of a 1-d array without NaN, to the bit, several times faster.
+
+    numpy partitions around both middle elements of an even count at once, which takes
+    several times as long as one partition and the largest value below it. ``overwrite``:
+    reorder ``values`` instead of a copy.
+    """
+    k = values.size // 2
+    part = values if overwrite else values.copy()
+    part.partition(k)
+    if values.size % 2:
+        return float(part[k])
+    return (float(part[:k].max()) + float(part[k])) / 2
 
 
 class Rows:
@@ -90,8 +106,9 @@ class Numeric:
 
     @classmethod
     def fit(cls, name: str, values: np.ndarray) -> Numeric:
-        """From the train rows' float64 values (NaN where missing)."""
-        seen = values[np.isfinite(values)]
+        """From the train rows' float64 values (NaN where missing); may reorder them."""
+        finite = np.isfinite(values)
+        seen = values if finite.all() else values[finite]
         if not seen.size:
             return cls(name, 0.0, 0.0, 1.0, True, None, None)
         std, mean = float(seen.std()), float(seen.mean())
@@ -100,8 +117,8 @@ class Numeric:
         constant = std <= np.finfo(np.float64).eps * max(abs(low), abs(high))
         return cls(
             name,
-            # Last: the median may reorder ``seen`` (a copy of its own) instead of copying it.
-            median=float(np.median(seen, overwrite_input=True)),
+            # Last: the median reorders ``seen`` (the caller's to reorder) instead of a copy.
+            median=median(seen, overwrite=True),
             mean=mean,
             std=1.0 if constant or std == 0 else std,
             indicator=bool(seen.size < values.size),
@@ -235,15 +252,15 @@ class Date:
             parts = ["year", "month", "day", "weekday"]
             return cls(name, parts, 0, [0.0] * 4, [1.0] * 4, True, None, None)
         micros = seen.cast(pa.int64()).to_numpy()
-        timed = bool(np.any(micros % _DAY_US))
+        bands = range(0, micros.size, _FIT_BAND)
+        timed = any(np.any(micros[i : i + _FIT_BAND] % _DAY_US) for i in bands)
         parts = ["year", "month", "day", "weekday"] + (["hour"] if timed else [])
-        values_of = [values.astype(np.float64) for values in calendar(micros, parts)]
-        stds = [float(values.std()) for values in values_of]
+        means, stds = _calendar_moments(micros, parts)
         return cls(
             name,
             parts,
-            median_us=int(np.median(micros)),
-            means=[float(values.mean()) for values in values_of],
+            median_us=int(median(micros)),
+            means=means,
             stds=[std if std > 0 else 1.0 for std in stds],
             indicator=bool(len(seen) < len(column)),
             min=pc.min(seen).as_py().isoformat(),
@@ -277,6 +294,31 @@ class _DateRows(Rows):
         if e.indicator and absent is not None:
             out[:, at + len(e.parts)] = absent
         return (int(np.count_nonzero(absent)) if absent is not None else 0), 0
+
+
+def _calendar_moments(micros: np.ndarray, parts: list[str]) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation of each calendar part of ``micros``, from value counts.
+
+    A part takes few whole values (a month 1 to 12; years from the first to the last), so
+    counting them a band of rows at a time makes no column-long arrays, and the mean is
+    exact: the mean numpy gives, to the bit.
+    """
+    ends = calendar(np.array([micros.min(), micros.max()]), ["year"])[0]
+    first = int(ends[0])
+    offsets = [first if part == "year" else 0 for part in parts]
+    # Month, day, weekday and hour all lie in 0..31.
+    counts = [np.zeros(int(ends[1]) - first + 1 if o else 32, np.int64) for o in offsets]
+    for i in range(0, micros.size, _FIT_BAND):
+        band = calendar(micros[i : i + _FIT_BAND], parts)
+        for total, values, offset in zip(counts, band, offsets, strict=True):
+            total += np.bincount(values - offset, minlength=total.size)
+    means, stds = [], []
+    for total, offset in zip(counts, offsets, strict=True):
+        values = np.arange(total.size, dtype=np.float64) + offset
+        mean = float(total @ values) / micros.size
+        means.append(mean)
+        stds.append(float(np.sqrt(float(total @ (values - mean) ** 2) / micros.size)))
+    return means, stds
 
 
 ENCODERS = {cls.kind: cls for cls in (Numeric, Categorical, Date)}

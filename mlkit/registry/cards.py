@@ -191,7 +191,7 @@ def _table_md(data: dict[str, Any]) -> list[str]:
         f"- source: {source.get('kind')} `{where}`"
         + (f", table `{source['table']}`" if source.get("table") else "")
         + (f", query `{source['query']}`" if source.get("query") else ""),
-        f"- table sha256: `{data.get('table_hash')}`",
+        f"- table content hash: `{data.get('table_hash')}`",
         "- the server takes records in the table's own columns (`records`), preprocessed by "
         f"`{PREPROCESS_FILE}` as in training",
         "",

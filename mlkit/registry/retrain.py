@@ -501,7 +501,11 @@ def _append(
     if labelled:
         parts.append(_labelled_rows(parent, labelled, old.schema, root))
     union = pa.concat_tables(parts)
-    path = model_dir(parent.name, root) / "data" / f"{tables.table_hash(union)[:16]}.parquet"
+    path = (
+        model_dir(parent.name, root)
+        / "data"
+        / f"{tables.table_hash(union).removeprefix(tables.HASH_PREFIX)[:16]}.parquet"
+    )
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -513,7 +513,7 @@ def _check_table_unchanged(run_dir: Path, parameters: dict[str, Any]) -> None:
     from mlkit import table_data
 
     now = table_data.source_hash(
-        source, table=parameters.get("table"), query=parameters.get("query")
+        source, table=parameters.get("table"), query=parameters.get("query"), like=recorded
     )
     if now != recorded:
         raise StateError(
