@@ -27,7 +27,7 @@ from mlkit.table_keys import (
     TableCodes,
     column_keys,
     dictionary_codes,
-    distinct_lower_bound,
+    distinct,
     first_rows,
     mix_into,
     mixed_classes,
@@ -437,16 +437,13 @@ def _all_unique(col: pa.ChunkedArray, key: np.ndarray, null: np.ndarray) -> bool
         if not np.all(values == np.round(values)):
             return False
     k = key[~null]
-    # The cheap bound rules out the many columns that repeat values, and settles those it
-    # finds all different (text's codes are counted exactly); the exact test does the rest.
-    bound = distinct_lower_bound(k)
-    return bound == k.size or (bound >= 0.8 * k.size and pd.Index(k).is_unique)
+    return distinct(k) == k.size
 
 
 def _duplicates(t: _Table) -> list[Finding]:
     present = pc.is_valid(t.table.column(t.target)).to_numpy(zero_copy_only=False)
     h = t.hashes[True][present]  # every row with a target, split or not
-    count = int(h.size - pd.unique(h).size)
+    count = h.size - distinct(h)
     if not count:
         return []
     share = count / h.size
@@ -479,25 +476,25 @@ def _leak_class(t: _Table, name: str, key: np.ndarray, null: np.ndarray) -> Find
         return None  # a value with two classes among the first train rows: not a leak
     train, test = t.train[~null[t.train]], t.test[~null[t.test]]
     limit = _LEAKAGE_MAX_DISTINCT_SHARE * train.size
-    if train.size < _MIN_ROWS_FOR_PATTERNS or distinct_lower_bound(key[train]) > limit:
+    if train.size < _MIN_ROWS_FOR_PATTERNS or distinct(key[train]) > limit:
         return None
     codes, _ = pd.factorize(key[np.concatenate([train, test])])
     c_train, c_test = codes[: train.size], codes[train.size :]
     y_train, y_test = t.target_codes[train], t.target_codes[test]
     mapping = np.full(codes.max() + 1, -1)
     mapping[c_train] = y_train  # the last class seen per value: all agree only if it is pure
-    distinct = int((mapping >= 0).sum())
-    if distinct < 2 or distinct > limit or not np.array_equal(mapping[c_train], y_train):
+    values = int((mapping >= 0).sum())
+    if values < 2 or values > limit or not np.array_equal(mapping[c_train], y_train):
         return None
     seen = mapping[c_test] >= 0
     if test.size and (not seen.any() or not np.array_equal(mapping[c_test[seen]], y_test[seen])):
         return None
     on_test = f" and {int(seen.sum())} test rows" if test.size else ""
     msg = (
-        f"Column {name!r} gives the class exactly: each of its {distinct} values goes with one "
+        f"Column {name!r} gives the class exactly: each of its {values} values goes with one "
         f"class on {train.size} train rows{on_test}. {_LEAK_FIX}"
     )
-    return Finding("leakage", "warning", name, msg, distinct)
+    return Finding("leakage", "warning", name, msg, values)
 
 
 def _leak_reg(t: _Table, name: str, null: np.ndarray) -> Finding | None:

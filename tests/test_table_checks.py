@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -221,14 +222,15 @@ def test_text_ids_are_judged_on_every_row() -> None:
 
 # The distinct count that rules columns in and out of the id and leakage checks never
 # overstates, and counts dense keys (dictionary codes) exactly.
-def test_distinct_lower_bound_on_dense_and_spread_keys() -> None:
-    from mlkit.table_keys import distinct_lower_bound
+def test_distinct_counts_dense_and_spread_keys_exactly() -> None:
+    from mlkit.table_keys import distinct
 
     rng = np.random.default_rng(8)
     dense = rng.integers(0, 30_000, 20_000).astype(np.uint64)
-    assert distinct_lower_bound(dense) == np.unique(dense).size
     spread = rng.integers(0, 2**63, 20_000, dtype=np.uint64)
-    assert 0.88 * 20_000 <= distinct_lower_bound(spread) <= np.unique(spread).size
+    spread[::7] = spread[0]
+    for keys in (dense, spread, dense[:1], dense[:0]):
+        assert distinct(keys) == np.unique(keys).size
 
 
 # mlkit.data.load hands the checks the codes and numbers it shares with the preprocessing;
@@ -467,3 +469,51 @@ def test_a_large_table_is_checked_whole() -> None:
     assert _one(findings, "overlap").value == 50
     assert _one(findings, "duplicates").value["count"] == 50
     assert _found(findings) == {("overlap", None), ("duplicates", None)}
+
+
+# A text id of one length is keyed by hashing its bytes, not by a dictionary; anything else
+# (a repeat past the first rows, lengths of their own, a missing value) takes the dictionary.
+# Either way the checks and the fit find what they find without shared keys.
+def test_text_ids_keyed_without_a_dictionary_find_the_same() -> None:
+    from mlkit.preprocess import Preprocessor, PreprocessWarning
+    from mlkit.table_keys import SAMPLE, TableCodes
+
+    n = SAMPLE + 1000
+    rng = np.random.default_rng(5)
+    late = [f"L{i:07d}" for i in range(n)]
+    late[-1] = late[10]  # a repeat after the first rows
+    table = pa.table(
+        {
+            "ref": pa.array([f"R-{i:09d}" for i in rng.permutation(n)]),
+            "late": pa.array(late),
+            "varied": pa.array([f"v{i}" for i in range(n)]),
+            "gappy": pa.array([None if i == n - 1 else f"G{i:06d}" for i in range(n)]),
+            "x": pa.array(rng.normal(size=n)),
+            "y": pa.array(rng.choice(["p", "q"], n)),
+        }
+    )
+    codes = TableCodes(table)
+    keys = codes.text_id("ref")
+    assert keys is not None and np.unique(keys).size == n and not keys.flags.writeable
+    assert [codes.text_id(c) for c in ("late", "varied", "gappy", "y")] == [None] * 4
+    order = rng.permutation(n)
+    options = {
+        "target": "y",
+        "features": None,
+        "task": "classification",
+        "train_rows": order[: n // 2],
+        "test_rows": order[n // 2 :],
+    }
+    alone = tc.check_table(table, **options)
+    shared = tc.check_table(table, codes=codes, **options)
+    assert [f.to_dict() for f in shared] == [f.to_dict() for f in alone]
+    ids = {f.column for f in alone if f.check == "id_like" and f.value["all_unique"]}
+    assert ids == {"ref", "varied", "gappy"}  # present values all different
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PreprocessWarning)
+        fits = [
+            Preprocessor.fit(table, target="y", train_rows=order[: n // 2], codes=c)
+            for c in (None, codes)
+        ]
+    assert fits[0].to_dict() == fits[1].to_dict()
+    assert fits[1].schema()["columns"]["ref"]["role"] == "dropped"

@@ -88,6 +88,10 @@ def fit_column(
     dtype = dtype_of(column, name)
     shared = options["codes"]
     if dtype == "string" and shared is not None and column.type == pa.string():
+        # An id keyed without a dictionary: its values all differ, so its train rows' do too.
+        rows = len(column) if train is None else len(train)
+        if role == "feature" and not explicit and rows >= 2 and shared.text_id(name) is not None:
+            return Column(name, dtype, "dropped", reason=_ID_REASON)
         entry = Column(name, dtype, role, sensitive)
         return _fit_codes(entry, *shared.get(name), train, options, explicit)
     if dtype == "float64" and not categorical:
