@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
-    "NULL_KEY",
     "SAMPLE",
     "TableCodes",
     "column_keys",
@@ -33,10 +32,10 @@ __all__ = [
     "through",
 ]
 
-NULL_KEY = np.uint64(0x7FF8_DEAD_BEEF_0001)  # a NaN payload no canonical float carries
 SAMPLE = 4096  # rows looked at first, for the answers a few rows can settle
 _ID_BAND = 1 << 16  # rows of a text id hashed at a time
 _SEED = np.uint64(0x9E37_79B9_7F4A_7C15)
+_MULTIPLIER = np.uint64(0xBF58_476D_1CE4_E5B9)  # splitmix64's first, odd: a bijection
 
 
 class TableCodes:
@@ -121,22 +120,24 @@ def column_keys(
     codes: tuple[np.ndarray, pa.Array] | None = None,
     values: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(key, is_null)`` per row of a column; equal values have equal uint64 keys.
+    """``(key, is_null)`` per row of a canonical column; equal values have equal uint64 keys.
 
-    ``codes`` are a string column's dictionary codes, ``values`` a float64 column's numbers,
-    when already made (:class:`TableCodes`).
+    Missing values share one key no value has: a string's code -1 as 2**64 - 1, a number's
+    NaN (a canonical column holds NaN only where a value is missing). ``codes`` are a string
+    column's dictionary codes, ``values`` a float64 column's numbers, when already made
+    (:class:`TableCodes`).
     """
-    null = pc.is_null(col).to_numpy(zero_copy_only=False)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        key = (codes or dictionary_codes(col))[0].astype(np.uint64)
-    elif values is not None:
-        key = np.add(values, 0.0).view(np.uint64)  # a fresh array; -0.0 becomes 0.0
-    else:
+        found = (codes or dictionary_codes(col))[0]
+        null = found < 0 if col.null_count else np.zeros(len(col), dtype=bool)
+        return found.astype(np.uint64), null
+    if values is None:
         key = numbers(col)
         key += 0.0  # makes -0.0 into 0.0: the same bits
-        key = key.view(np.uint64)
-    key[null] = NULL_KEY
-    return key, null
+    else:
+        key = np.add(values, 0.0)  # a fresh array; -0.0 becomes 0.0
+    null = np.isnan(key) if col.null_count else np.zeros(len(col), dtype=bool)
+    return key.view(np.uint64), null
 
 
 def numbers(col: pa.ChunkedArray) -> np.ndarray:
@@ -209,13 +210,15 @@ def text_id_keys(col: pa.ChunkedArray) -> np.ndarray | None:
 
 
 def mix_into(h: np.ndarray, key: np.ndarray, scratch: np.ndarray) -> None:
-    """``h = splitmix64(h ^ key)`` in place (wraps on purpose), using ``scratch`` as room."""
+    """``h = f(h ^ key)`` in place, ``f`` a multiply and an xor-shift (wraps on purpose).
+
+    ``f`` is a bijection, so rows that differ in a column differ after it; one round per
+    column spreads a small difference (codes 3 and 4) over the whole word, which is all an
+    equality test of row hashes needs. ``scratch`` is room of ``h``'s size.
+    """
     h ^= key
-    for shift, factor in ((30, 0xBF58_476D_1CE4_E5B9), (27, 0x94D0_49BB_1331_11EB)):
-        np.right_shift(h, np.uint64(shift), out=scratch)
-        h ^= scratch
-        h *= np.uint64(factor)
-    np.right_shift(h, np.uint64(31), out=scratch)
+    h *= _MULTIPLIER
+    np.right_shift(h, np.uint64(32), out=scratch)
     h ^= scratch
 
 
