@@ -179,7 +179,7 @@ def split_indices(
         )
         train, val = _train_test(
             rest,
-            y[rest] if classify else None,
+            y.take(rest) if classify else None,
             val_fraction / (1 - test_fraction),
             seed,
             (not sorted_rows, not sorted_rows),
@@ -225,7 +225,7 @@ def _train_test(
             classes, inverse, counts = _classes(y)
             if counts.min() >= 2 and min(n - n_test, n_test) >= len(classes):
                 train, test = _stratified(inverse, counts, n - n_test, n_test, rng, shuffled)
-                return rows[train], rows[test]
+                return rows.take(train), rows.take(test)
     # Only for the cases it refuses: scikit-learn takes a second to import.
     from sklearn.model_selection import train_test_split
 
@@ -243,7 +243,7 @@ def _classes(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         counts = np.bincount(y)
         present = counts > 0
         position = np.cumsum(present) - 1  # a code's place among the classes present
-        return np.flatnonzero(present).astype(y.dtype), position[y], counts[present]
+        return np.flatnonzero(present).astype(y.dtype), position.take(y), counts[present]
     return np.unique(y, return_inverse=True, return_counts=True)
 
 

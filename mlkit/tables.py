@@ -441,6 +441,8 @@ def _as_timestamps(column: pa.ChunkedArray) -> pa.ChunkedArray:
     if column.null_count == len(column):
         return column
     head = column.slice(0, 1000).drop_null()
+    if len(head) and not str(head[0])[:1].isdigit():
+        return column  # an ISO date starts with its year's digits; most text does not
     # Without a zone first; then all with one (Z, +02:00), converted to UTC.
     for kind in (_TIMESTAMP, pa.timestamp("us", "UTC")):
         try:

@@ -476,3 +476,25 @@ def test_bands_and_threads_give_what_small_batches_give(monkeypatch) -> None:
         keys = getattr(whole, counts)
         assert keys == {k: sum(getattr(piece, counts)[k] for piece in pieces) for k in keys}
     assert whole.missing["day"] > 0 and whole.missing["word"] > 0
+
+
+def test_dates_from_the_day_table_are_the_calendars(monkeypatch) -> None:
+    # Dates spanning few days take their parts from a table per day; the same values as
+    # the calendar arithmetic per row, hours and missing dates included.
+    from mlkit.preprocess import _columns
+
+    rng = np.random.default_rng(6)
+    micros = rng.integers(-(10**15), 10**15, 3000)  # 1938 to 2001, any time of day
+    table = pa.table(
+        {
+            "when": pa.array(micros, type=pa.timestamp("us"), mask=rng.random(3000) < 0.1),
+            "y": pa.array(rng.choice(["p", "q"], 3000)),
+        }
+    )
+    p = Preprocessor.fit(table, target="y", train_rows=np.arange(2000))
+    assert "when.hour" in p.feature_names and "when__missing" in p.feature_names
+    rows = rng.permutation(3000)
+    by_table = p.transform(table, rows=rows)
+    monkeypatch.setattr(_columns, "_DAY_TABLE", 0)  # every span too long: per-row calendar
+    by_row = p.transform(table, rows=rows)
+    assert np.array_equal(by_table.X, by_row.X) and by_table.missing == by_row.missing

@@ -25,6 +25,7 @@ _DAY_US = 86_400_000_000
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _HOUR_US = 3_600_000_000
 _FIT_BAND = 1 << 16  # rows of a date column split into calendar parts at a time
+_DAY_TABLE = 1 << 20  # dates spanning fewer days (2,870 years) take their parts from a table
 
 
 def calendar(micros: np.ndarray, parts: list[str]) -> list[np.ndarray]:
@@ -88,7 +89,7 @@ class Rows:
 
 def _band(values: np.ndarray, rows: Any) -> np.ndarray:
     """``values[rows]`` as an array of its own (a slice of a shared array is copied)."""
-    return values[rows].copy() if isinstance(rows, slice) else values[rows]
+    return values[rows].copy() if isinstance(rows, slice) else values.take(rows)
 
 
 @dataclass
@@ -220,9 +221,9 @@ class _CategoryRows(Rows):
         self.codes, self.lookup, self.slots = codes, lookup, slots
 
     def write(self, out: np.ndarray, at: int, rows: Any) -> tuple[int, int]:
-        codes = self.codes[rows]
+        codes = self.codes[rows] if isinstance(rows, slice) else self.codes.take(rows)
         if self.lookup is not None:
-            codes = self.lookup[codes]
+            codes = self.lookup.take(codes)
         unseen, missing = len(self.slots) - 2, len(self.slots) - 1
         flat = out.reshape(-1)  # a view: the band's rows lie one after another
         width = out.shape[1]
@@ -280,16 +281,44 @@ class Date:
 
 
 class _DateRows(Rows):
+    """Calendar parts of a band of dates: looked up per day when the dates span few days.
+
+    The parts of a day (year, month, day, weekday), scaled, are the same for every row on
+    that day: a table of them over the column's days turns a band into one division and a
+    lookup per part, instead of the whole calendar arithmetic per row.
+    """
+
     def __init__(self, encoder: Date, micros: np.ndarray, absent: np.ndarray | None) -> None:
         self.encoder, self.micros, self.absent = encoder, micros, absent
+        self.first_day, self.days = 0, None
+        if micros.size:
+            first, last = int(micros.min()) // _DAY_US, int(micros.max()) // _DAY_US
+            if last - first < _DAY_TABLE:
+                whole = [p for p in encoder.parts if p != "hour"]
+                days = np.arange(first, last + 1, dtype=np.int64) * _DAY_US
+                parts = calendar(days, whole)
+                self.first_day = first
+                self.days = [self._scaled(j, part) for j, part in enumerate(parts)]
+
+    def _scaled(self, j: int, part: np.ndarray) -> np.ndarray:
+        values = part.astype(np.float64)
+        values -= self.encoder.means[j]
+        values /= self.encoder.stds[j]
+        return values
 
     def write(self, out: np.ndarray, at: int, rows: Any) -> tuple[int, int]:
         e = self.encoder
-        for j, part in enumerate(calendar(self.micros[rows], e.parts)):
-            values = part.astype(np.float64)
-            values -= e.means[j]
-            values /= e.stds[j]
-            out[:, at + j] = values
+        micros = self.micros[rows] if isinstance(rows, slice) else self.micros.take(rows)
+        if self.days is None:
+            for j, part in enumerate(calendar(micros, e.parts)):
+                out[:, at + j] = self._scaled(j, part)
+        else:
+            days = micros // _DAY_US
+            for j, table in enumerate(self.days):
+                out[:, at + j] = table.take(days - self.first_day)
+            if "hour" in e.parts:
+                hours = (micros - days * _DAY_US) // _HOUR_US
+                out[:, at + len(self.days)] = self._scaled(len(self.days), hours)
         absent = self.absent[rows] if self.absent is not None else None
         if e.indicator and absent is not None:
             out[:, at + len(e.parts)] = absent
