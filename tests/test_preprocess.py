@@ -484,7 +484,8 @@ def test_dates_from_the_day_table_are_the_calendars(monkeypatch) -> None:
     from mlkit.preprocess import _columns
 
     rng = np.random.default_rng(6)
-    micros = rng.integers(-(10**15), 10**15, 3000)  # 1938 to 2001, any time of day
+    day = 86_400 * 10**6
+    micros = rng.integers(-900 * day, 900 * day, 3000)  # 1967 to 1972 (fewer days than rows)
     table = pa.table(
         {
             "when": pa.array(micros, type=pa.timestamp("us"), mask=rng.random(3000) < 0.1),
@@ -495,6 +496,7 @@ def test_dates_from_the_day_table_are_the_calendars(monkeypatch) -> None:
     assert "when.hour" in p.feature_names and "when__missing" in p.feature_names
     rows = rng.permutation(3000)
     by_table = p.transform(table, rows=rows)
+    assert _columns.Date.prepare(p.columns[0].encoder, table.column("when")).days is not None
     monkeypatch.setattr(_columns, "_DAY_TABLE", 0)  # every span too long: per-row calendar
     by_row = p.transform(table, rows=rows)
     assert np.array_equal(by_table.X, by_row.X) and by_table.missing == by_row.missing

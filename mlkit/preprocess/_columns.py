@@ -293,7 +293,7 @@ class _DateRows(Rows):
         self.first_day, self.days = 0, None
         if micros.size:
             first, last = int(micros.min()) // _DAY_US, int(micros.max()) // _DAY_US
-            if last - first < _DAY_TABLE:
+            if last - first < min(_DAY_TABLE, micros.size):  # fewer days than rows
                 whole = [p for p in encoder.parts if p != "hour"]
                 days = np.arange(first, last + 1, dtype=np.int64) * _DAY_US
                 parts = calendar(days, whole)

@@ -376,9 +376,10 @@ class Preprocessor:
         widths = [len(c.encoder.names()) for c in self._features]
         # The bands split between threads, which also share the first touch of the pages.
         parts = _parts(n, _THREADS if out.nbytes >= _POOL_BYTES else 1)
-        counts = sum(in_threads(lambda p: _write_bands(out, prepared, widths, order, p), parts))
-        if not parts:
-            counts = np.zeros((len(prepared), 2), dtype=np.int64)
+        none = np.zeros((len(prepared), 2), dtype=np.int64)  # the counts of no rows
+        counts = sum(
+            in_threads(lambda p: _write_bands(out, prepared, widths, order, p), parts), none
+        )
         missing = {c.name: int(k[0]) for c, k in zip(self._features, counts, strict=True)}
         unknown = {
             c.name: int(k[1])
