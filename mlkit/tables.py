@@ -521,10 +521,7 @@ def _column_digest(column: pa.ChunkedArray, new: Any) -> bytes:
                 numbers = numbers + 0.0  # -0.0 == 0.0, so they must hash alike
             digest.update(_bytes(numbers))
         return digest.digest()
-    # A null slot may hold any bytes: fill_null builds fresh text where there are nulls.
-    texts = [
-        _offsets_and_data(chunk.fill_null("") if chunk.null_count else chunk) for chunk in chunks
-    ]
+    texts = [_offsets_and_data(_empty_nulls(chunk)) for chunk in chunks]
     for offsets, _ in texts:
         digest.update(_bytes(np.diff(offsets).astype(np.int32, copy=False)))
     for offsets, data in texts:
@@ -536,6 +533,17 @@ def _column_digest(column: pa.ChunkedArray, new: Any) -> bytes:
 def _bytes(values: np.ndarray) -> memoryview:
     """A contiguous array's bytes (BLAKE3 takes bytes only; its memory is not copied)."""
     return memoryview(np.ascontiguousarray(values).reshape(-1).view(np.uint8))
+
+
+def _empty_nulls(text: pa.Array) -> pa.Array:
+    """Text whose null slots hold no bytes: as it is when they hold none already (readers
+    leave them empty), else with fresh text where they are."""
+    if not text.null_count:
+        return text
+    lengths = np.diff(_offsets_and_data(text)[0])
+    if not lengths[~text.is_valid().to_numpy(zero_copy_only=False)].any():
+        return text
+    return text.fill_null("")
 
 
 def _offsets_and_data(array: pa.Array) -> tuple[np.ndarray, pa.Buffer | None]:

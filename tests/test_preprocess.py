@@ -200,8 +200,14 @@ def test_calendar_parts_match_pyarrow(micros: list[int]) -> None:
 _DATETIME_US = (-62_135_596_800 * 10**6, 253_402_300_799 * 10**6)  # years 1 to 9999
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(*_DATETIME_US), min_size=1, max_size=300))
+@settings(max_examples=60, deadline=None)
+@given(
+    st.one_of(
+        st.lists(st.integers(*_DATETIME_US), min_size=1, max_size=300),
+        # Fewer days than rows: counted per day first.
+        st.lists(st.integers(-(3 * 86_400 * 10**6), 3 * 86_400 * 10**6), min_size=8, max_size=300),
+    )
+)
 def test_date_statistics_are_numpys(micros: list[int]) -> None:
     # The fit counts calendar values instead of keeping arrays of them: the same statistics.
     from mlkit.preprocess._columns import Date, calendar

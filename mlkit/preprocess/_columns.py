@@ -143,14 +143,16 @@ class _NumericRows(Rows):
         e = self.encoder
         values = _band(self.values, rows)
         absent = ~np.isfinite(values)
-        values[absent] = e.median
+        missing = int(np.count_nonzero(absent))
+        if missing:
+            values[absent] = e.median
         values -= e.mean
         values /= e.std
         # A value far outside the train scale stays finite, so it cannot turn a loss into NaN.
         out[:, at] = np.clip(values, -_FLOAT32_MAX, _FLOAT32_MAX, out=values)
-        if e.indicator:
+        if e.indicator and missing:  # (the band is zeros already)
             out[:, at + 1] = absent
-        return int(np.count_nonzero(absent)), 0
+        return missing, 0
 
 
 @dataclass
@@ -227,7 +229,7 @@ class _CategoryRows(Rows):
         unseen, missing = len(self.slots) - 2, len(self.slots) - 1
         flat = out.reshape(-1)  # a view: the band's rows lie one after another
         width = out.shape[1]
-        flat[np.arange(at, at + len(out) * width, width) + self.slots[codes]] = 1.0
+        flat[np.arange(at, at + len(out) * width, width) + self.slots.take(codes)] = 1.0
         absent = int(np.count_nonzero(codes == missing))
         return absent, int(np.count_nonzero(codes == unseen))
 
@@ -337,10 +339,25 @@ def _calendar_moments(micros: np.ndarray, parts: list[str]) -> tuple[list[float]
     offsets = [first if part == "year" else 0 for part in parts]
     # Month, day, weekday and hour all lie in 0..31.
     counts = [np.zeros(int(ends[1]) - first + 1 if o else 32, np.int64) for o in offsets]
-    for i in range(0, micros.size, _FIT_BAND):
-        band = calendar(micros[i : i + _FIT_BAND], parts)
-        for total, values, offset in zip(counts, band, offsets, strict=True):
-            total += np.bincount(values - offset, minlength=total.size)
+    first_day, last_day = int(micros.min()) // _DAY_US, int(micros.max()) // _DAY_US
+    if last_day - first_day < min(_DAY_TABLE, micros.size):
+        # Fewer days than rows: count the rows per day, then each day's parts once.
+        per_day = np.zeros(last_day - first_day + 1, np.int64)
+        for i in range(0, micros.size, _FIT_BAND):
+            band = micros[i : i + _FIT_BAND]
+            days = band // _DAY_US
+            per_day += np.bincount(days - first_day, minlength=per_day.size)
+            if "hour" in parts:
+                counts[-1] += np.bincount((band - days * _DAY_US) // _HOUR_US, minlength=32)
+        days = np.arange(first_day, last_day + 1, dtype=np.int64) * _DAY_US
+        whole = [part for part in parts if part != "hour"]
+        for total, values, offset in zip(counts, calendar(days, whole), offsets, strict=False):
+            total += np.bincount(values - offset, per_day, total.size).astype(np.int64)
+    else:
+        for i in range(0, micros.size, _FIT_BAND):
+            band = calendar(micros[i : i + _FIT_BAND], parts)
+            for total, values, offset in zip(counts, band, offsets, strict=True):
+                total += np.bincount(values - offset, minlength=total.size)
     means, stds = [], []
     for total, offset in zip(counts, offsets, strict=True):
         values = np.arange(total.size, dtype=np.float64) + offset
