@@ -506,3 +506,20 @@ def test_dates_from_the_day_table_are_the_calendars(monkeypatch) -> None:
     monkeypatch.setattr(_columns, "_DAY_TABLE", 0)  # every span too long: per-row calendar
     by_row = p.transform(table, rows=rows)
     assert np.array_equal(by_table.X, by_row.X) and by_table.missing == by_row.missing
+
+
+def test_dates_past_the_year_9999_fit_and_transform() -> None:
+    # Parquet holds timestamps Python's datetime cannot: they fit, encode and show in the
+    # schema all the same.
+    far = 20_000 * 365 * 86_400 * 10**6  # the year 21956
+    table = pa.table(
+        {
+            "when": pa.array([0, far, 10**12, far // 2] * 10, type=pa.timestamp("us")),
+            "y": pa.array(["a", "b"] * 20),
+        }
+    )
+    p = Preprocessor.fit(table, target="y")
+    column = p.schema()["columns"]["when"]
+    assert column["min"] == "1970-01-01T00:00:00" and column["max"].startswith("21956-09-21")
+    X = p.transform(table).X
+    assert np.isfinite(X).all() and X[1, p.feature_names.index("when.year")] > 1

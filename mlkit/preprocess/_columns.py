@@ -266,8 +266,8 @@ class Date:
             means=means,
             stds=[std if std > 0 else 1.0 for std in stds],
             indicator=bool(len(seen) < len(column)),
-            min=pc.min(seen).as_py().isoformat(),
-            max=pc.max(seen).as_py().isoformat(),
+            min=_iso(pc.min(seen)),
+            max=_iso(pc.max(seen)),
         )
 
     def names(self) -> list[str]:
@@ -325,6 +325,14 @@ class _DateRows(Rows):
         if e.indicator and absent is not None:
             out[:, at + len(e.parts)] = absent
         return (int(np.count_nonzero(absent)) if absent is not None else 0), 0
+
+
+def _iso(stamp: pa.TimestampScalar) -> str:
+    """A timestamp as ISO 8601 text; past Python's years (1 to 9999) as Arrow writes it."""
+    try:
+        return stamp.as_py().isoformat()
+    except (OverflowError, ValueError):
+        return pc.strftime(stamp, format="%Y-%m-%dT%H:%M:%S").as_py()
 
 
 def _calendar_moments(micros: np.ndarray, parts: list[str]) -> tuple[list[float], list[float]]:
