@@ -113,9 +113,10 @@ def test_kernel_is_kept_while_its_successor_warms(
     kept = [e for e in events if e.kind == "kept"]
     assert kept and kept[0].reason == "5 runs, its successor warming", events
     assert len({e.kernel for e in kept}) == len(kept)  # once per kernel
-    first_retired = next(e for e in events if e.kind == "retired")
-    assert first_retired.kernel == kept[0].kernel
-    assert int(first_retired.reason.split()[1]) > 5, first_retired
+    # The kept kernel served past its count, then retired. (An earlier kernel may have
+    # retired at its count already, when its successor happened to be warm in time.)
+    retired = next(e for e in events if e.kind == "retired" and e.kernel == kept[0].kernel)
+    assert int(retired.reason.split()[1]) > 5, retired
     warm.pool().close()
 
 
