@@ -29,7 +29,6 @@ __all__ = [
     "numbers",
     "repeats",
     "seed_hashes",
-    "through",
 ]
 
 SAMPLE = 4096  # rows looked at first, for the answers a few rows can settle
@@ -99,18 +98,13 @@ class TableCodes:
         return self if table is self.table else None
 
 
-def through(codes: np.ndarray, found: pa.Array, *, unseen: int, missing: int) -> np.ndarray:
-    """Each row's entry of ``found`` (an int32 per dictionary value, null where not found).
-
-    Each distinct value is looked up once, in the dictionary; a row then takes its value's
-    entry: ``unseen`` where the lookup found nothing, ``missing`` where the row has no value
-    (code -1, which picks the entry appended last).
-    """
-    return lookup(found, unseen=unseen, missing=missing)[codes]
-
-
 def lookup(found: pa.Array, *, unseen: int, missing: int) -> np.ndarray:
-    """:func:`through`'s table: ``found`` per dictionary value, then ``missing`` (for -1)."""
+    """A table from dictionary codes to entries, to index with a column's codes.
+
+    ``found`` holds an int32 per dictionary value (null where a lookup found nothing): each
+    distinct value is looked up once, in the dictionary, and a row then takes its value's
+    entry. ``unseen`` replaces the nulls; ``missing`` is appended for code -1 (no value).
+    """
     table = pc.fill_null(found, unseen).to_numpy().astype(np.int32)
     return np.append(table, np.int32(missing))
 

@@ -87,9 +87,24 @@ class Rows:
         raise NotImplementedError
 
 
-def _band(values: np.ndarray, rows: Any) -> np.ndarray:
-    """``values[rows]`` as an array of its own (a slice of a shared array is copied)."""
-    return values[rows].copy() if isinstance(rows, slice) else values.take(rows)
+def _rows(values: np.ndarray, rows: Any) -> np.ndarray:
+    """``values[rows]``: a view for a slice, else a gather (``take``: faster than indexing)."""
+    return values[rows] if isinstance(rows, slice) else values.take(rows)
+
+
+def _day_parts(micros: np.ndarray, parts: list[str]) -> tuple[int, list[np.ndarray]] | None:
+    """The first day of ``micros``, and each calendar part of every day from it to the last.
+
+    Only when the dates span fewer days than there are rows (else None): then a table of
+    the days' parts is cheaper than the calendar of every row. "hour" is left out.
+    """
+    if not micros.size:
+        return None
+    first, last = int(micros.min()) // _DAY_US, int(micros.max()) // _DAY_US
+    if last - first >= min(_DAY_TABLE, micros.size):
+        return None
+    days = np.arange(first, last + 1, dtype=np.int64) * _DAY_US
+    return first, calendar(days, [part for part in parts if part != "hour"])
 
 
 @dataclass
@@ -141,12 +156,11 @@ class _NumericRows(Rows):
 
     def write(self, out: np.ndarray, at: int, rows: Any) -> tuple[int, int]:
         e = self.encoder
-        values = _band(self.values, rows)
+        values = np.subtract(_rows(self.values, rows), e.mean)  # fresh: shared ones stay
         absent = ~np.isfinite(values)
         missing = int(np.count_nonzero(absent))
         if missing:
-            values[absent] = e.median
-        values -= e.mean
+            values[absent] = e.median - e.mean
         values /= e.std
         # A value far outside the train scale stays finite, so it cannot turn a loss into NaN.
         out[:, at] = np.clip(values, -_FLOAT32_MAX, _FLOAT32_MAX, out=values)
@@ -223,7 +237,7 @@ class _CategoryRows(Rows):
         self.codes, self.lookup, self.slots = codes, lookup, slots
 
     def write(self, out: np.ndarray, at: int, rows: Any) -> tuple[int, int]:
-        codes = self.codes[rows] if isinstance(rows, slice) else self.codes.take(rows)
+        codes = _rows(self.codes, rows)
         if self.lookup is not None:
             codes = self.lookup.take(codes)
         unseen, missing = len(self.slots) - 2, len(self.slots) - 1
@@ -293,14 +307,10 @@ class _DateRows(Rows):
     def __init__(self, encoder: Date, micros: np.ndarray, absent: np.ndarray | None) -> None:
         self.encoder, self.micros, self.absent = encoder, micros, absent
         self.first_day, self.days = 0, None
-        if micros.size:
-            first, last = int(micros.min()) // _DAY_US, int(micros.max()) // _DAY_US
-            if last - first < min(_DAY_TABLE, micros.size):  # fewer days than rows
-                whole = [p for p in encoder.parts if p != "hour"]
-                days = np.arange(first, last + 1, dtype=np.int64) * _DAY_US
-                parts = calendar(days, whole)
-                self.first_day = first
-                self.days = [self._scaled(j, part) for j, part in enumerate(parts)]
+        found = _day_parts(micros, encoder.parts)
+        if found is not None:
+            self.first_day = found[0]
+            self.days = [self._scaled(j, part) for j, part in enumerate(found[1])]
 
     def _scaled(self, j: int, part: np.ndarray) -> np.ndarray:
         values = part.astype(np.float64)
@@ -310,7 +320,7 @@ class _DateRows(Rows):
 
     def write(self, out: np.ndarray, at: int, rows: Any) -> tuple[int, int]:
         e = self.encoder
-        micros = self.micros[rows] if isinstance(rows, slice) else self.micros.take(rows)
+        micros = _rows(self.micros, rows)
         if self.days is None:
             for j, part in enumerate(calendar(micros, e.parts)):
                 out[:, at + j] = self._scaled(j, part)
@@ -321,7 +331,7 @@ class _DateRows(Rows):
             if "hour" in e.parts:
                 hours = (micros - days * _DAY_US) // _HOUR_US
                 out[:, at + len(self.days)] = self._scaled(len(self.days), hours)
-        absent = self.absent[rows] if self.absent is not None else None
+        absent = _rows(self.absent, rows) if self.absent is not None else None
         if e.indicator and absent is not None:
             out[:, at + len(e.parts)] = absent
         return (int(np.count_nonzero(absent)) if absent is not None else 0), 0
@@ -347,19 +357,18 @@ def _calendar_moments(micros: np.ndarray, parts: list[str]) -> tuple[list[float]
     offsets = [first if part == "year" else 0 for part in parts]
     # Month, day, weekday and hour all lie in 0..31.
     counts = [np.zeros(int(ends[1]) - first + 1 if o else 32, np.int64) for o in offsets]
-    first_day, last_day = int(micros.min()) // _DAY_US, int(micros.max()) // _DAY_US
-    if last_day - first_day < min(_DAY_TABLE, micros.size):
+    found = _day_parts(micros, parts)
+    if found is not None:
         # Fewer days than rows: count the rows per day, then each day's parts once.
-        per_day = np.zeros(last_day - first_day + 1, np.int64)
+        first_day, day_parts = found
+        per_day = np.zeros(len(day_parts[0]), np.int64)
         for i in range(0, micros.size, _FIT_BAND):
             band = micros[i : i + _FIT_BAND]
             days = band // _DAY_US
             per_day += np.bincount(days - first_day, minlength=per_day.size)
             if "hour" in parts:
                 counts[-1] += np.bincount((band - days * _DAY_US) // _HOUR_US, minlength=32)
-        days = np.arange(first_day, last_day + 1, dtype=np.int64) * _DAY_US
-        whole = [part for part in parts if part != "hour"]
-        for total, values, offset in zip(counts, calendar(days, whole), offsets, strict=False):
+        for total, values, offset in zip(counts, day_parts, offsets, strict=False):
             total += np.bincount(values - offset, per_day, total.size).astype(np.int64)
     else:
         for i in range(0, micros.size, _FIT_BAND):

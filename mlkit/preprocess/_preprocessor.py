@@ -25,7 +25,7 @@ from mlkit.preprocess._columns import (
 )
 from mlkit.preprocess._fit import fit_column, role, warn_ids
 from mlkit.preprocess._records import records_table
-from mlkit.table_keys import TableCodes, through
+from mlkit.table_keys import TableCodes, lookup
 
 FORMAT_VERSION = 1
 _FEW_CLASSES = 20  # a numeric target with at most this many integral values is a label
@@ -426,7 +426,7 @@ class Preprocessor:
         if shared is not None and table.column(self.target).type == TYPES[entry.dtype]:
             table_codes, dictionary = shared.get(self.target)
             found = pc.index_in(dictionary, value_set=classes)
-            labels = through(table_codes, found, unseen=-1, missing=-1).astype(np.int64)
+            labels = lookup(found, unseen=-1, missing=-1).take(table_codes).astype(np.int64)
         else:
             found = pc.index_in(column, value_set=classes)
             labels = pc.fill_null(found, -1).to_numpy().astype(np.int64)
